@@ -69,6 +69,8 @@ def prepare_problem(
         check_positive("softcap", softcap)
     ids2d = normalize_ids(hidden, ids, weight.shape[0], ignore_index, ids_name)
     ids2d = torch.where(ids2d == ignore_index, -1, ids2d).contiguous()
+    common = torch.promote_types(hidden.dtype, weight.dtype)
+    hidden, weight = hidden.to(common), weight.to(common)
     lead = tuple(hidden.shape[:-1])
     hidden2d = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     problem = LinearVocabProblem(

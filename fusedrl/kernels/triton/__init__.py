@@ -1,0 +1,1 @@
+"""Triton kernels for the vocab-sized ops (imported lazily by ``dispatch``)."""

@@ -1,0 +1,103 @@
+"""Triton forward kernel: per-token vocab statistics streamed over vocab blocks.
+
+Grid ``(token blocks, vocab splits)``. Each program owns ``BLOCK_N`` tokens and
+one contiguous vocab range; it recomputes logits tile by tile
+(``BLOCK_N x BLOCK_V``, fp32 accumulator over ``BLOCK_H`` slices of H), keeps an
+online max / sum-exp / sum-exp-weighted-logit / logit-sum per token, and stores
+each target logit from the tile that holds it. Partial statistics of the
+splits are merged by ``launch.forward_stats``.
+
+The entropy accumulator is ``sum_v e^(z_v - m) (z_v - m)`` (relative to the
+running max), so entropy keeps full precision for logits of magnitude 1e4.
+"""
+import triton
+import triton.language as tl
+
+NEG_INIT = -1.0e30
+
+
+@triton.jit
+def tile_dot(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """``acc + a @ b`` in fp32. ``DOT_PRECISION == "upcast"`` multiplies fp32 copies (used under the
+    CPU interpreter, whose bf16 ``tl.dot`` reads the raw bits as integers); exact for bf16/fp16 inputs."""
+    if DOT_PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision="ieee")
+    return tl.dot(a, b, acc=acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap,
+                      HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """Turn an fp32 ``h @ W.T`` tile into ``softcap(. + b) / T``; also return the capped value."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    capped = acc
+    if HAS_SOFTCAP:
+        e2x = tl.exp(2.0 * acc / softcap)
+        capped = softcap * (1.0 - 2.0 / (e2x + 1.0))
+    return capped, capped * inv_temperature
+
+
+@triton.jit
+def linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """fp32 tile ``hidden[rows] @ weight[cols].T`` of shape ``[BLOCK_N, BLOCK_V]``."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        hk = h0 + tl.arange(0, BLOCK_H)
+        h_mask = hk < H
+        a = tl.load(h_ptr + rows[:, None] * H + hk[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None] * H + hk[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
+        acc = tile_dot(a, tl.trans(w), acc, DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def vocab_stats_fwd_kernel(
+    h_ptr, w_ptr, b_ptr, ids_ptr,
+    max_ptr, sumexp_ptr, ent_ptr, logit_sum_ptr, target_ptr,
+    N, V, H, K, v_per_split, inv_temperature, softcap,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    v_begin = split * v_per_split
+    v_end = tl.minimum(v_begin + v_per_split, V)
+
+    run_max = tl.full((BLOCK_N,), NEG_INIT, dtype=tl.float32)
+    run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    run_logit_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for v0 in range(v_begin, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_mask = cols < v_end
+        acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
+                          BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
+        _, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap, HAS_BIAS, HAS_SOFTCAP)
+
+        for k in range(0, K):
+            idk = tl.load(ids_ptr + rows * K + k, mask=row_mask, other=-1)
+            hit = (idk >= v0) & (idk < v0 + BLOCK_V) & (idk < v_end) & row_mask
+            picked = tl.sum(tl.where(cols[None, :] == idk[:, None], z, 0.0), axis=1)
+            tl.store(target_ptr + rows * K + k, picked, mask=hit)
+
+        z = tl.where(col_mask[None, :], z, NEG_INIT)
+        new_max = tl.maximum(run_max, tl.max(z, axis=1))
+        shift = z - new_max[:, None]
+        e = tl.where(col_mask[None, :], tl.exp(shift), 0.0)
+        alpha = tl.exp(run_max - new_max)
+        run_ent = alpha * (run_ent + (run_max - new_max) * run_sum) + tl.sum(e * shift, axis=1)
+        run_sum = alpha * run_sum + tl.sum(e, axis=1)
+        run_logit_sum += tl.sum(tl.where(col_mask[None, :], z, 0.0), axis=1)
+        run_max = new_max
+
+    out = split * N + rows
+    tl.store(max_ptr + out, run_max, mask=row_mask)
+    tl.store(sumexp_ptr + out, run_sum, mask=row_mask)
+    tl.store(ent_ptr + out, run_ent, mask=row_mask)
+    tl.store(logit_sum_ptr + out, run_logit_sum, mask=row_mask)
