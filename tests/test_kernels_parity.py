@@ -120,3 +120,15 @@ def test_eager_logprobs_match_log_softmax():
     logsm = torch.log_softmax((hidden @ weight.T + b) / 0.5, -1)
     want = torch.where(ids == -100, 0.0, logsm.gather(-1, ids.clamp(min=0)))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS + ["eager"])
+def test_cross_entropy_token_accuracy(backend):
+    skip_unless_backend_runs(backend)
+    hidden, weight, b, labels = make_inputs(torch.float32, lead=(41,), bias=True)
+    logits = hidden @ weight.T + b
+    labels[::2] = torch.where(labels[::2] == -100, -100, logits[::2].argmax(-1))
+    _, accuracy = linear_cross_entropy(hidden, weight, labels, bias=b, return_accuracy=True, backend=backend)
+    want = ((logits.argmax(-1) == labels) & (labels != -100)).float()
+    assert torch.equal(accuracy, want)
+    assert accuracy.sum() >= (labels[::2] != -100).sum()

@@ -38,6 +38,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     lse = torch.empty(n, dtype=torch.float32, device=dev)
     entropy = torch.empty_like(lse)
     logit_sum = torch.empty_like(lse)
+    max_logit = torch.empty_like(lse)
     weight32 = weight.float()
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
@@ -46,11 +47,12 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
         ids_c = ids[start:stop]
         target[start:stop] = torch.where(ids_c >= 0, z.gather(1, ids_c.clamp(min=0)), 0.0)
         logit_sum[start:stop] = z.sum(-1)
+        max_logit[start:stop] = z.max(-1).values
         chunk_lse = torch.logsumexp(z, dim=-1)
         lse[start:stop] = chunk_lse
         z -= chunk_lse[:, None]
         entropy[start:stop] = -(z.exp() * z).sum(-1)
-    return ForwardStats(target, lse, entropy, logit_sum)
+    return ForwardStats(target, lse, entropy, logit_sum, max_logit)
 
 
 def backward_stats(

@@ -20,6 +20,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     reduction: str = "mean",
     return_mean_logit: bool = False,
+    return_accuracy: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
 ):
@@ -33,9 +34,11 @@ def linear_cross_entropy(
         reduction: ``mean`` over non-ignored tokens (0 when all are ignored), ``sum``, or ``none``
             (per-token ``[...]`` losses; any upstream gradient is accepted).
         return_mean_logit: also return the per-token mean logit ``sum_v z_v / V`` ``[...]``.
+        return_accuracy: also return ``[...]`` floats, 1 where the label is the argmax of the logits
+            (ties count as correct) and 0 elsewhere or where ignored.
 
     Returns:
-        fp32 loss (scalar, or ``[...]`` for ``none``); with ``return_mean_logit`` a tuple.
+        fp32 loss (scalar, or ``[...]`` for ``none``); with ``return_*`` a tuple ``(loss, [mean_logit], [accuracy])``.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
@@ -65,6 +68,11 @@ def linear_cross_entropy(
         loss = per_token.sum()
     else:
         loss = per_token.sum() / valid.sum().clamp(min=1)
+    if not (return_mean_logit or return_accuracy):
+        return loss
+    outs = [loss]
     if return_mean_logit:
-        return loss, (stats.logit_sum / vocab).reshape(lead)
-    return loss
+        outs.append((stats.logit_sum / vocab).reshape(lead))
+    if return_accuracy:
+        outs.append((valid & (stats.logp[:, 0] >= stats.max_logp)).float().reshape(lead))
+    return tuple(outs)

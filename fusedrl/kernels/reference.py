@@ -27,4 +27,5 @@ def eager_vocab_stats(
     logp = torch.where(valid, logsm.gather(1, ids.clamp(min=0)), torch.zeros((), device=z.device))
     lse = torch.logsumexp(z, dim=-1)
     entropy = -(logsm.exp() * logsm).sum(-1)
-    return VocabStats(logp, lse, entropy, z.sum(-1))
+    max_logp = logsm.max(-1).values.detach()
+    return VocabStats(logp, lse, entropy, z.sum(-1), max_logp)

@@ -5,9 +5,10 @@ For one token with logits ``z = softcap(h @ W.T + b) / T`` over the whole vocabu
 - ``logp[k] = z[ids[k]] - lse`` (exactly 0 where ``ids[k]`` is ignored),
 - ``lse = logsumexp(z)``,
 - ``entropy = lse - sum(softmax(z) * z)``,
-- ``logit_sum = sum(z)`` (label smoothing and the mean-logit metric).
+- ``logit_sum = sum(z)`` (label smoothing and the mean-logit metric),
+- ``max_logp = max(z) - lse`` (no gradient: the logprob of the argmax, for token accuracy).
 
-All four are fp32 and differentiable. Backends return them as a ``VocabStats``.
+All are fp32; all but ``max_logp`` are differentiable. Backends return them as a ``VocabStats``.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import torch
 
 
 class VocabStats(NamedTuple):
-    """Per-token statistics over the vocabulary: logp ``[N, K]``, lse/entropy/logit_sum ``[N]``."""
+    """Per-token statistics over the vocabulary: logp ``[N, K]``, lse/entropy/logit_sum/max_logp ``[N]``."""
 
     logp: torch.Tensor
     lse: torch.Tensor
     entropy: torch.Tensor
     logit_sum: torch.Tensor
+    max_logp: torch.Tensor
 
 
 def apply_softcap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -61,9 +63,11 @@ class StatsGrad(NamedTuple):
 
 
 class ForwardStats(NamedTuple):
-    """Raw forward outputs of a backend: target logits ``[N, K]`` (0 where ignored), lse, entropy, logit_sum ``[N]``."""
+    """Raw forward outputs of a backend: target logits ``[N, K]`` (0 where ignored); lse, entropy, logit_sum,
+    max_logit ``[N]``."""
 
     target_logits: torch.Tensor
     lse: torch.Tensor
     entropy: torch.Tensor
     logit_sum: torch.Tensor
+    max_logit: torch.Tensor

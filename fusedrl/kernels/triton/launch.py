@@ -65,8 +65,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     dev = hidden.device
     target = torch.zeros((n, k), dtype=torch.float32, device=dev)
     if n == 0:
-        empty = torch.zeros(0, dtype=torch.float32, device=dev)
-        return ForwardStats(target, empty, empty.clone(), empty.clone())
+        return ForwardStats(target, *(torch.zeros(0, dtype=torch.float32, device=dev) for _ in range(4)))
     cfg = tile_config(hidden.dtype)
     n_blocks, v_blocks = triton.cdiv(n, cfg.block_n), triton.cdiv(vocab, cfg.block_v)
     splits = _vocab_splits(n_blocks, v_blocks, dev)
@@ -92,7 +91,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     log_sumexp = torch.log(sumexp)
     lse = row_max + log_sumexp
     entropy = log_sumexp - ent_acc / sumexp
-    return ForwardStats(target, lse, entropy, part_logit_sum.sum(0))
+    return ForwardStats(target, lse, entropy, part_logit_sum.sum(0), row_max)
 
 
 def backward_stats(
