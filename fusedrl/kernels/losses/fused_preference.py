@@ -1,0 +1,291 @@
+"""One-call preference losses from hidden states and the lm_head weight: DPO, CPO, SimPO, ORPO, KTO.
+
+Pairwise wrappers take ``hidden [2B, T, H]`` with the B chosen rows first and the B
+rejected rows after them, and ``labels [2B, T]`` already shifted (position t holds
+token t+1; prompt and padding are ``ignore_index``). Sequence logprobs are sums over
+completion tokens; NLL terms are the token mean over chosen completion tokens.
+``softcap`` (``s * tanh(z / s)`` on the logits, e.g. Gemma-2's final softcapping) applies
+to the policy and the reference alike.
+No ``[tokens, vocab]`` tensor is built: everything comes from the fused kernels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..cross_entropy import linear_cross_entropy
+from ..logprobs import linear_logprobs
+from .checks import check_lengths, check_range
+from .dpo import RunningMean, dpo_loss
+from .fused_common import check_hidden_labels, frozen_token_logps, reference_token_logps
+from .kto import kto_loss, kto_metrics
+from .preference import cpo_loss, orpo_loss, preference_metrics, simpo_loss
+from .sequence import completion_mask, masked_mean, sequence_logps
+
+
+class PairwisePolicy(NamedTuple):
+    """The policy side of a pairwise batch: sequence logps and lengths ``[B]`` each, the chosen NLL, metrics."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_lengths: torch.Tensor
+    rejected_lengths: torch.Tensor
+    nll: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+def _num_pairs(hidden: torch.Tensor, labels: torch.Tensor) -> int:
+    check_hidden_labels(hidden, labels)
+    rows = hidden.shape[0]
+    if rows == 0 or rows % 2:
+        raise ValueError(f"hidden: expected chosen rows then rejected rows stacked along dim 0 (an even, non-zero "
+                         f"batch 2B), got {rows} rows")
+    return rows // 2
+
+
+def pairwise_policy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> PairwisePolicy:
+    """Policy sequence logps, lengths and chosen NLL of a ``[2B, T]`` pairwise batch in one kernel pass.
+
+    Metrics: logits/{chosen,rejected} (mean logit over vocabulary and completion tokens) and nll_loss.
+    """
+    pairs = _num_pairs(hidden, labels)
+    nll_tokens, mean_logit = linear_cross_entropy(hidden, weight, labels, bias=bias, softcap=softcap,
+                                                  ignore_index=ignore_index, reduction="none",
+                                                  return_mean_logit=True, backend=backend)
+    mask = completion_mask(labels, ignore_index)
+    lengths = mask.sum(-1)
+    check_lengths("labels", lengths)
+    logps = sequence_logps(-nll_tokens, mask)
+    nll = masked_mean(nll_tokens[:pairs], mask[:pairs])
+    mean_logit = mean_logit.detach()
+    metrics = {
+        "logits/chosen": masked_mean(mean_logit[:pairs], mask[:pairs]),
+        "logits/rejected": masked_mean(mean_logit[pairs:], mask[pairs:]),
+        "nll_loss": nll.detach(),
+    }
+    return PairwisePolicy(logps[:pairs], logps[pairs:], lengths[:pairs], lengths[pairs:], nll, metrics)
+
+
+def _average_logps(policy: PairwisePolicy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-averaged chosen and rejected logps ``[B]`` (the quantities SimPO and ORPO compare)."""
+    return policy.chosen_logps / policy.chosen_lengths, policy.rejected_logps / policy.rejected_lengths
+
+
+def _pairwise_result(losses, chosen_rewards, rejected_rewards, policy: PairwisePolicy, nll_alpha: float,
+                     chosen_logps: torch.Tensor, rejected_logps: torch.Tensor):
+    """``mean(losses) + nll_alpha * NLL_chosen`` and the DPO-family metrics."""
+    loss = losses.mean()
+    if nll_alpha:
+        loss = loss + nll_alpha * policy.nll
+    metrics = preference_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps)
+    metrics.update(policy.metrics)
+    return loss, metrics
+
+
+def fused_linear_dpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    rpo_alpha: float = 1.0,
+    discopop_tau: float = 0.05,
+    bco_running_mean: RunningMean | None = None,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """DPO (any ``loss_type`` of ``dpo_loss``) plus ``rpo_alpha *`` chosen NLL (RPO; 0 gives pure DPO).
+
+    Args:
+        hidden ``[2B, T, H]`` (chosen rows, then rejected), weight ``[V, H]``, labels ``[2B, T]``, bias ``[V]``.
+        The reference: ``ref_chosen_logps`` and ``ref_rejected_logps`` ``[B]`` (summed), or
+            ``ref_hidden [2B, T, H]`` run through ``ref_weight`` / ``ref_bias`` (default: the policy head)
+            under no_grad.
+        beta, loss_type, label_smoothing, discopop_tau, bco_running_mean: as in ``dpo_loss``.
+
+    Returns:
+        ``(loss scalar fp32, metrics)``: rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected},
+        logits/{chosen,rejected}, nll_loss.
+    """
+    check_range("rpo_alpha", rpo_alpha, 0.0)
+    policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
+                             backend=backend)
+    if ref_hidden is not None:
+        if ref_chosen_logps is not None or ref_rejected_logps is not None:
+            raise ValueError("ref_hidden: give either ref_hidden or ref_chosen_logps/ref_rejected_logps, not both")
+        token_ref = reference_token_logps(ref_hidden, labels, ref_weight=ref_weight, ref_bias=ref_bias, weight=weight,
+                                          bias=bias, softcap=softcap, ignore_index=ignore_index, backend=backend)
+        ref_logps = sequence_logps(token_ref, completion_mask(labels, ignore_index))
+        ref_chosen_logps, ref_rejected_logps = ref_logps.chunk(2)
+    elif ref_chosen_logps is None or ref_rejected_logps is None:
+        raise ValueError("ref_chosen_logps: DPO needs the reference: give ref_chosen_logps and ref_rejected_logps, "
+                         "or ref_hidden")
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        policy.chosen_logps, policy.rejected_logps, ref_chosen_logps.detach(), ref_rejected_logps.detach(),
+        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, chosen_lengths=policy.chosen_lengths,
+        rejected_lengths=policy.rejected_lengths, discopop_tau=discopop_tau, bco_running_mean=bco_running_mean,
+    )
+    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, rpo_alpha,
+                            policy.chosen_logps, policy.rejected_logps)
+
+
+def fused_linear_cpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    cpo_alpha: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """CPO: ``cpo_loss`` on summed logps plus ``cpo_alpha *`` chosen NLL; no reference model.
+
+    Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)`` with the same metric names.
+    """
+    check_range("cpo_alpha", cpo_alpha, 0.0)
+    policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
+                             backend=backend)
+    losses, chosen_rewards, rejected_rewards = cpo_loss(
+        policy.chosen_logps, policy.rejected_logps, beta=beta, label_smoothing=label_smoothing)
+    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, cpo_alpha,
+                            policy.chosen_logps, policy.rejected_logps)
+
+
+def fused_linear_simpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    beta: float = 2.0,
+    simpo_gamma: float = 1.0,
+    label_smoothing: float = 0.0,
+    cpo_alpha: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """SimPO: ``simpo_loss`` on length-averaged logps plus ``cpo_alpha *`` chosen NLL (0: original SimPO).
+
+    Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)``; logps/* are the averaged logps.
+    """
+    check_range("cpo_alpha", cpo_alpha, 0.0)
+    policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
+                             backend=backend)
+    losses, chosen_rewards, rejected_rewards = simpo_loss(
+        policy.chosen_logps, policy.rejected_logps, chosen_lengths=policy.chosen_lengths,
+        rejected_lengths=policy.rejected_lengths, beta=beta, gamma=simpo_gamma, label_smoothing=label_smoothing)
+    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, cpo_alpha, *_average_logps(policy))
+
+
+def fused_linear_orpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    beta: float = 0.1,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """ORPO: chosen NLL ``- beta * logsig(log_odds)`` on length-averaged logps (``beta`` is ORPO's lambda).
+
+    Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)`` with the DPO-family names (logps/* are
+    averaged logps) plus log_odds_ratio (mean ``logsig(log_odds)``) and log_odds_chosen (mean log_odds).
+    """
+    policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
+                             backend=backend)
+    losses, chosen_rewards, rejected_rewards, log_odds = orpo_loss(
+        policy.chosen_logps, policy.rejected_logps, chosen_lengths=policy.chosen_lengths,
+        rejected_lengths=policy.rejected_lengths, beta=beta)
+    loss, metrics = _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, 1.0, *_average_logps(policy))
+    metrics["log_odds_ratio"] = F.logsigmoid(log_odds).mean()
+    metrics["log_odds_chosen"] = log_odds.mean()
+    return loss, metrics
+
+
+def fused_linear_kto_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    desirable: torch.Tensor,
+    *,
+    kl_hidden: torch.Tensor,
+    kl_labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    ref_kl_logps: torch.Tensor | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_kl_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """KTO from hidden states: ``mean(kto_loss)`` with the mismatched-pair KL baseline.
+
+    Args:
+        hidden ``[B, T, H]`` and labels ``[B, T]``: each prompt with its own completion; desirable ``[B]`` bool.
+        kl_hidden ``[B, T', H]`` and kl_labels ``[B, T']``: each prompt with a mismatched completion
+            (e.g. rotated by one); run under no_grad.
+        The reference: ``ref_logps`` and ``ref_kl_logps`` ``[B]`` (summed), or ``ref_hidden`` and
+            ``ref_kl_hidden`` through ``ref_weight`` / ``ref_bias`` (default: the policy head).
+
+    Returns:
+        ``(loss scalar fp32, metrics)``: kl, rewards/{chosen,rejected,margins}, logps/{chosen,rejected}
+        (chosen = desirable rows; a side absent from the batch is absent from the metrics).
+    """
+    check_hidden_labels(hidden, labels)
+    check_hidden_labels(kl_hidden, kl_labels, hidden_name="kl_hidden", labels_name="kl_labels")
+    mask, kl_mask = completion_mask(labels, ignore_index), completion_mask(kl_labels, ignore_index)
+    check_lengths("labels", mask.sum(-1))
+    logps = sequence_logps(linear_logprobs(hidden, weight, labels, bias=bias, softcap=softcap,
+                                           ignore_index=ignore_index, backend=backend), mask)
+    kl_logps = sequence_logps(frozen_token_logps(kl_hidden, weight, kl_labels, bias=bias, temperature=1.0,
+                                                 softcap=softcap, ignore_index=ignore_index, backend=backend),
+                              kl_mask)
+    if ref_hidden is not None or ref_kl_hidden is not None:
+        if ref_hidden is None or ref_kl_hidden is None:
+            raise ValueError("ref_kl_hidden: give ref_hidden and ref_kl_hidden together")
+        if ref_logps is not None or ref_kl_logps is not None:
+            raise ValueError("ref_hidden: give either ref_hidden/ref_kl_hidden or ref_logps/ref_kl_logps, not both")
+        head = dict(ref_weight=ref_weight, ref_bias=ref_bias, weight=weight, bias=bias, softcap=softcap,
+                    ignore_index=ignore_index, backend=backend)
+        ref_logps = sequence_logps(reference_token_logps(ref_hidden, labels, **head), mask)
+        ref_kl_logps = sequence_logps(
+            reference_token_logps(ref_kl_hidden, kl_labels, hidden_name="ref_kl_hidden", **head), kl_mask)
+    elif ref_logps is None or ref_kl_logps is None:
+        raise ValueError("ref_logps: KTO needs the reference: give ref_logps and ref_kl_logps, "
+                         "or ref_hidden and ref_kl_hidden")
+    losses, rewards, kl = kto_loss(logps, ref_logps.detach(), kl_logps, ref_kl_logps.detach(), desirable, beta=beta,
+                                   desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
+    return losses.mean(), kto_metrics(rewards, logps, desirable, kl)

@@ -1,0 +1,176 @@
+"""GRPO: group-relative advantages from weighted reward functions, and the clipped token loss."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .checks import check_batch, check_choice, check_range, check_tokens
+from .policy import token_kl
+from .sequence import masked_mean, masked_sum
+
+SCALE_REWARDS = ("group", "batch", "none")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+ADVANTAGE_EPS = 1e-4
+
+
+def _reward_matrix(rewards: Mapping[str, Sequence[float | None] | torch.Tensor], device) -> torch.Tensor:
+    """``[B, F]`` fp32 rewards, one column per function, NaN where a function returned None."""
+    columns = []
+    for name, values in rewards.items():
+        if isinstance(values, torch.Tensor):
+            column = values.detach().to(device=device, dtype=torch.float32)
+        else:
+            column = torch.tensor([math.nan if v is None else float(v) for v in values], device=device)
+        if column.dim() != 1 or (columns and column.shape[0] != columns[0].shape[0]):
+            first = columns[0].shape[0] if columns else column.shape[0]
+            raise ValueError(f"rewards[{name!r}]: expected {first} per-sample rewards, got shape {list(column.shape)}")
+        columns.append(column)
+    return torch.stack(columns, dim=1)
+
+
+def grpo_advantages(
+    rewards: Mapping[str, Sequence[float | None] | torch.Tensor],
+    *,
+    num_generations: int,
+    reward_weights: Sequence[float] | None = None,
+    scale_rewards: str = "group",
+    device: torch.device | str | None = None,
+):
+    """Group-relative advantages ``A_i = (r_i - mean_group) / (std + 1e-4)`` (unbiased std).
+
+    Args:
+        rewards: reward-function name -> ``B`` rewards (list with None, or a ``[B]`` tensor). A None
+            (NaN) leaves that function out of that sample's weighted sum ``r_i``.
+        num_generations: completions per prompt G >= 2; rows ``[g*G, (g+1)*G)`` form group g.
+        reward_weights: one weight per function, in the mapping's order (default 1.0 each).
+        scale_rewards: ``group`` (std of the group), ``batch`` (std of the batch) or ``none``.
+        device: where list rewards are placed (tensors keep theirs when None).
+
+    Returns:
+        ``(advantages [B] fp32, metrics)`` with reward (batch mean of ``r``), reward_std (mean group
+        std), frac_reward_zero_std (fraction of groups with zero std) and rewards/<name>/mean
+        (mean over the samples the function scored).
+    """
+    if not isinstance(rewards, Mapping) or not rewards:
+        raise ValueError("rewards: expected a non-empty mapping of reward-function name -> per-sample rewards")
+    check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
+    if not isinstance(num_generations, int) or num_generations < 2:
+        raise ValueError(f"num_generations: expected an int >= 2, got {num_generations!r}")
+    if device is None:
+        device = next((v.device for v in rewards.values() if isinstance(v, torch.Tensor)), "cpu")
+    per_func = _reward_matrix(rewards, device)
+    batch, num_funcs = per_func.shape
+    if batch % num_generations:
+        raise ValueError(f"rewards: expected a multiple of num_generations={num_generations} samples, got {batch}")
+    weights = torch.ones(num_funcs, device=device) if reward_weights is None else torch.tensor(
+        [float(w) for w in reward_weights], device=device)
+    if weights.shape != (num_funcs,):
+        raise ValueError(f"reward_weights: expected {num_funcs} weights (one per reward function), "
+                         f"got {len(reward_weights)}")
+    total = (per_func * weights).nansum(dim=1)
+    grouped = total.view(-1, num_generations)
+    group_std = grouped.std(dim=1)
+    advantages = total - grouped.mean(dim=1).repeat_interleave(num_generations)
+    if scale_rewards == "group":
+        advantages = advantages / (group_std.repeat_interleave(num_generations) + ADVANTAGE_EPS)
+    elif scale_rewards == "batch":
+        advantages = advantages / (total.std() + ADVANTAGE_EPS)
+    metrics = {
+        "reward": total.mean(),
+        "reward_std": group_std.mean(),
+        "frac_reward_zero_std": torch.isclose(group_std, torch.zeros_like(group_std)).float().mean(),
+    }
+    for name, column in zip(rewards, per_func.unbind(dim=1)):
+        metrics[f"rewards/{name}/mean"] = column.nanmean()
+    return advantages, metrics
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logps: torch.Tensor | None = None,
+    beta: float = 0.04,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    delta: float | None = None,
+    importance_sampling_level: str = "token",
+    loss_type: str = "grpo",
+    max_completion_length: int | None = None,
+    num_items_in_batch: float | None = None,
+):
+    """GRPO loss per token ``-min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + beta * k3``, aggregated.
+
+    Args:
+        logps: policy logprobs of the sampled tokens ``[B, T]`` (with grad), at the sampling temperature.
+        old_logps: the sampling policy's ``[B, T]``; None means this very policy (``rho = 1``).
+        advantages: ``[B]``; mask: ``[B, T]`` bool over completion tokens.
+        ref_logps: reference ``[B, T]``, required when ``beta > 0`` (k3 KL penalty).
+        epsilon, epsilon_high: clip range (``epsilon_high`` defaults to ``epsilon``).
+        delta: optional cap on ``rho`` in the unclipped term (two-sided clipping); > 1 + epsilon_high.
+        importance_sampling_level: ``token`` (``rho_t = e^(L_t - L_old,t)``) or ``sequence`` (one
+            ``rho`` per row from the masked mean of the token log ratios).
+        loss_type: ``grpo`` (mean over rows of the per-row token mean), ``bnpo`` (mean over the
+            batch's tokens), ``dr_grpo`` (sum / (B * max_completion_length), default T), ``dapo``
+            (sum / ``num_items_in_batch``: the completion tokens of the global batch divided by the
+            number of processes; default this batch's tokens).
+
+    Returns:
+        ``(loss scalar fp32, metrics)`` with clip_ratio/{low,high,region}_mean (token fractions of
+        ``rho`` clipped below with A < 0, above with A > 0, either) and kl (token mean) when beta > 0.
+    """
+    check_tokens(mask, logps=logps, old_logps=old_logps, ref_logps=ref_logps)
+    check_batch("advantages", advantages, mask.shape[0], like="mask")
+    check_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+    check_choice("loss_type", loss_type, GRPO_LOSS_TYPES)
+    check_range("beta", beta, 0.0)
+    check_range("epsilon", epsilon, 0.0, 1.0, high_open=True)
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    check_range("epsilon_high", epsilon_high, 0.0)
+    if delta is not None:
+        check_range("delta", delta, 1.0 + epsilon_high, low_open=True)
+    if max_completion_length is not None:
+        check_range("max_completion_length", max_completion_length, 0, low_open=True)
+    if num_items_in_batch is not None:
+        check_range("num_items_in_batch", num_items_in_batch, 0, low_open=True)
+    if beta > 0 and ref_logps is None:
+        raise ValueError("ref_logps: required when beta > 0 (the k3 KL penalty to the reference)")
+    old = logps.detach() if old_logps is None else old_logps.detach()
+    log_ratio = torch.where(mask, logps.float() - old.float(), 0.0)
+    if importance_sampling_level == "sequence":
+        log_ratio = masked_mean(log_ratio, mask, dim=-1)[:, None]
+    ratio = torch.exp(log_ratio)
+    adv = advantages.detach().float()[:, None]
+    clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
+    capped = ratio if delta is None else ratio.clamp(max=delta)
+    per_token = -torch.minimum(capped * adv, clipped * adv)
+    metrics = {}
+    if beta > 0:
+        kl = token_kl(torch.where(mask, logps.float(), 0.0), torch.where(mask, ref_logps.float(), 0.0), "k3")
+        per_token = per_token + beta * kl
+        metrics["kl"] = masked_mean(kl.detach(), mask)
+    loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
+    low = (ratio < 1.0 - epsilon) & (adv < 0)
+    high = (ratio > 1.0 + epsilon_high) & (adv > 0)
+    metrics["clip_ratio/low_mean"] = masked_mean(low.float(), mask)
+    metrics["clip_ratio/high_mean"] = masked_mean(high.float(), mask)
+    metrics["clip_ratio/region_mean"] = masked_mean((low | high).float(), mask)
+    return loss, metrics
+
+
+def _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch):
+    """Reduce the per-token losses ``[B, T]`` (or ``[B, 1]``, broadcast over the mask) as ``loss_type`` says."""
+    if loss_type == "grpo":
+        return masked_mean(per_token, mask, dim=-1).mean()
+    if loss_type == "bnpo":
+        return masked_mean(per_token, mask)
+    if loss_type == "dr_grpo":
+        length = mask.shape[1] if max_completion_length is None else max_completion_length
+        return masked_sum(per_token, mask) / (mask.shape[0] * length)
+    tokens = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    return masked_sum(per_token, mask) / tokens

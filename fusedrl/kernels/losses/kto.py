@@ -1,0 +1,92 @@
+"""KTO: unpaired desirable / undesirable completions against a detached KL baseline."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .checks import check_range, check_same_shape, check_tensor
+from .sequence import global_sum_and_count
+
+
+def check_kto_balance(
+    num_desirable: int, num_undesirable: int, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
+) -> None:
+    """Warn when ``wD * nD / (wU * nU)`` lies outside ``[1, 4/3]``, the range the KTO paper recommends."""
+    if num_undesirable == 0 or num_desirable == 0:
+        warnings.warn(f"KTO data has {num_desirable} desirable and {num_undesirable} undesirable examples; "
+                      "it needs both", stacklevel=2)
+        return
+    ratio = desirable_weight * num_desirable / (undesirable_weight * num_undesirable)
+    if not 1.0 <= ratio <= 4.0 / 3.0:
+        warnings.warn(
+            f"KTO: desirable_weight * n_desirable / (undesirable_weight * n_undesirable) = {ratio:.3f} is outside "
+            f"[1, 4/3]; set desirable_weight / undesirable_weight to bring it into range",
+            stacklevel=2,
+        )
+
+
+def kto_kl_estimate(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """Detached scalar ``max(0, mean(L(y'|x) - R(y'|x)))`` over mismatched pairs, averaged across ranks."""
+    total, count = global_sum_and_count(kl_logps.float() - ref_kl_logps.float())
+    return (total / count).clamp(min=0.0)
+
+
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    kl_logps: torch.Tensor,
+    ref_kl_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+):
+    """Per-example KTO losses.
+
+    Args:
+        logps, ref_logps: summed completion logprobs ``[B]`` of the policy and the reference.
+        kl_logps, ref_kl_logps: the same for mismatched pairs ``[B]`` (each prompt with another
+            example's completion, e.g. rotated by one); they form the KL baseline, no gradient.
+        desirable: ``[B]`` bool, True for desirable completions. B must be at least 2.
+
+    Returns:
+        ``(losses [B], rewards = b * (L - R) [B] detached, kl scalar detached)`` where desirable rows
+        lose ``wD * (1 - sig(b * (d - kl)))`` and undesirable rows ``wU * (1 - sig(b * (kl - d)))``.
+    """
+    check_tensor("logps", logps, dims=1)
+    if logps.shape[0] < 2:
+        raise ValueError(f"logps: KTO needs a batch of at least 2 (the KL baseline pairs mismatched examples), "
+                         f"got batch size {logps.shape[0]}")
+    check_same_shape("logps", logps, ref_logps=ref_logps, kl_logps=kl_logps, ref_kl_logps=ref_kl_logps,
+                     desirable=desirable)
+    if desirable.dtype != torch.bool:
+        raise ValueError(f"desirable: expected a bool tensor, got {desirable.dtype}")
+    check_range("beta", beta, 0.0, low_open=True)
+    check_range("desirable_weight", desirable_weight, 0.0)
+    check_range("undesirable_weight", undesirable_weight, 0.0)
+    kl = kto_kl_estimate(kl_logps, ref_kl_logps)
+    delta = logps.float() - ref_logps.float()
+    chosen_losses = desirable_weight * (1.0 - torch.sigmoid(beta * (delta - kl)))
+    rejected_losses = undesirable_weight * (1.0 - torch.sigmoid(beta * (kl - delta)))
+    losses = torch.where(desirable, chosen_losses, rejected_losses)
+    return losses, (beta * delta).detach(), kl
+
+
+def kto_metrics(
+    rewards: torch.Tensor, logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Detached means: kl, rewards/{chosen,rejected,margins}, logps/{chosen,rejected}.
+
+    ``chosen`` means desirable rows and ``rejected`` undesirable ones; a side with no rows in
+    the batch has no entries (and then there is no margin).
+    """
+    metrics = {"kl": kl.detach().float()}
+    for side, rows in (("chosen", desirable), ("rejected", ~desirable)):
+        if rows.any():
+            metrics[f"rewards/{side}"] = rewards.detach().float()[rows].mean()
+            metrics[f"logps/{side}"] = logps.detach().float()[rows].mean()
+    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics

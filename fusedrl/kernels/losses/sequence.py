@@ -1,0 +1,62 @@
+"""Reductions over completion tokens, written once for every loss.
+
+Token tensors are ``[B, T]`` with a boolean ``mask`` that marks completion tokens
+(``labels != ignore_index``). Every reduction accumulates in fp32 and ignores
+whatever the masked-out entries hold.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def completion_mask(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """``[B, T]`` bool: True where ``labels [B, T]`` holds a completion token (not ``ignore_index``)."""
+    return labels != ignore_index
+
+
+def completion_lengths(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """``[B]`` int64: completion tokens per row of ``labels [B, T]``."""
+    return completion_mask(labels, ignore_index).sum(-1)
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """fp32 sum of ``values`` where ``mask`` is True, over ``dim`` (every element when None)."""
+    kept = torch.where(mask, values.float(), 0.0)
+    return kept.sum() if dim is None else kept.sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """fp32 mean of ``values`` where ``mask`` is True, over ``dim`` (every element when None); 0 when empty."""
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + 1e-8)`` over the masked entries (unbiased variance), fp32, same shape.
+
+    With ``shift_mean=False`` the mean is added back: the scale changes, the mean does not.
+    """
+    mean = masked_mean(values, mask)
+    centred = values.float() - mean
+    var = masked_sum(centred.square(), mask) / (mask.sum() - 1).clamp(min=1)
+    whitened = centred * torch.rsqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` fp32 sequence logprobs: the sum of ``token_logps [B, T]`` over completion tokens."""
+    return masked_sum(token_logps, mask, dim=-1)
+
+
+def token_mean_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scalar fp32 NLL averaged over every completion token of the batch (``token_logps [B, T]``)."""
+    return -masked_mean(token_logps, mask)
+
+
+def global_sum_and_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``(sum, count)`` of ``values`` (detached), summed over ranks when torch.distributed is initialised."""
+    total = torch.stack([values.detach().float().sum(), values.new_tensor(values.numel(), dtype=torch.float32)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return total[0], total[1]

@@ -1,0 +1,542 @@
+"""The fused_linear_* wrappers against eager implementations written here from the formulas.
+
+The eager side materialises full logits (hidden @ weight.T), takes log_softmax and gathers;
+it never calls fusedrl's loss code. Values, metrics and gradients w.r.t. hidden and
+weight are compared in fp32 and with bf16 inputs against an fp32 reference.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FUSED_BACKENDS, assert_close, device, skip_unless_backend_runs
+from fusedrl.kernels.losses import (
+    DPO_LOSS_TYPES,
+    fused_linear_cpo_loss,
+    fused_linear_dpo_loss,
+    fused_linear_grpo_loss,
+    fused_linear_kto_loss,
+    fused_linear_orpo_loss,
+    fused_linear_ppo_loss,
+    fused_linear_simpo_loss,
+    fused_linear_topk_kd_loss,
+)
+
+V, H, T = 97, 29, 7
+PAIRS = 3
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_labels(rows, length=T, vocab=V):
+    """Labels with 1-2 masked prompt tokens, 0-1 padding tokens at the end and one ignored token inside."""
+    dev = device()
+    labels = torch.randint(0, vocab, (rows, length), device=dev)
+    pos = torch.arange(length, device=dev)
+    prompt = torch.randint(1, 3, (rows, 1), device=dev)
+    pad = torch.randint(0, 2, (rows, 1), device=dev)
+    labels[(pos < prompt) | (pos >= length - pad)] = -100
+    labels[0, length - 3] = -100
+    return labels
+
+
+def make_model(rows, length=T):
+    """fp32 hidden ``[rows, length, H]`` and weight ``[V, H]`` (leaves are made per dtype by ``leaf``)."""
+    hidden = torch.randn(rows, length, H, device=device())
+    weight = torch.randn(V, H, device=device()) * 0.3
+    return hidden, weight
+
+
+def leaf(t, dtype):
+    return t.detach().to(dtype).requires_grad_()
+
+
+# ----------------------------------------------------------------------------- eager side
+
+
+def eager_logits(hidden, weight, temperature=1.0, bias=None, softcap=None):
+    logits = hidden.float() @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits / temperature
+
+
+def eager_token_logps(hidden, weight, labels, temperature=1.0, **head):
+    """Full-vocab log_softmax, gathered at the labels; 0 where ignored."""
+    logsm = torch.log_softmax(eager_logits(hidden, weight, temperature, **head), dim=-1)
+    picked = logsm.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return torch.where(labels != -100, picked, 0.0)
+
+
+def eager_pairs(hidden, weight, labels, **head):
+    """Summed/averaged chosen and rejected logps, chosen token-mean NLL and mean-logit metrics."""
+    mask = labels != -100
+    tok = eager_token_logps(hidden, weight, labels, **head)
+    seq, lengths = tok.sum(-1), mask.sum(-1).float()
+    mean_logit = eager_logits(hidden, weight, **head).mean(-1).detach()
+    b = labels.shape[0] // 2
+    return dict(
+        c=seq[:b], r=seq[b:], lc=lengths[:b], lr=lengths[b:],
+        nll=-tok[:b][mask[:b]].mean(),
+        logits_c=mean_logit[:b][mask[:b]].mean(), logits_r=mean_logit[b:][mask[b:]].mean(),
+    )
+
+
+def eager_pair_metrics(p, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps):
+    cr, rr = chosen_rewards.detach(), rejected_rewards.detach()
+    return {
+        "rewards/chosen": cr.mean(), "rewards/rejected": rr.mean(),
+        "rewards/accuracies": (cr > rr).float().mean(), "rewards/margins": (cr - rr).mean(),
+        "logps/chosen": chosen_logps.detach().mean(), "logps/rejected": rejected_logps.detach().mean(),
+        "logits/chosen": p["logits_c"], "logits/rejected": p["logits_r"], "nll_loss": p["nll"].detach(),
+    }
+
+
+def eager_dpo_losses(loss_type, dc, dr, beta, eps, lc, lr):
+    """Each DPO variant straight from the reference sheet; dc, dr are summed log ratios."""
+    ls = F.logsigmoid
+    z = beta * (dc - dr)
+    if loss_type == "sigmoid":
+        return -(1 - eps) * ls(z) - eps * ls(-z)
+    if loss_type == "hinge":
+        return torch.relu(1 - z)
+    if loss_type == "ipo":
+        return ((dc / lc - dr / lr) - 1 / (2 * beta)) ** 2
+    if loss_type == "robust":
+        return (-(1 - eps) * ls(z) + eps * ls(-z)) / (1 - 2 * eps)
+    if loss_type == "exo_pair":
+        e = eps or 1e-3
+        return torch.sigmoid(z) * (ls(z) - math.log(1 - e)) + torch.sigmoid(-z) * (ls(-z) - math.log(e))
+    if loss_type == "nca_pair":
+        return -ls(beta * dc) - 0.5 * ls(-beta * dc) - 0.5 * ls(-beta * dr)
+    if loss_type == "bco_pair":
+        delta = torch.cat([beta * dc, beta * dr]).detach().mean()
+        return -ls(beta * dc - delta) - ls(-(beta * dr - delta))
+    if loss_type == "sppo_hard":
+        return (dc - 1 / (2 * beta)) ** 2 + (dr + 1 / (2 * beta)) ** 2
+    if loss_type == "apo_zero":
+        return (1 - torch.sigmoid(beta * dc)) + torch.sigmoid(beta * dr)
+    if loss_type == "apo_down":
+        return torch.sigmoid(beta * dc) + (1 - torch.sigmoid(z))
+    if loss_type == "discopop":
+        m = torch.sigmoid(z / 0.05)
+        return -ls(z) * (1 - m) + torch.exp(-z) * m
+    assert loss_type == "sigmoid_norm"
+    return -ls(beta * (dc / lc - dr / lr))
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def compare(fused, eager, tensors, dtype, backend, grad_names=("hidden", "weight")):
+    """Run ``fused(**low-precision leaves, backend)`` and ``eager(**fp32 leaves)``; compare loss, metrics, grads."""
+    skip_unless_backend_runs(backend)
+    low = {k: leaf(v, dtype) if k in grad_names else v for k, v in tensors.items()}
+    ref = {k: leaf(low[k].float(), torch.float32) if k in grad_names else v for k, v in tensors.items()}
+    loss, metrics = fused(backend=backend, **low)
+    grads = torch.autograd.grad(loss, [low[k] for k in grad_names])
+    ref_loss, ref_metrics = eager(**ref)
+    ref_grads = torch.autograd.grad(ref_loss, [ref[k] for k in grad_names])
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert_close(loss, ref_loss, dtype, "loss")
+    assert set(metrics) == set(ref_metrics)
+    for key, want in ref_metrics.items():
+        assert not metrics[key].requires_grad, key
+        assert_close(metrics[key], want, dtype, key)
+    for name, got, want in zip(grad_names, grads, ref_grads):
+        assert got.dtype == low[name].dtype
+        assert_close(got, want, dtype, f"d_{name}")
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------- DPO family
+
+
+def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None):
+    hidden, weight = make_model(2 * PAIRS)
+    labels = make_labels(2 * PAIRS)
+    # bf16-representable, so that the fused side sees the same reference in either input dtype
+    ref_hidden = (hidden + 0.3 * torch.randn_like(hidden)).to(torch.bfloat16).float()
+    with torch.no_grad():
+        ref_seq = eager_token_logps(ref_hidden, weight, labels).sum(-1)
+    beta = 0.7
+
+    def fused(hidden, weight, labels, backend, bias=None):
+        ref_kw = dict(ref_hidden=ref_hidden.to(hidden.dtype)) if ref_from_hidden else dict(
+            ref_chosen_logps=ref_seq[:PAIRS], ref_rejected_logps=ref_seq[PAIRS:])
+        return fused_linear_dpo_loss(hidden, weight, labels, bias=bias, softcap=softcap, beta=beta,
+                                     loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
+                                     backend=backend, **ref_kw)
+
+    def eager(hidden, weight, labels, bias=None):
+        p = eager_pairs(hidden, weight, labels, bias=bias, softcap=softcap)
+        with torch.no_grad():
+            ref = eager_token_logps(ref_hidden, weight, labels, bias=bias, softcap=softcap).sum(-1) \
+                if ref_from_hidden else ref_seq
+        dc, dr = p["c"] - ref[:PAIRS], p["r"] - ref[PAIRS:]
+        losses = eager_dpo_losses(loss_type, dc, dr, beta, label_smoothing, p["lc"], p["lr"])
+        loss = losses.mean() + rpo_alpha * p["nll"]
+        return loss, eager_pair_metrics(p, beta * dc, beta * dr, p["c"], p["r"])
+
+    return fused, eager, dict(hidden=hidden, weight=weight, labels=labels)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("loss_type, label_smoothing", [("sigmoid", 0.1), ("ipo", 0.0)])
+def test_dpo_rpo_matches_eager(backend, dtype, loss_type, label_smoothing):
+    fused, eager, tensors = dpo_case(loss_type, label_smoothing, rpo_alpha=0.5, ref_from_hidden=True)
+    compare(fused, eager, tensors, dtype, backend)
+
+
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
+def test_dpo_every_loss_type_matches_eager(loss_type):
+    smoothing = 0.2 if loss_type in ("sigmoid", "robust", "exo_pair") else 0.0
+    fused, eager, tensors = dpo_case(loss_type, smoothing, rpo_alpha=0.0, ref_from_hidden=False)
+    compare(fused, eager, tensors, torch.float32, "torch")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_dpo_bias_and_softcap_reach_policy_and_reference(backend):
+    fused, eager, tensors = dpo_case("sigmoid", 0.0, rpo_alpha=1.0, ref_from_hidden=True, softcap=2.5)
+    tensors["bias"] = torch.randn(V, device=device())
+    compare(fused, eager, tensors, torch.float32, backend, grad_names=("hidden", "weight", "bias"))
+
+
+def pairwise_case(method):
+    """CPO, SimPO or ORPO: fused wrapper and eager formula on the same random pairwise batch."""
+    hidden, weight = make_model(2 * PAIRS)
+    labels = make_labels(2 * PAIRS)
+    beta, alpha, gamma, eps = 0.3, 0.7, 0.4, 0.1
+
+    def fused(hidden, weight, labels, backend):
+        if method == "cpo":
+            return fused_linear_cpo_loss(hidden, weight, labels, beta=beta, cpo_alpha=alpha, label_smoothing=eps,
+                                         backend=backend)
+        if method == "simpo":
+            return fused_linear_simpo_loss(hidden, weight, labels, beta=beta, simpo_gamma=gamma, cpo_alpha=alpha,
+                                           label_smoothing=eps, backend=backend)
+        return fused_linear_orpo_loss(hidden, weight, labels, beta=beta, backend=backend)
+
+    def eager(hidden, weight, labels):
+        p = eager_pairs(hidden, weight, labels)
+        ls = F.logsigmoid
+        if method == "cpo":
+            z = beta * (p["c"] - p["r"])
+            loss = (-(1 - eps) * ls(z) - eps * ls(-z)).mean() + alpha * p["nll"]
+            return loss, eager_pair_metrics(p, beta * p["c"], beta * p["r"], p["c"], p["r"])
+        ac, ar = p["c"] / p["lc"], p["r"] / p["lr"]
+        if method == "simpo":
+            z = beta * (ac - ar) - gamma
+            loss = (-(1 - eps) * ls(z) - eps * ls(-z)).mean() + alpha * p["nll"]
+            return loss, eager_pair_metrics(p, beta * ac, beta * ar, ac, ar)
+        log_odds = (ac - ar) - (torch.log(1 - torch.exp(ac)) - torch.log(1 - torch.exp(ar)))
+        loss = p["nll"] - beta * ls(log_odds).mean()
+        metrics = eager_pair_metrics(p, beta * ac, beta * ar, ac, ar)
+        metrics["log_odds_ratio"] = ls(log_odds).mean().detach()
+        metrics["log_odds_chosen"] = log_odds.mean().detach()
+        return loss, metrics
+
+    return fused, eager, dict(hidden=hidden, weight=weight, labels=labels)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("method", ["cpo", "simpo", "orpo"])
+def test_reference_free_pairwise_matches_eager(backend, dtype, method):
+    fused, eager, tensors = pairwise_case(method)
+    compare(fused, eager, tensors, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kto_matches_eager(backend, dtype):
+    rows, beta, wd, wu = 5, 0.5, 1.3, 0.8
+    hidden, weight = make_model(rows)
+    labels, kl_labels = make_labels(rows), make_labels(rows)
+    kl_hidden = torch.randn_like(hidden)
+    ref_hidden, ref_kl_hidden = hidden + 0.5 * torch.randn_like(hidden), kl_hidden + 0.5 * torch.randn_like(hidden)
+    desirable = torch.tensor([True, False, True, True, False], device=device())
+
+    def fused(hidden, weight, labels, backend):
+        dt = hidden.dtype
+        return fused_linear_kto_loss(hidden, weight, labels, desirable, kl_hidden=kl_hidden.to(dt), kl_labels=kl_labels,
+                                     ref_hidden=ref_hidden.to(dt), ref_kl_hidden=ref_kl_hidden.to(dt), beta=beta,
+                                     desirable_weight=wd, undesirable_weight=wu, backend=backend)
+
+    def eager(hidden, weight, labels):
+        def frozen(h, lab):  # the frozen inputs reach the fused side in the input dtype
+            return eager_token_logps(h.to(dtype).float(), weight, lab).sum(-1).detach()
+
+        logps = eager_token_logps(hidden, weight, labels).sum(-1)
+        ref, kl_pol, kl_ref = frozen(ref_hidden, labels), frozen(kl_hidden, kl_labels), frozen(ref_kl_hidden, kl_labels)
+        kl = (kl_pol - kl_ref).mean().clamp(min=0)
+        d = logps - ref
+        losses = torch.where(desirable, wd * (1 - torch.sigmoid(beta * (d - kl))),
+                             wu * (1 - torch.sigmoid(beta * (kl - d))))
+        rewards = (beta * d).detach()
+        metrics = {
+            "kl": kl, "rewards/chosen": rewards[desirable].mean(), "rewards/rejected": rewards[~desirable].mean(),
+            "logps/chosen": logps[desirable].detach().mean(), "logps/rejected": logps[~desirable].detach().mean(),
+        }
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        return losses.mean(), metrics
+
+    compare(fused, eager, dict(hidden=hidden, weight=weight, labels=labels), dtype, backend)
+
+
+# ----------------------------------------------------------------------------- GRPO / PPO
+
+ROWS = 3  # with T = 7: an odd number of tokens
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("level, loss_type", [("token", "grpo"), ("sequence", "dapo")])
+def test_grpo_matches_eager(backend, dtype, level, loss_type):
+    temperature, beta, eps, eps_high, delta = 0.9, 0.05, 0.2, 0.28, 1.5
+    hidden, weight = make_model(ROWS)
+    labels = make_labels(ROWS)
+    mask = labels != -100
+    with torch.no_grad():
+        base = eager_token_logps(hidden, weight, labels, temperature)
+    old_logps = torch.where(mask, base + 0.4 * torch.randn_like(base), 0.0)
+    ref_hidden = hidden + 0.4 * torch.randn_like(hidden)
+    advantages = torch.tensor([1.2, -0.7, 0.4], device=device())
+
+    def fused(hidden, weight, labels, backend):
+        return fused_linear_grpo_loss(hidden, weight, labels, advantages, old_logps=old_logps,
+                                      ref_hidden=ref_hidden.to(hidden.dtype), beta=beta, epsilon=eps,
+                                      epsilon_high=eps_high, delta=delta, importance_sampling_level=level,
+                                      loss_type=loss_type, temperature=temperature, backend=backend)
+
+    def eager(hidden, weight, labels):
+        logits = eager_logits(hidden, weight, temperature)
+        logsm = torch.log_softmax(logits, -1)
+        logps = torch.where(mask, logsm.gather(-1, labels.clamp(min=0)[..., None])[..., 0], 0.0)
+        entropy = -(logsm.exp() * logsm).sum(-1)
+        with torch.no_grad():
+            ref = eager_token_logps(ref_hidden.to(dtype).float(), weight, labels, temperature)
+        log_ratio = (logps - old_logps) * mask
+        if level == "sequence":
+            log_ratio = (log_ratio.sum(-1) / mask.sum(-1))[:, None].expand_as(logps)
+        rho = torch.exp(log_ratio)
+        a = advantages[:, None]
+        term1 = torch.clamp(rho, max=delta) * a
+        term2 = torch.clamp(rho, 1 - eps, 1 + eps_high) * a
+        k3 = torch.exp(ref - logps) - (ref - logps) - 1
+        per_token = (-torch.minimum(term1, term2) + beta * k3) * mask
+        if loss_type == "grpo":
+            loss = (per_token.sum(-1) / mask.sum(-1)).mean()
+        else:
+            loss = per_token.sum() / mask.sum()
+        low = ((rho < 1 - eps) & (a < 0)).float()
+        high = ((rho > 1 + eps_high) & (a > 0)).float()
+        metrics = {
+            "kl": k3.detach()[mask].mean(), "entropy": entropy.detach()[mask].mean(),
+            "clip_ratio/low_mean": low[mask].mean(), "clip_ratio/high_mean": high[mask].mean(),
+            "clip_ratio/region_mean": torch.maximum(low, high)[mask].mean(),
+        }
+        return loss, metrics
+
+    compare(fused, eager, dict(hidden=hidden, weight=weight, labels=labels), dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ppo_matches_eager(backend, dtype):
+    temperature, clip, clip_v, vf_coef = 0.9, 0.2, 0.3, 0.1
+    hidden, weight = make_model(ROWS)
+    labels = make_labels(ROWS)
+    mask = labels != -100
+    with torch.no_grad():
+        base = eager_token_logps(hidden, weight, labels, temperature)
+    old_logps = torch.where(mask, base + 0.3 * torch.randn_like(base), 0.0)
+    advantages = torch.randn(ROWS, T, device=device())
+    old_values, returns = torch.randn(ROWS, T, device=device()), torch.randn(ROWS, T, device=device())
+    values = old_values + 0.5 * torch.randn(ROWS, T, device=device())
+
+    def fused(hidden, weight, labels, values, backend):
+        return fused_linear_ppo_loss(hidden, weight, labels, old_logps=old_logps, advantages=advantages,
+                                     values=values, old_values=old_values, returns=returns, cliprange=clip,
+                                     cliprange_value=clip_v, vf_coef=vf_coef, temperature=temperature,
+                                     backend=backend)
+
+    def eager(hidden, weight, labels, values):
+        logps = eager_token_logps(hidden, weight, labels, temperature)
+        diff = (logps - old_logps) * mask
+        rho = torch.exp(diff)
+        pg1, pg2 = -advantages * rho, -advantages * torch.clamp(rho, 1 - clip, 1 + clip)
+        pg = torch.maximum(pg1, pg2)[mask].mean()
+        vclip = torch.clamp(values, old_values - clip_v, old_values + clip_v)
+        v1, v2 = (values - returns) ** 2, (vclip - returns) ** 2
+        vf = 0.5 * torch.maximum(v1, v2)[mask].mean()
+        metrics = {
+            "policy/approxkl_avg": 0.5 * (diff.detach() ** 2)[mask].mean(),
+            "policy/clipfrac_avg": (pg2 > pg1).float()[mask].mean(),
+            "loss/policy_avg": pg.detach(), "loss/value_avg": vf.detach(),
+            "val/clipfrac_avg": (v2 > v1).float()[mask].mean(),
+        }
+        return pg + vf_coef * vf, metrics
+
+    compare(fused, eager, dict(hidden=hidden, weight=weight, labels=labels, values=values), dtype, backend,
+            grad_names=("hidden", "weight", "values"))
+
+
+# ----------------------------------------------------------------------------- KD
+
+K = 4
+
+
+def kd_case(temperature, divergence, normalize, ce_alpha, teacher_temperature=1.0, kd_alpha=1.0):
+    hidden, weight = make_model(ROWS)
+    labels = make_labels(ROWS)
+    target_ids = torch.randint(0, V, (ROWS, T, K), device=device())
+    target_logprobs = torch.log_softmax(torch.randn(ROWS, T, K, device=device()), -1) - 0.3
+    kd_beta = 0.3
+
+    def fused(hidden, weight, labels, backend):
+        return fused_linear_topk_kd_loss(hidden, weight, labels, target_ids, target_logprobs,
+                                         kd_temperature=temperature, teacher_temperature=teacher_temperature,
+                                         divergence=divergence, kd_beta=kd_beta, kd_normalize_topk=normalize,
+                                         kd_alpha=kd_alpha, kd_ce_alpha=ce_alpha, backend=backend)
+
+    def eager(hidden, weight, labels):
+        mask = labels != -100
+        log_q = torch.log_softmax(eager_logits(hidden, weight, temperature), -1).gather(-1, target_ids)
+        if normalize:
+            log_q = torch.log_softmax(log_q, -1)
+        p = torch.exp(target_logprobs)
+        p = p / p.sum(-1, keepdim=True)
+        p = p ** (teacher_temperature / temperature)
+        p = p / p.sum(-1, keepdim=True)
+        q = torch.exp(log_q)
+        if divergence == "forward_kl":
+            per_pos = (p * (torch.log(p) - log_q)).sum(-1)
+        elif divergence == "reverse_kl":
+            per_pos = (q * (log_q - torch.log(p))).sum(-1)
+        else:
+            m = kd_beta * p + (1 - kd_beta) * q
+            per_pos = kd_beta * (p * (torch.log(p) - torch.log(m))).sum(-1) \
+                + (1 - kd_beta) * (q * (log_q - torch.log(m))).sum(-1)
+        kd = per_pos[mask].sum() / mask.sum()
+        loss = kd_alpha * temperature ** 2 * kd
+        metrics = {"kd_loss": kd.detach()}
+        if ce_alpha:
+            ce = F.cross_entropy(eager_logits(hidden, weight).reshape(-1, V), labels.reshape(-1), ignore_index=-100)
+            loss = loss + ce_alpha * ce
+            metrics["ce_loss"] = ce.detach()
+        return loss, metrics
+
+    return fused, eager, dict(hidden=hidden, weight=weight, labels=labels)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_topk_kd_with_ce_matches_eager(backend, dtype, temperature):
+    fused, eager, tensors = kd_case(temperature, "forward_kl", False, ce_alpha=0.4, teacher_temperature=0.7)
+    compare(fused, eager, tensors, dtype, backend)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_topk_kd_divergences_match_eager(divergence, normalize):
+    fused, eager, tensors = kd_case(1.5, divergence, normalize, ce_alpha=0.0, kd_alpha=0.6)
+    compare(fused, eager, tensors, torch.float32, "torch")
+
+
+# ----------------------------------------------------------------------------- every term reaches the backward
+
+
+def weight_grad(fn, hidden, weight, labels, **kw):
+    h, w = leaf(hidden, torch.float32), leaf(weight, torch.float32)
+    loss, _ = fn(h, w, labels, backend="torch", **kw)
+    return torch.autograd.grad(loss, (h, w))
+
+
+@pytest.mark.parametrize("fn, coef", [
+    (fused_linear_dpo_loss, "rpo_alpha"),
+    (fused_linear_cpo_loss, "cpo_alpha"),
+    (fused_linear_simpo_loss, "cpo_alpha"),
+    (fused_linear_orpo_loss, "beta"),
+], ids=["rpo", "cpo", "simpo", "orpo"])
+def test_mixed_pairwise_terms_reach_backward(fn, coef):
+    hidden, weight = make_model(2 * PAIRS)
+    labels = make_labels(2 * PAIRS)
+    extra = dict(ref_hidden=hidden + 0.3 * torch.randn_like(hidden)) if fn is fused_linear_dpo_loss else {}
+    base = weight_grad(fn, hidden, weight, labels, **{coef: 0.5}, **extra)
+    more = weight_grad(fn, hidden, weight, labels, **{coef: 1.5}, **extra)
+    for b, m in zip(base, more):
+        assert (b - m).abs().max() > 1e-4
+
+
+def test_kd_and_ce_terms_reach_backward():
+    hidden, weight = make_model(ROWS)
+    labels = make_labels(ROWS)
+    ids = torch.randint(0, V, (ROWS, T, K), device=device())
+    lps = torch.log_softmax(torch.randn(ROWS, T, K, device=device()), -1)
+
+    def kd(**kw):
+        return weight_grad(lambda h, w, lab, **k: fused_linear_topk_kd_loss(h, w, lab, ids, lps, **k),
+                           hidden, weight, labels, **kw)
+
+    base = kd(kd_alpha=1.0, kd_ce_alpha=0.5)
+    for changed in (kd(kd_alpha=2.0, kd_ce_alpha=0.5), kd(kd_alpha=1.0, kd_ce_alpha=1.0)):
+        for b, m in zip(base, changed):
+            assert (b - m).abs().max() > 1e-4
+    # T^2 is in the gradient: at T=2, kd_alpha=1 gives exactly 4x the gradient of kd_alpha=1/4.
+    at_t2 = kd(kd_temperature=2.0)
+    quarter = kd(kd_temperature=2.0, kd_alpha=0.25)
+    for a, q in zip(at_t2, quarter):
+        torch.testing.assert_close(a, 4 * q)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_wrappers_reject_bad_input():
+    hidden, weight = make_model(2 * PAIRS)
+    labels = make_labels(2 * PAIRS)
+    with pytest.raises(ValueError, match="hidden"):
+        fused_linear_cpo_loss(hidden[:5], weight, labels[:5], backend="torch")
+    with pytest.raises(ValueError, match="labels"):
+        fused_linear_cpo_loss(hidden, weight, labels[:, :-1], backend="torch")
+    empty = labels.clone()
+    empty[2] = -100
+    with pytest.raises(ValueError, match="labels"):
+        fused_linear_cpo_loss(hidden, weight, empty, backend="torch")
+    with pytest.raises(ValueError, match="ref_chosen_logps"):
+        fused_linear_dpo_loss(hidden, weight, labels, backend="torch")
+    with pytest.raises(ValueError, match="ref_rejected_logps"):
+        fused_linear_dpo_loss(hidden, weight, labels, ref_chosen_logps=torch.zeros(PAIRS),
+                              ref_rejected_logps=torch.zeros(PAIRS + 1), backend="torch")
+    with pytest.raises(ValueError, match="loss_type"):
+        fused_linear_dpo_loss(hidden, weight, labels, ref_hidden=hidden, loss_type="sigmod", backend="torch")
+    with pytest.raises(ValueError, match="ref_bias"):
+        fused_linear_dpo_loss(hidden, weight, labels, ref_hidden=hidden, ref_bias=torch.zeros(V), backend="torch")
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        fused_linear_dpo_loss(hidden, weight, labels, ref_hidden=hidden, rpo_alpha=-1.0, backend="torch")
+    with pytest.raises(ValueError, match="advantages"):
+        fused_linear_grpo_loss(hidden, weight, labels, torch.zeros(3), beta=0.0, backend="torch")
+    with pytest.raises(ValueError, match="ref_logps"):
+        fused_linear_grpo_loss(hidden, weight, labels, torch.zeros(2 * PAIRS), backend="torch")
+    one = dict(kl_hidden=hidden[:1], kl_labels=labels[:1], ref_logps=torch.zeros(1), ref_kl_logps=torch.zeros(1),
+               backend="torch")
+    with pytest.raises(ValueError, match="logps: KTO needs a batch of at least 2"):
+        fused_linear_kto_loss(hidden[:1], weight, labels[:1], torch.tensor([True]), **one)
+    with pytest.raises(ValueError, match="kl_logps"):
+        fused_linear_kto_loss(hidden[:2], weight, labels[:2], torch.tensor([True, False]), kl_hidden=hidden[:3],
+                              kl_labels=labels[:3], ref_logps=torch.zeros(2), ref_kl_logps=torch.zeros(2),
+                              backend="torch")
+    with pytest.raises(ValueError, match="target_ids"):
+        fused_linear_topk_kd_loss(hidden, weight, labels, torch.zeros(2 * PAIRS, T - 1, K, dtype=torch.long),
+                                  torch.zeros(2 * PAIRS, T - 1, K), backend="torch")
+    with pytest.raises(ValueError, match="kd_temperature"):
+        fused_linear_topk_kd_loss(hidden, weight, labels, torch.zeros(2 * PAIRS, T, K, dtype=torch.long),
+                                  torch.zeros(2 * PAIRS, T, K), kd_temperature=0.0, backend="torch")

@@ -1,0 +1,178 @@
+"""GRPO advantages and loss: hand-computed aggregations, clipping, KL and bad input."""
+import math
+
+import pytest
+import torch
+
+from fusedrl.kernels.losses import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_group_advantages_with_weighted_functions_and_none():
+    rewards = {"accuracy": [1.0, 0.0, None, 1.0], "format": torch.tensor([0.5, 0.5, 1.0, 1.0])}
+    adv, metrics = grpo_advantages(rewards, num_generations=2, reward_weights=[2.0, 1.0])
+    # combined rewards: 2.5, 0.5 | 1.0 (accuracy None is left out), 3.0
+    std_a, std_b = math.sqrt(2.0), math.sqrt(2.0)
+    torch.testing.assert_close(adv, t(1.0 / (std_a + 1e-4), -1.0 / (std_a + 1e-4),
+                                      -1.0 / (std_b + 1e-4), 1.0 / (std_b + 1e-4)))
+    assert set(metrics) == {"reward", "reward_std", "frac_reward_zero_std", "rewards/accuracy/mean",
+                            "rewards/format/mean"}
+    torch.testing.assert_close(metrics["reward"], torch.tensor(7.0 / 4))
+    torch.testing.assert_close(metrics["reward_std"], torch.tensor(math.sqrt(2.0)))
+    torch.testing.assert_close(metrics["rewards/accuracy/mean"], torch.tensor(2.0 / 3))
+    torch.testing.assert_close(metrics["rewards/format/mean"], torch.tensor(0.75))
+    assert metrics["frac_reward_zero_std"].item() == 0.0
+
+
+def test_advantage_scaling_modes():
+    rewards = {"r": [1.0, 3.0, 5.0, 5.0]}
+    adv, metrics = grpo_advantages(rewards, num_generations=2, scale_rewards="none")
+    torch.testing.assert_close(adv, t(-1.0, 1.0, 0.0, 0.0))
+    assert metrics["frac_reward_zero_std"].item() == 0.5
+    adv, _ = grpo_advantages(rewards, num_generations=2, scale_rewards="batch")
+    batch_std = torch.tensor([1.0, 3.0, 5.0, 5.0]).std()
+    torch.testing.assert_close(adv, t(-1.0, 1.0, 0.0, 0.0) / (batch_std + 1e-4))
+    adv, _ = grpo_advantages(rewards, num_generations=2)
+    torch.testing.assert_close(adv, t(-1.0, 1.0, 0.0, 0.0) / t(math.sqrt(2) + 1e-4, math.sqrt(2) + 1e-4, 1e-4, 1e-4))
+
+
+def test_grpo_advantages_reject_bad_input():
+    with pytest.raises(ValueError, match="num_generations"):
+        grpo_advantages({"r": [1.0, 2.0, 3.0]}, num_generations=2)
+    with pytest.raises(ValueError, match="num_generations"):
+        grpo_advantages({"r": [1.0, 2.0]}, num_generations=1)
+    with pytest.raises(ValueError, match="reward_weights"):
+        grpo_advantages({"r": [1.0, 2.0]}, num_generations=2, reward_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="rewards\\['b'\\]"):
+        grpo_advantages({"a": [1.0, 2.0], "b": [1.0]}, num_generations=2)
+    with pytest.raises(ValueError, match="scale_rewards"):
+        grpo_advantages({"a": [1.0, 2.0]}, num_generations=2, scale_rewards="std")
+    with pytest.raises(ValueError, match="rewards"):
+        grpo_advantages({}, num_generations=2)
+
+
+# Two rows with 2 and 4 completion tokens, rho = 1 everywhere, beta = 0: the token loss is -A.
+MASK = torch.tensor([[False, True, True, False, False], [True, True, True, True, False]])
+ADV = t(1.0, -2.0)
+AGGREGATIONS = {
+    "grpo": ((-1.0 * 2 / 2 + 2.0 * 4 / 4) / 2, dict()),
+    "bnpo": ((-2.0 + 8.0) / 6, dict()),
+    "dr_grpo": ((-2.0 + 8.0) / (2 * 5), dict()),
+    "dapo": ((-2.0 + 8.0) / 12, dict(num_items_in_batch=12)),
+}
+
+
+def test_aggregation_table_covers_every_loss_type():
+    assert set(AGGREGATIONS) == set(GRPO_LOSS_TYPES)
+
+
+@pytest.mark.parametrize("loss_type", GRPO_LOSS_TYPES)
+def test_grpo_aggregations_hand_computed(loss_type):
+    expected, kw = AGGREGATIONS[loss_type]
+    logps = torch.randn(2, 5).requires_grad_()
+    loss, metrics = grpo_loss(logps, None, ADV, MASK, beta=0.0, loss_type=loss_type, **kw)
+    torch.testing.assert_close(loss, torch.tensor(expected))
+    assert set(metrics) == {"clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"}
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert torch.all(grad[~MASK] == 0)
+    # d loss / d L_t = -A_i * (weight of token t): for grpo 1 / (|o_i| * B), for bnpo 1 / tokens
+    if loss_type == "grpo":
+        torch.testing.assert_close(grad[MASK], t(-0.25, -0.25, 0.25, 0.25, 0.25, 0.25))
+    if loss_type == "bnpo":
+        torch.testing.assert_close(grad[MASK], t(-1, -1, 2, 2, 2, 2) / 6)
+
+
+def test_dr_grpo_uses_max_completion_length_and_dapo_defaults_to_batch_tokens():
+    logps = torch.randn(2, 5)
+    loss, _ = grpo_loss(logps, None, ADV, MASK, beta=0.0, loss_type="dr_grpo", max_completion_length=10)
+    torch.testing.assert_close(loss, torch.tensor(6.0 / 20))
+    loss, _ = grpo_loss(logps, None, ADV, MASK, beta=0.0, loss_type="dapo")
+    torch.testing.assert_close(loss, torch.tensor(1.0))
+
+
+def test_clipped_ratio_gives_zero_gradient_and_counts_in_the_metrics():
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    old = torch.zeros(1, 4)
+    # ratios 1.5 (A>0: clipped high), 0.5 (A<0: clipped low), 1.1 (inside), 3.0 (A<0, capped by delta)
+    logps = torch.log(t([1.5, 0.5, 1.1, 3.0])).requires_grad_()
+    adv_pos, adv_neg = t(1.0), t(-1.0)
+    loss, metrics = grpo_loss(logps[:, :1], old[:, :1], adv_pos, mask[:, :1], beta=0.0)
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert torch.all(grad == 0)
+    torch.testing.assert_close(loss, torch.tensor(-1.2))
+    assert metrics["clip_ratio/high_mean"].item() == 1.0 and metrics["clip_ratio/low_mean"].item() == 0.0
+
+    loss, metrics = grpo_loss(logps[:, 1:2], old[:, 1:2], adv_neg, mask[:, :1], beta=0.0)
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert torch.all(grad == 0)
+    torch.testing.assert_close(loss, torch.tensor(0.8))
+    assert metrics["clip_ratio/low_mean"].item() == 1.0 and metrics["clip_ratio/region_mean"].item() == 1.0
+
+    loss, _ = grpo_loss(logps[:, 2:3], old[:, 2:3], adv_pos, mask[:, :1], beta=0.0)
+    (grad,) = torch.autograd.grad(loss, logps)
+    torch.testing.assert_close(grad, t([0.0, 0.0, -1.1, 0.0]))
+
+    # delta caps the unclipped term: -min(min(3, 2) * -1, 1.2 * -1) = 2, no gradient
+    loss, _ = grpo_loss(logps[:, 3:], old[:, 3:], adv_neg, mask[:, :1], beta=0.0, delta=2.0)
+    (grad,) = torch.autograd.grad(loss, logps)
+    torch.testing.assert_close(loss, torch.tensor(2.0))
+    assert torch.all(grad == 0)
+    loss, _ = grpo_loss(logps[:, 3:], old[:, 3:], adv_neg, mask[:, :1], beta=0.0)
+    torch.testing.assert_close(loss, torch.tensor(3.0))
+
+
+def test_epsilon_high_widens_the_upper_clip_only():
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    logps = torch.log(t([1.25]))
+    loss, _ = grpo_loss(logps, torch.zeros(1, 1), t(1.0), mask, beta=0.0, epsilon=0.2, epsilon_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor(-1.25))
+    loss, _ = grpo_loss(torch.log(t([0.75])), torch.zeros(1, 1), t(-1.0), mask, beta=0.0, epsilon=0.2,
+                        epsilon_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor(0.8))
+
+
+def test_sequence_level_ratio_is_one_per_row():
+    mask = torch.tensor([[True, True, False]])
+    logps = t([math.log(2.0), 0.0, 5.0]).requires_grad_()
+    loss, metrics = grpo_loss(logps, torch.zeros(1, 3), t(1.0), mask, beta=0.0,
+                              importance_sampling_level="sequence", epsilon=0.5)
+    rho = math.exp(math.log(2.0) / 2)
+    torch.testing.assert_close(loss, torch.tensor(-rho))
+    (grad,) = torch.autograd.grad(loss, logps)
+    torch.testing.assert_close(grad, t([-rho / 2, -rho / 2, 0.0]))
+    assert metrics["clip_ratio/region_mean"].item() == 0.0
+
+
+def test_k3_kl_penalty_with_beta():
+    mask = torch.tensor([[True, True, False]])
+    logps = t([-1.0, -2.0, -3.0]).requires_grad_()
+    ref = t([-1.5, -1.0, 100.0])
+    loss, metrics = grpo_loss(logps, None, t(0.0), mask, ref_logps=ref, beta=0.1)
+    k3 = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]
+    torch.testing.assert_close(metrics["kl"], torch.tensor(sum(k3) / 2))
+    torch.testing.assert_close(loss, torch.tensor(0.1 * sum(k3) / 2))
+    (grad,) = torch.autograd.grad(loss, logps)
+    # d k3 / d L = 1 - e^(R - L)
+    torch.testing.assert_close(grad, t([0.05 * (1 - math.exp(-0.5)), 0.05 * (1 - math.exp(1.0)), 0.0]))
+
+
+def test_grpo_loss_rejects_bad_input():
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    logps = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="ref_logps"):
+        grpo_loss(logps, None, t(1.0, 1.0), mask)
+    with pytest.raises(ValueError, match="advantages"):
+        grpo_loss(logps, None, t(1.0), mask, beta=0.0)
+    with pytest.raises(ValueError, match="old_logps"):
+        grpo_loss(logps, torch.zeros(3, 3), t(1.0, 1.0), mask, beta=0.0)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logps, None, t(1.0, 1.0), mask, beta=0.0, loss_type="ppo")
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        grpo_loss(logps, None, t(1.0, 1.0), mask, beta=0.0, importance_sampling_level="batch")
+    with pytest.raises(ValueError, match="delta"):
+        grpo_loss(logps, None, t(1.0, 1.0), mask, beta=0.0, delta=1.1)
+    with pytest.raises(ValueError, match="epsilon"):
+        grpo_loss(logps, None, t(1.0, 1.0), mask, beta=0.0, epsilon=-0.1)
