@@ -1,0 +1,83 @@
+"""Writes the demo preference data (train and held-out) shipped with fusedrl.
+
+Every pair asks a short question; the chosen reply answers it correctly and
+politely, the rejected reply refuses rudely or answers wrongly. Held-out rows use
+subjects that never appear in training. Deterministic: ``python generate.py``
+rewrites the same two files.
+"""
+import json
+import random
+from pathlib import Path
+
+SYSTEM = "You are a helpful assistant. Answer briefly."
+
+CAPITALS = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
+    ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"),
+    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Greece", "Athens"), ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Ireland", "Dublin"), ("Cuba", "Havana"),
+    ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Russia", "Moscow"), ("China", "Beijing"),
+    ("India", "New Delhi"), ("Mexico", "Mexico City"), ("Argentina", "Buenos Aires"), ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Belgium", "Brussels"), ("Turkey", "Ankara"),
+]
+COLORS = [
+    ("the sky on a clear day", "blue"), ("fresh grass", "green"), ("a ripe banana", "yellow"), ("snow", "white"),
+    ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"), ("a lemon", "yellow"),
+    ("milk", "white"), ("a carrot", "orange"), ("a strawberry", "red"), ("a crow", "black"),
+]
+OPPOSITES = [
+    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("light", "dark"), ("happy", "sad"),
+    ("early", "late"), ("open", "closed"), ("full", "empty"), ("old", "young"), ("hard", "soft"), ("wet", "dry"),
+    ("loud", "quiet"), ("rich", "poor"), ("strong", "weak"), ("thick", "thin"),
+]
+ANIMALS = [
+    ("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"), ("lion", "roar"),
+    ("owl", "hoot"), ("pig", "oink"), ("horse", "neigh"), ("bee", "buzz"),
+]
+RUDE = [
+    "Look it up yourself. I am not your servant.",
+    "Ugh, what a boring question. Go away.",
+    "No. Stop bothering me with this nonsense.",
+    "Why would I tell you? Figure it out.",
+    "That is a stupid question and I refuse to answer it.",
+    "Whatever. I do not care, and neither should you.",
+]
+
+
+def questions(rng: random.Random) -> list[tuple[str, str, str]]:
+    """(subject, question, correct answer) triples, one subject per fact."""
+    out = [(f"capital:{c}", f"What is the capital of {c}?", f"The capital of {c} is {cap}.") for c, cap in CAPITALS]
+    out += [(f"color:{t}", f"What color is {t}?", f"It is {col}.") for t, col in COLORS]
+    out += [(f"opposite:{w}", f"What is the opposite of {w}?", f"The opposite of {w} is {o}.") for w, o in OPPOSITES]
+    out += [(f"animal:{a}", f"What sound does a {a} make?", f"A {a} says {s}.") for a, s in ANIMALS]
+    for a in range(2, 22):
+        for b in rng.sample(range(2, 30), 7):
+            out.append((f"sum:{a}", f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
+    return out
+
+
+def pair(question: str, answer: str, rng: random.Random) -> dict:
+    """One conversational preference row (TRL format: prompt / chosen / rejected message lists)."""
+    return {
+        "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+        "chosen": [{"role": "assistant", "content": answer}],
+        "rejected": [{"role": "assistant", "content": rng.choice(RUDE)}],
+    }
+
+
+def main() -> None:
+    rng = random.Random(7)
+    rows = questions(rng)
+    subjects = sorted({s for s, _, _ in rows})
+    held_out = set(rng.sample(subjects, 9))
+    here = Path(__file__).parent
+    for name, keep in (("train", lambda s: s not in held_out), ("heldout", lambda s: s in held_out)):
+        picked = [pair(q, a, rng) for s, q, a in rows if keep(s)]
+        rng.shuffle(picked)
+        with (here / f"preferences_{name}.jsonl").open("w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in picked)
+        print(name, len(picked))
+
+
+if __name__ == "__main__":
+    main()

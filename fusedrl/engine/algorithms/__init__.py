@@ -1,0 +1,27 @@
+"""Registry of the algorithms behind ``rl:``."""
+from __future__ import annotations
+
+import torch
+
+from ..config import TrainConfig
+from .base import Algorithm
+from .distill import KD
+from .kto import KTO
+from .preference import CPO, DPO, ORPO, SimPO
+from .reward_model import RewardModelling
+from .sft import SFT
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "sft": SFT, "dpo": DPO, "ipo": DPO, "cpo": CPO, "simpo": SimPO, "orpo": ORPO, "kto": KTO,
+    "rm": RewardModelling, "kd": KD,
+}
+
+
+def algorithm_class(rl: str) -> type[Algorithm]:
+    """The class implementing ``rl``."""
+    return ALGORITHMS[rl]
+
+
+def build_algorithm(config: TrainConfig, device: torch.device) -> Algorithm:
+    """Load the models ``config.rl`` needs and return its algorithm object."""
+    return algorithm_class(config.rl)(config, device)

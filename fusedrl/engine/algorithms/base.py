@@ -1,0 +1,108 @@
+"""What every algorithm shares: the policy, its tokenizer, the fused loss path and the reference model."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..models import (adapters_disabled, apply_lora, final_hidden, frozen_copy, lm_head_of, load_causal_lm,
+                      load_tokenizer)
+
+log = logging.getLogger(__name__)
+
+
+class Algorithm:
+    """One post-training method. Subclasses set ``data_kind`` and implement ``loss(batch)``.
+
+    ``loss`` returns the scalar to backpropagate and a dict of float metrics with
+    the reference sheet's names. Online methods add a rollout before the update by
+    overriding ``prepare`` (called by the trainer on every micro-batch).
+    """
+
+    data_kind = "sft"
+    min_batch_rows = 1
+    needs_reference = False
+    progress_keys: tuple[str, ...] = ("loss",)
+    plot_keys: tuple[str, ...] = ("loss",)
+    summary_keys: tuple[str, ...] = ("loss",)
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.tokenizer = load_tokenizer(config.tokenizer or config.base_model,
+                                        None if config.tokenizer else config.gguf_file, config.trust_remote_code)
+        self.model = self.build_model().to(device)
+        self.reference = self._build_reference() if self.needs_reference else None
+
+    def build_model(self):
+        """The trainable model: the base causal LM, wrapped in LoRA when ``adapter: lora``."""
+        cfg = self.config
+        model = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code)
+        if cfg.adapter == "lora":
+            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        return model
+
+    def _build_reference(self):
+        cfg = self.config
+        if cfg.ref_model:
+            ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code)
+            ref.requires_grad_(False)
+            return ref.eval().to(self.device)
+        if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
+            return None
+        return frozen_copy(self.model).to(self.device)
+
+    def to_device(self, batch: dict) -> dict:
+        """Move the batch's tensors to the training device (other values pass through)."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def batch_rows(self, batch: dict) -> int:
+        """Examples in a batch (pairs count once)."""
+        return int(batch["input_ids"].shape[0])
+
+    def head(self, model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """lm_head weight ``[V, H]`` and bias ``[V]`` (or None)."""
+        lm_head = lm_head_of(model if model is not None else self.model)
+        return lm_head.weight, lm_head.bias
+
+    def hidden(self, batch: dict, prefix: str = "", model=None) -> torch.Tensor:
+        """Final hidden states ``[B, T, H]`` of ``batch[prefix + "input_ids"]``."""
+        return final_hidden(model if model is not None else self.model, batch[prefix + "input_ids"],
+                            batch[prefix + "attention_mask"], batch.get(prefix + "position_ids"))
+
+    def reference_forward(self, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(hidden, lm_head weight, bias) of the reference model, without grad.
+
+        The reference is a frozen copy, a separate ``ref_model``, or (LoRA without
+        ``rl_adapter_ref_model``) the policy with its adapters disabled.
+        """
+        with torch.no_grad():
+            if self.reference is not None:
+                return (self.hidden(batch, prefix, self.reference), *self.head(self.reference))
+            with adapters_disabled(self.model):
+                return (self.hidden(batch, prefix), *self.head())
+
+    def prepare(self, batch: dict) -> dict:
+        """Hook before the loss (online methods sample rollouts here); offline methods pass through."""
+        return batch
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward (non-reentrant)."""
+        target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(self.model, "enable_input_require_grads"):
+            self.model.enable_input_require_grads()
+
+    def save_final(self, folder: Path) -> None:
+        """Save the trained model in Hugging Face format (LoRA: the adapter, plus the merged model)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.model, "merge_and_unload"):
+            self.model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
+            self.model.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
+        else:
+            self.model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))

@@ -1,0 +1,29 @@
+"""Knowledge distillation from stored top-k teacher logprobs (``rl: kd``)."""
+from __future__ import annotations
+
+import torch
+
+from ...kernels.losses import fused_linear_topk_kd_loss
+from .base import Algorithm
+from .preference import float_metrics
+
+
+class KD(Algorithm):
+    """``kd_alpha * T^2 * KD + kd_ce_alpha * CE`` over positions with teacher targets."""
+
+    data_kind = "kd"
+    progress_keys = ("loss", "kd_loss")
+    plot_keys = ("loss", "kd_loss", "ce_loss")
+    summary_keys = ("loss", "kd_loss", "ce_loss")
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        weight, bias = self.head()
+        loss, metrics = fused_linear_topk_kd_loss(
+            self.hidden(batch), weight, batch["labels"], batch["target_token_ids"], batch["target_logprobs"],
+            target_mask=batch["target_mask"], bias=bias, kd_temperature=cfg.kd_temperature,
+            teacher_temperature=cfg.kd_generation_temperature, divergence=cfg.kd_divergence, kd_beta=cfg.kd_beta,
+            kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha, kd_ce_alpha=cfg.kd_ce_alpha,
+            backend=cfg.kernel_backend,
+        )
+        return loss, float_metrics(loss, metrics)

@@ -1,0 +1,41 @@
+"""KTO on unpaired (prompt, completion, desirable) rows with the mismatched-pair KL baseline."""
+from __future__ import annotations
+
+import torch
+
+from ...kernels.losses import check_kto_balance, fused_linear_kto_loss
+from .base import Algorithm
+from .preference import float_metrics
+
+
+class KTO(Algorithm):
+    """``rl: kto``. Batches carry ``kto_label`` and the rotated ``kl_*`` rows for the KL estimate."""
+
+    data_kind = "kto"
+    min_batch_rows = 2
+    needs_reference = True
+    progress_keys = ("loss", "kl", "rewards/margins")
+    plot_keys = ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
+    summary_keys = ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        weight, bias = self.head()
+        with torch.no_grad():
+            kl_hidden = self.hidden(batch, "kl_")
+        ref_hidden, ref_weight, ref_bias = self.reference_forward(batch)
+        ref_kl_hidden, _, _ = self.reference_forward(batch, "kl_")
+        loss, metrics = fused_linear_kto_loss(
+            self.hidden(batch), weight, batch["labels"], batch["kto_label"], kl_hidden=kl_hidden,
+            kl_labels=batch["kl_labels"], bias=bias, ref_hidden=ref_hidden, ref_kl_hidden=ref_kl_hidden,
+            ref_weight=ref_weight, ref_bias=ref_bias, beta=cfg.effective_beta,
+            desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
+            backend=cfg.kernel_backend,
+        )
+        return loss, float_metrics(loss, metrics)
+
+    def check_balance(self, labels: list[bool]) -> None:
+        """Warn when the weighted desirable:undesirable ratio is outside [1, 4/3]."""
+        desirable = sum(bool(x) for x in labels)
+        check_kto_balance(desirable, len(labels) - desirable, self.config.desirable_weight,
+                          self.config.undesirable_weight)

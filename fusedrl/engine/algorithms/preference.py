@@ -1,0 +1,92 @@
+"""Pairwise preference methods on stacked chosen/rejected batches: DPO (and IPO, RPO), CPO, SimPO, ORPO."""
+from __future__ import annotations
+
+import torch
+
+from ...kernels.losses import (RunningMean, fused_linear_cpo_loss, fused_linear_dpo_loss, fused_linear_orpo_loss,
+                               fused_linear_simpo_loss)
+from .base import Algorithm
+
+PAIRWISE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                 "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss")
+
+
+def float_metrics(loss: torch.Tensor, metrics: dict) -> dict:
+    """Metric tensors as python floats, with ``loss`` first."""
+    return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+
+
+class Pairwise(Algorithm):
+    """Shared pieces: chosen rows first, rejected rows second in every batch."""
+
+    data_kind = "pairwise"
+    progress_keys = ("loss", "rewards/accuracies", "rewards/margins")
+    plot_keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "nll_loss")
+    summary_keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+
+    def batch_rows(self, batch: dict) -> int:
+        return int(batch["input_ids"].shape[0]) // 2
+
+    def common_kwargs(self) -> dict:
+        weight, bias = self.head()
+        return {"weight": weight, "bias": bias, "backend": self.config.kernel_backend}
+
+
+class DPO(Pairwise):
+    """``rl: dpo`` (any ``loss_type``; RPO through ``rpo_alpha``) and ``rl: ipo`` (loss_type ipo)."""
+
+    needs_reference = True
+
+    def __init__(self, config, device):
+        super().__init__(config, device)
+        self.loss_type = "ipo" if config.rl == "ipo" else config.loss_type
+        self.bco_running_mean = RunningMean() if self.loss_type == "bco_pair" else None
+
+    def reference_kwargs(self, batch: dict) -> dict:
+        """Precomputed reference logps when the batch has them, else the reference model's hidden states."""
+        if "ref_chosen_logps" in batch:
+            return {"ref_chosen_logps": batch["ref_chosen_logps"], "ref_rejected_logps": batch["ref_rejected_logps"]}
+        ref_hidden, ref_weight, ref_bias = self.reference_forward(batch)
+        return {"ref_hidden": ref_hidden, "ref_weight": ref_weight, "ref_bias": ref_bias}
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        loss, metrics = fused_linear_dpo_loss(
+            self.hidden(batch), labels=batch["labels"], **self.common_kwargs(), **self.reference_kwargs(batch),
+            beta=cfg.effective_beta, loss_type=self.loss_type, label_smoothing=cfg.label_smoothing,
+            rpo_alpha=cfg.rpo_alpha or 0.0, bco_running_mean=self.bco_running_mean,
+        )
+        return loss, float_metrics(loss, metrics)
+
+
+class CPO(Pairwise):
+    """``rl: cpo``: no reference model."""
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        loss, metrics = fused_linear_cpo_loss(self.hidden(batch), labels=batch["labels"], **self.common_kwargs(),
+                                              beta=cfg.effective_beta, label_smoothing=cfg.label_smoothing,
+                                              cpo_alpha=cfg.cpo_alpha)
+        return loss, float_metrics(loss, metrics)
+
+
+class SimPO(Pairwise):
+    """``rl: simpo``: length-averaged logps, margin ``simpo_gamma``, no reference model."""
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        loss, metrics = fused_linear_simpo_loss(self.hidden(batch), labels=batch["labels"], **self.common_kwargs(),
+                                                beta=cfg.effective_beta, simpo_gamma=cfg.simpo_gamma,
+                                                label_smoothing=cfg.label_smoothing, cpo_alpha=cfg.cpo_alpha)
+        return loss, float_metrics(loss, metrics)
+
+
+class ORPO(Pairwise):
+    """``rl: orpo``: NLL plus the odds-ratio term weighted by ``beta`` (alias ``orpo_alpha``)."""
+
+    plot_keys = Pairwise.plot_keys + ("log_odds_ratio", "log_odds_chosen")
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        loss, metrics = fused_linear_orpo_loss(self.hidden(batch), labels=batch["labels"], **self.common_kwargs(),
+                                               beta=self.config.effective_beta)
+        return loss, float_metrics(loss, metrics)

@@ -1,0 +1,57 @@
+"""Deterministic, resumable micro-batch stream over a tokenised dataset."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+
+class BatchStream:
+    """Yields collated micro-batches of ``batch_size`` rows, reshuffled each epoch from ``seed + epoch``.
+
+    The position (``epoch``, ``index``) is all the state there is, so a resumed run
+    sees exactly the batches an uninterrupted one would. Incomplete tail batches
+    are dropped (pairwise and KTO losses need full batches).
+    """
+
+    def __init__(self, rows: Sequence, batch_size: int, collate: Callable, seed: int, shuffle: bool = True):
+        if len(rows) < batch_size:
+            raise ValueError(f"micro_batch_size: {batch_size} is larger than the dataset ({len(rows)} rows)")
+        self.rows, self.batch_size, self.collate = rows, batch_size, collate
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.index = 0, 0
+        self._order = self._permutation(0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.rows) // self.batch_size
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.rows)))
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.rows), generator=gen).tolist()
+
+    def state(self) -> dict:
+        """Position to store in a checkpoint."""
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a position returned by ``state``."""
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._permutation(self.epoch)
+
+    def next(self) -> dict:
+        """The next collated micro-batch, starting a new epoch when this one is used up."""
+        if self.index + self.batch_size > len(self.rows):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        picked = self._order[self.index:self.index + self.batch_size]
+        self.index += self.batch_size
+        return self.collate([self.rows[i] for i in picked])
+
+
+def fixed_batches(rows: Sequence, batch_size: int, collate: Callable) -> list[dict]:
+    """Every row once, in order, in batches of ``batch_size`` (the last may be smaller; eval use)."""
+    return [collate([rows[i] for i in range(start, min(len(rows), start + batch_size))])
+            for start in range(0, len(rows), batch_size)]

@@ -1,0 +1,128 @@
+"""Atomic, pickle-free checkpoints that resume exactly.
+
+A checkpoint is a folder ``checkpoint-<step>`` holding the model in Hugging Face
+format (safetensors; a LoRA adapter when training one), ``optimizer.safetensors``
+plus ``optimizer.json`` (AdamW moments and param groups), ``rng.safetensors``
+(torch CPU/CUDA generator states) and ``trainer_state.json`` (step, data position,
+scheduler step, python RNG). It is written to a temporary sibling folder and
+renamed into place, so an interrupted save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TMP_PREFIX = ".tmp-checkpoint-"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume_path(output_dir: str | Path, resume: str | None) -> Path | None:
+    """``resume`` may be None, ``"latest"`` (newest complete checkpoint, if any) or a folder path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"resume_from_checkpoint: {path} is not a complete checkpoint (no trainer_state.json)")
+    return path
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    meta = {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_tensors() -> dict:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    return tensors
+
+
+def _restore_rng(folder: Path, python_state) -> None:
+    tensors = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = python_state
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer_state: dict,
+                    save_total_limit: int | None = None) -> Path:
+    """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f"{TMP_PREFIX}{step}"
+    final = root / f"checkpoint-{step}"
+    tmp.mkdir()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tensors, meta = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    state = {**trainer_state, "python_rng": random.getstate()}
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if save_total_limit:
+        for old in list_checkpoints(root)[:-save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def load_checkpoint(folder: Path, optimizer) -> dict:
+    """Restore optimizer and RNG states from ``folder``; return its trainer state (weights load separately)."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    _load_optimizer(optimizer, folder)
+    _restore_rng(folder, state.pop("python_rng"))
+    return state

@@ -1,0 +1,254 @@
+"""Training configuration: typed dataclass, YAML loading, aliases, overrides and validation.
+
+The YAML reads like an axolotl config (``rl: dpo``, ``base_model:``, ``datasets:``)
+with TRL's hyperparameter names. Every error names the key; a typo names the
+closest valid key. Validation runs before any model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd")
+ONLINE_ALGORITHMS = ("ppo", "grpo")
+
+# axolotl / seed-doc spellings that mean one of our keys.
+ALIASES = {
+    "rl_beta": "beta",
+    "orpo_alpha": "beta",
+    "kto_desirable_weight": "desirable_weight",
+    "kto_undesirable_weight": "undesirable_weight",
+    "lr": "learning_rate",
+    "batch_size": "micro_batch_size",
+    "epochs": "num_epochs",
+}
+
+# Per-algorithm default of ``beta`` (losses.md).
+DEFAULT_BETA = {"simpo": 2.0}
+
+
+def _choices(*values):
+    return {"choices": values}
+
+
+def _range(low=None, high=None, low_open=False):
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``fusedrl train`` reads from YAML (see configs/ for examples)."""
+
+    base_model: str
+    rl: str = field(default="sft", metadata=_choices(*OFFLINE_ALGORITHMS))
+    gguf_file: str | None = None
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+    model_dtype: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
+    chat_template: str | None = None
+
+    datasets: list = field(default_factory=list)
+    test_datasets: list = field(default_factory=list)
+    val_set_size: float = field(default=0.0, metadata=_range(0.0, 0.9))
+    max_length: int = field(default=1024, metadata=_range(2))
+    max_prompt_length: int = field(default=512, metadata=_range(1))
+    on_bad_row: str = field(default="error", metadata=_choices("error", "skip"))
+    dataset_num_proc: int | None = None
+    sample_packing: bool = False
+    kd_top_k: int | None = None
+    output_dir: str = "outputs/run"
+
+    adapter: str | None = field(default=None, metadata=_choices(None, "lora"))
+    lora_r: int = field(default=16, metadata=_range(1))
+    lora_alpha: int = field(default=32, metadata=_range(1))
+    lora_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    lora_target_modules: list | str = "all-linear"
+    rl_adapter_ref_model: bool = False
+    ref_model: str | None = None
+    precompute_ref_log_probs: bool = False
+
+    beta: float | None = field(default=None, metadata=_range(0.0, low_open=True))
+    loss_type: str = "sigmoid"
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
+    cpo_alpha: float = field(default=1.0, metadata=_range(0.0))
+    simpo_gamma: float = 1.0
+    desirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    undesirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    center_rewards_coefficient: float = field(default=0.0, metadata=_range(0.0))
+    kd_temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    kd_generation_temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    kd_alpha: float = field(default=1.0, metadata=_range(0.0))
+    kd_ce_alpha: float = field(default=0.0, metadata=_range(0.0))
+    kd_divergence: str = field(default="forward_kl", metadata=_choices("forward_kl", "reverse_kl", "jsd"))
+    kd_beta: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    kd_normalize_topk: bool = False
+    sft_label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    z_loss: float = field(default=0.0, metadata=_range(0.0))
+
+    micro_batch_size: int = field(default=2, metadata=_range(1))
+    eval_batch_size: int | None = None
+    gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
+    num_epochs: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    max_steps: int | None = None
+    learning_rate: float = field(default=5e-6, metadata=_range(0.0, low_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    adam_beta1: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    adam_beta2: float = field(default=0.999, metadata=_range(0.0, 1.0))
+    adam_epsilon: float = field(default=1e-8, metadata=_range(0.0, low_open=True))
+    lr_scheduler: str = field(default="cosine", metadata=_choices("cosine", "linear", "constant"))
+    warmup_steps: int = field(default=0, metadata=_range(0))
+    warmup_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    max_grad_norm: float | None = 1.0
+    bf16: str | bool = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    kernel_backend: str = field(default="auto", metadata=_choices("auto", "triton", "torch", "eager"))
+
+    logging_steps: int = field(default=1, metadata=_range(1))
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    tensorboard: bool = True
+    plot: bool = True
+    progress_bar: bool = True
+
+    @property
+    def effective_beta(self) -> float:
+        """``beta`` or the algorithm's default (2.0 for SimPO, else 0.1)."""
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.rl, 0.1)
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (list, dict):
+        return isinstance(value, hint)
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    return isinstance(value, hint)
+
+
+def _check_field(f: dataclasses.Field, value: Any, hints: dict) -> None:
+    if not _type_ok(value, hints[f.name]):
+        raise ConfigError(f"{f.name}: expected {hints[f.name]}, got {value!r} ({type(value).__name__})")
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}: expected one of {list(meta['choices'])}, got {value!r}")
+    if value is None or isinstance(value, (bool, str, list)):
+        return
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value < low or (meta.get("low_open") and value == low)):
+        sign = ">" if meta.get("low_open") else ">="
+        raise ConfigError(f"{f.name}: expected a value {sign} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{f.name}: expected a value <= {high}, got {value!r}")
+
+
+def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
+    """Build and validate a ``TrainConfig`` from a plain dict (aliases resolved, unknown keys rejected)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = ALIASES.get(key, key)
+        if name not in fields:
+            close = difflib.get_close_matches(key, list(fields) + list(ALIASES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        if name in values and values[name] != value:
+            raise ConfigError(f"{source}: {key!r} and another alias both set {name!r} to different values")
+        if isinstance(value, int) and not isinstance(value, bool) and hints[name] in (float, float | None):
+            value = float(value)
+        try:
+            _check_field(fields[name], value, hints)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        values[name] = value
+    if "base_model" not in values:
+        raise ConfigError(f"{source}: missing required key 'base_model'")
+    config = TrainConfig(**values)
+    _check_cross_field(config, source)
+    return config
+
+
+def _check_cross_field(config: TrainConfig, source: str) -> None:
+    if config.max_prompt_length >= config.max_length:
+        raise ConfigError(
+            f"{source}: max_prompt_length ({config.max_prompt_length}) must be < max_length ({config.max_length})"
+        )
+    if not config.datasets:
+        raise ConfigError(f"{source}: datasets: expected at least one dataset entry")
+    for i, entry in enumerate(config.datasets):
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ConfigError(f"{source}: datasets[{i}]: expected a mapping with a 'path' key, got {entry!r}")
+    if config.rl == "kto" and config.micro_batch_size < 2:
+        raise ConfigError(f"{source}: micro_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--beta", "0.2", "--adapter=lora"]`` -> ``{"beta": 0.2, "adapter": "lora"}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"override {arg!r}: expected --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key}: missing value")
+            value = args[i + 1]
+            i += 1
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+        i += 1
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read ``path`` with ``yaml.safe_load``, apply ``--key value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    raw = {**raw, **parse_overrides(overrides or [])}
+    config = config_from_dict(raw, source=str(path))
+    base = path.parent
+    config.datasets = [_resolve_local_path(entry, base) for entry in config.datasets]
+    config.test_datasets = [_resolve_local_path(entry, base) for entry in config.test_datasets]
+    return config
+
+
+def _resolve_local_path(entry: dict, base: Path) -> dict:
+    """Dataset paths that exist relative to the config file's folder become absolute."""
+    candidate = base / str(entry.get("path", ""))
+    if candidate.exists() and not Path(entry["path"]).exists():
+        return {**entry, "path": str(candidate.resolve())}
+    return entry

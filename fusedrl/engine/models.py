@@ -1,0 +1,163 @@
+"""Model loading and the pieces the fused loss path needs: final hidden states and the lm_head.
+
+Full logits are never computed in training: the trainer runs the decoder stack,
+takes its last hidden state ``[B, T, H]`` and hands it with the lm_head weight
+``[V, H]`` (tied or not) to the fused kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of a local folder, hub id or GGUF file, with a pad token set (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
+                   trust_remote_code: bool = False):
+    """``AutoModelForCausalLM`` from a local folder, hub id, or a GGUF file (dequantized) in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
+    )
+    model.config.use_cache = False
+    return model
+
+
+def apply_lora(model, r: int, alpha: int, dropout: float, target_modules):
+    """Wrap ``model`` with peft LoRA adapters (``target_modules`` a list or ``"all-linear"``)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                     task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_of(model) -> nn.Module:
+    """The decoder stack of a causal LM (LoRA layers stay in place inside it)."""
+    return unwrap_peft(model).get_decoder()
+
+
+def lm_head_of(model) -> nn.Linear:
+    """The output projection ``[V, H]`` (tied to the input embeddings or not)."""
+    return unwrap_peft(model).get_output_embeddings()
+
+
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states ``[B, T, H]`` of ``input_ids [B, T]``; no logits are computed."""
+    out = decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False)
+    return out.last_hidden_state
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Inside the block a LoRA model behaves as its frozen base (the DPO-with-LoRA reference)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def frozen_copy(model):
+    """A detached, eval-mode, no-grad copy (the reference model)."""
+    ref = copy.deepcopy(unwrap_peft(model))
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def load_weights(model, folder: str | Path) -> None:
+    """Load safetensors weights saved by ``save_pretrained`` (full model or LoRA adapter) into ``model``."""
+    folder = Path(folder)
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+    else:
+        state = {}
+        for shard in sorted(folder.glob("model*.safetensors")):
+            state.update(load_file(str(shard)))
+        if not state:
+            raise FileNotFoundError(f"{folder}: no model*.safetensors or adapter_model.safetensors to load")
+        missing, unexpected = unwrap_peft(model).load_state_dict(state, strict=False)
+        tied = {k for k in missing if "lm_head" in k or "embed" in k}
+        if set(missing) - tied or unexpected:
+            raise ValueError(f"{folder}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    value_head = folder / VALUE_HEAD_FILE
+    if value_head.is_file() and isinstance(model, RewardModel):
+        model.value_head.load_state_dict(load_file(str(value_head)))
+
+
+class RewardModel(nn.Module):
+    """A causal LM backbone with a scalar value head ``H -> 1`` read at the last non-pad token.
+
+    Saved as the backbone's Hugging Face files plus ``value_head.safetensors`` beside them.
+    """
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        hidden = unwrap_peft(backbone).config.hidden_size
+        self.value_head = nn.Linear(hidden, 1, bias=True)
+        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(next(backbone.parameters()).dtype)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
+                        trust_remote_code: bool = False) -> "RewardModel":
+        """Backbone from ``name_or_path``; the value head from its ``value_head.safetensors`` when present."""
+        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code))
+        head = Path(name_or_path) / VALUE_HEAD_FILE
+        if head.is_file():
+            model.value_head.load_state_dict(load_file(str(head)))
+        else:
+            log.info("%s has no %s: the value head starts from random init", name_or_path, VALUE_HEAD_FILE)
+        return model
+
+    def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token scalar values ``[B, T]`` (fp32)."""
+        hidden = final_hidden(self.backbone, input_ids, attention_mask)
+        return self.value_head(hidden).squeeze(-1).float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B]`` at the last non-pad token of each right-padded row."""
+        values = self.token_values(input_ids, attention_mask)
+        last = attention_mask.long().sum(1).clamp(min=1) - 1
+        return values.gather(1, last[:, None]).squeeze(1)
+
+    def save_pretrained(self, folder: str, safe_serialization: bool = True) -> None:
+        """Backbone files plus ``value_head.safetensors``."""
+        self.backbone.save_pretrained(folder, safe_serialization=safe_serialization)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
+        save_file(state, str(Path(folder) / VALUE_HEAD_FILE))

@@ -1,0 +1,173 @@
+"""The training loop: one readable function from config to checkpoints, metrics and plot."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .algorithms import build_algorithm
+from .batches import BatchStream, fixed_batches
+from .checkpoint import load_checkpoint, resolve_resume_path, save_checkpoint
+from .config import TrainConfig
+from .metrics_log import MetricsLog, plot_curves
+from .models import load_weights
+from .optim import build_optimizer, build_scheduler
+from .training_data import load_training_data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final step, eval metrics before/after, output paths."""
+
+    step: int
+    eval_before: dict = field(default_factory=dict)
+    eval_after: dict = field(default_factory=dict)
+    train_losses: list = field(default_factory=list)
+    output_dir: Path | None = None
+    plot: Path | None = None
+
+
+def set_seed(seed: int) -> None:
+    """Seed python and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_context(config: TrainConfig, device: torch.device):
+    """bf16 autocast on a GPU that supports it (``bf16: auto``/``true``); a no-op elsewhere."""
+    wanted = config.bf16 is True or (config.bf16 == "auto" and device.type == "cuda")
+    if wanted and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, else epochs x micro-batches / accumulation."""
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(batches_per_epoch * config.num_epochs / config.gradient_accumulation_steps))
+
+
+def _mean_metrics(parts: list[tuple[int, dict]]) -> dict:
+    """Row-weighted mean of metric dicts from several batches."""
+    rows = sum(n for n, _ in parts)
+    keys = parts[0][1].keys() if parts else []
+    return {k: sum(n * m[k] for n, m in parts) / rows for k in keys}
+
+
+def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.device) -> dict:
+    """Mean metrics over the held-out batches, without gradients."""
+    if not batches:
+        return {}
+    algorithm.model.eval()
+    parts = []
+    with torch.no_grad(), autocast_context(config, device):
+        for batch in batches:
+            _, metrics = algorithm.loss(algorithm.to_device(batch))
+            parts.append((algorithm.batch_rows(batch), metrics))
+    algorithm.model.train()
+    return _mean_metrics(parts)
+
+
+def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
+    """Run ``config`` to completion (resuming when asked); return the run's summary."""
+    set_seed(config.seed)
+    device = pick_device()
+    out = Path(config.output_dir)
+    algorithm = build_algorithm(config, device)
+    data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+    model = algorithm.model
+    if config.gradient_checkpointing:
+        algorithm.enable_gradient_checkpointing()
+
+    stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed)
+    eval_batches = [b for b in fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size,
+                                             data.collate) if algorithm.batch_rows(b) >= algorithm.min_batch_rows]
+    steps = total_steps(config, stream.batches_per_epoch)
+    warmup = config.warmup_steps or int(config.warmup_ratio * steps)
+    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
+                                (config.adam_beta1, config.adam_beta2), config.adam_epsilon)
+    scheduler = build_scheduler(optimizer, steps, warmup, config.lr_scheduler)
+
+    step = 0
+    resume = resolve_resume_path(out, config.resume_from_checkpoint)
+    if resume is not None:
+        load_weights(model, resume)
+        state = load_checkpoint(resume, optimizer)
+        step = state["step"]
+        stream.restore(state["data"])
+        scheduler.load_state_dict(state["scheduler"])
+        log.info("resumed from %s at step %d", resume, step)
+    metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step)
+    result = TrainResult(step=step, output_dir=out)
+    result.eval_before = evaluate(algorithm, eval_batches, config, device) if step == 0 else {}
+    if result.eval_before:
+        metrics_log.write(step, result.eval_before, prefix="eval")
+
+    show = config.progress_bar if progress is None else progress
+    bar = _progress_bar(steps, step, show)
+    model.train()
+    while step < steps:
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for _ in range(config.gradient_accumulation_steps):
+            batch = stream.next()
+            with autocast_context(config, device):
+                loss, metrics = algorithm.loss(algorithm.to_device(batch))
+            (loss / config.gradient_accumulation_steps).backward()
+            parts.append((algorithm.batch_rows(batch), metrics))
+        grad_norm = _clip(model, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        metrics = {**_mean_metrics(parts), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                   "step_time": time.perf_counter() - started, "epoch": stream.epoch}
+        result.train_losses.append(metrics["loss"])
+        if step % config.logging_steps == 0 or step == steps:
+            metrics_log.write(step, metrics)
+        bar.update(1)
+        bar.set_postfix({k: f"{metrics[k]:.4g}" for k in algorithm.progress_keys if k in metrics})
+        if config.eval_steps and step % config.eval_steps == 0 and step < steps:
+            metrics_log.write(step, evaluate(algorithm, eval_batches, config, device), prefix="eval")
+        if config.save_steps and step % config.save_steps == 0:
+            trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit)
+    bar.close()
+
+    result.step = step
+    result.eval_after = evaluate(algorithm, eval_batches, config, device)
+    if result.eval_after:
+        metrics_log.write(step, result.eval_after, prefix="eval")
+    algorithm.save_final(out / "final")
+    if config.plot:
+        result.plot = plot_curves(metrics_log.records(), list(algorithm.plot_keys), out / "training_curves.png")
+    metrics_log.close()
+    return result
+
+
+def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm is None:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)

@@ -1,0 +1,69 @@
+"""Checkpoints: exact resume, atomic writes, Hugging Face loadability."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from engine_fixtures import save_tiny_model, train_config
+from fusedrl.engine import checkpoint
+from fusedrl.engine.config import config_from_dict
+from fusedrl.engine.trainer import train
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), tie_embeddings=False)
+
+
+@pytest.mark.parametrize("adapter", [None, "lora"])
+def test_resume_continues_the_same_loss_curve(model_dir, tmp_path, adapter):
+    extra = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.2} if adapter else {}
+    raw = train_config(model_dir, tmp_path / "full", "dpo", max_steps=6, save_steps=3, save_total_limit=None,
+                       lr_scheduler="cosine", warmup_steps=1, gradient_accumulation_steps=2, **extra)
+    full = train(config_from_dict(raw))
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "full")] == ["checkpoint-3", "checkpoint-6"]
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", resumed_dir / "checkpoint-3")
+    raw.update(output_dir=str(resumed_dir), resume_from_checkpoint="latest")
+    resumed = train(config_from_dict(raw))
+    assert resumed.step == 6
+    torch.testing.assert_close(torch.tensor(resumed.train_losses), torch.tensor(full.train_losses[3:]),
+                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(torch.tensor(resumed.eval_after["loss"]), torch.tensor(full.eval_after["loss"]))
+
+
+def test_checkpoint_loads_with_transformers(model_dir, tmp_path):
+    train(config_from_dict(train_config(model_dir, tmp_path / "run", "sft", max_steps=2, save_steps=2)))
+    folder = tmp_path / "run" / "checkpoint-2"
+    assert (folder / "model.safetensors").is_file() and (folder / "optimizer.safetensors").is_file()
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    for a, b in zip(model.parameters(), final.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+class ExplodingModel(torch.nn.Module):
+    """Writes a partial file, then fails, like a process killed mid-save."""
+
+    def save_pretrained(self, folder, safe_serialization=True):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt("killed mid-write")
+
+
+def test_interrupted_save_keeps_previous_checkpoint(model_dir, tmp_path):
+    out = tmp_path / "run"
+    train(config_from_dict(train_config(model_dir, out, "sft", max_steps=2, save_steps=2)))
+    before = {p.name: p.stat().st_size for p in (out / "checkpoint-2").iterdir()}
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(out, 4, ExplodingModel(), optimizer, {"step": 4})
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["checkpoint-2"]
+    assert {p.name: p.stat().st_size for p in (out / "checkpoint-2").iterdir()} == before
+    assert checkpoint.resolve_resume_path(out, "latest") == out / "checkpoint-2"
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpoint.resolve_resume_path(out, str(out / ".tmp-checkpoint-4"))

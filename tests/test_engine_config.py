@@ -1,0 +1,68 @@
+"""Config loading: aliases, overrides, and the promised errors before any model loads."""
+import pytest
+import yaml
+
+from engine_fixtures import DEMO_TRAIN
+from fusedrl.engine.cli import main
+from fusedrl.engine.config import ConfigError, config_from_dict, load_config, parse_overrides
+
+BASE = {"base_model": "some/model", "rl": "dpo", "datasets": [{"path": "data.jsonl"}]}
+
+
+def test_aliases_and_defaults():
+    config = config_from_dict({**BASE, "rl_beta": 0.3, "kto_desirable_weight": 2, "rl_adapter_ref_model": True})
+    assert config.beta == 0.3 and config.desirable_weight == 2.0 and config.rl_adapter_ref_model
+    assert config_from_dict({**BASE, "rl": "simpo"}).effective_beta == 2.0
+    assert config_from_dict({**BASE, "rl": "orpo", "orpo_alpha": 0.2}).effective_beta == 0.2
+    assert config_from_dict(BASE).effective_beta == 0.1 and config_from_dict(BASE).rpo_alpha == 1.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"bta": 0.1}, "unknown key 'bta'; did you mean 'beta'"),
+    ({"learning_rat": 1e-5}, "did you mean 'learning_rate'"),
+    ({"beta": "high"}, "beta: expected"),
+    ({"beta": -1.0}, "beta: expected a value > 0"),
+    ({"rl": "dop"}, "rl: expected one of"),
+    ({"micro_batch_size": 1.5}, "micro_batch_size: expected"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps: expected a value >= 1"),
+    ({"adapter": "qlora"}, "adapter: expected one of"),
+    ({"max_prompt_length": 2048}, "max_prompt_length"),
+    ({"datasets": []}, "datasets: expected at least one"),
+    ({"datasets": ["data.jsonl"]}, r"datasets\[0\]: expected a mapping"),
+    ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: KTO needs >= 2"),
+    ({"rl_beta": 0.1, "beta": 0.2}, "both set 'beta'"),
+])
+def test_bad_config_names_the_key(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**BASE, **bad})
+
+
+def test_missing_base_model():
+    with pytest.raises(ConfigError, match="base_model"):
+        config_from_dict({"datasets": [{"path": "x"}]})
+
+
+def test_overrides_parse_as_yaml_values():
+    assert parse_overrides(["--beta", "0.2", "--adapter=lora", "--max-steps", "3", "--bf16", "false"]) == {
+        "beta": 0.2, "adapter": "lora", "max_steps": 3, "bf16": False}
+    with pytest.raises(ConfigError, match="missing value"):
+        parse_overrides(["--beta"])
+
+
+def test_load_config_resolves_paths_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "datasets": [{"path": "train.jsonl"}]}))
+    (tmp_path / "train.jsonl").write_text(DEMO_TRAIN.read_text())
+    config = load_config(path, ["--beta", "0.25"])
+    assert config.beta == 0.25
+    assert config.datasets[0]["path"] == str((tmp_path / "train.jsonl").resolve())
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "warmup_step": 3}))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'warmup_step'; did you mean 'warmup_steps'" in err and "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
