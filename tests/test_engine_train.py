@@ -47,3 +47,15 @@ def test_fused_path_matches_eager_logits(rl, model_dir, tmp_path):
     assert grads_a.keys() == grads_b.keys() and grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("option", [{"precompute_ref_log_probs": True}, {"gradient_checkpointing": True}],
+                         ids=["precomputed_reference", "gradient_checkpointing"])
+def test_option_leaves_the_loss_curve_unchanged(option, model_dir, tmp_path):
+    raw = train_config(model_dir, tmp_path / "plain", "dpo", max_steps=3)
+    plain = train(config_from_dict(raw))
+    raw.update(output_dir=str(tmp_path / "option"), **option)
+    changed = train(config_from_dict(raw))
+    torch.testing.assert_close(torch.tensor(changed.train_losses), torch.tensor(plain.train_losses),
+                               atol=1e-5, rtol=1e-5)
+    assert changed.eval_after["rewards/margins"] == pytest.approx(plain.eval_after["rewards/margins"], abs=1e-5)

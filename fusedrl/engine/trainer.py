@@ -87,7 +87,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     device = pick_device()
     out = Path(config.output_dir)
     algorithm = build_algorithm(config, device)
-    data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+    data = algorithm.prepare_data(load_training_data(config, algorithm.tokenizer, algorithm.data_kind))
     model = algorithm.model
     if config.gradient_checkpointing:
         algorithm.enable_gradient_checkpointing()

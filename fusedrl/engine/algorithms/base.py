@@ -83,6 +83,10 @@ class Algorithm:
             with adapters_disabled(self.model):
                 return (self.hidden(batch, prefix), *self.head())
 
+    def prepare_data(self, data):
+        """Hook on the tokenised ``TrainingData`` before training (e.g. precomputed reference logps)."""
+        return data
+
     def prepare(self, batch: dict) -> dict:
         """Hook before the loss (online methods sample rollouts here); offline methods pass through."""
         return batch

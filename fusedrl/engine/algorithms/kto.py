@@ -34,8 +34,10 @@ class KTO(Algorithm):
         )
         return loss, float_metrics(loss, metrics)
 
-    def check_balance(self, labels: list[bool]) -> None:
-        """Warn when the weighted desirable:undesirable ratio is outside [1, 4/3]."""
+    def prepare_data(self, data):
+        """Warn when the weighted desirable:undesirable ratio of the training rows is outside [1, 4/3]."""
+        labels = data.train["label"]
         desirable = sum(bool(x) for x in labels)
         check_kto_balance(desirable, len(labels) - desirable, self.config.desirable_weight,
                           self.config.undesirable_weight)
+        return data

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..reference_cache import add_reference_logps, collate_with_columns
+from ..training_data import TrainingData
 from ...kernels.losses import (RunningMean, fused_linear_cpo_loss, fused_linear_dpo_loss, fused_linear_orpo_loss,
                                fused_linear_simpo_loss)
 from .base import Algorithm
@@ -41,6 +43,15 @@ class DPO(Pairwise):
         super().__init__(config, device)
         self.loss_type = "ipo" if config.rl == "ipo" else config.loss_type
         self.bco_running_mean = RunningMean() if self.loss_type == "bco_pair" else None
+
+    def prepare_data(self, data: TrainingData) -> TrainingData:
+        """With ``precompute_ref_log_probs``, one reference pass over train and held-out rows before training."""
+        if not self.config.precompute_ref_log_probs:
+            return data
+        size = self.config.eval_batch_size or self.config.micro_batch_size
+        train = add_reference_logps(self, data.train, data.collate, size)
+        held_out = add_reference_logps(self, data.eval, data.collate, size) if len(data.eval) else data.eval
+        return TrainingData(train, held_out, collate_with_columns(data.collate))
 
     def reference_kwargs(self, batch: dict) -> dict:
         """Precomputed reference logps when the batch has them, else the reference model's hidden states."""

@@ -1,0 +1,46 @@
+"""Precomputed reference logps: one no-grad pass of the reference over the dataset, stored as columns."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import datasets
+import torch
+
+from ..kernels import linear_logprobs
+from ..kernels.losses.sequence import completion_mask, sequence_logps
+from .batches import fixed_batches
+
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def _collate_with_columns(rows: list[dict], collate: Callable, columns: tuple[str, ...]) -> dict:
+    batch = collate([{k: v for k, v in row.items() if k not in columns} for row in rows])
+    for name in columns:
+        batch[name] = torch.tensor([row[name] for row in rows], dtype=torch.float32)
+    return batch
+
+
+def collate_with_columns(collate: Callable, columns: tuple[str, ...] = REFERENCE_COLUMNS) -> Callable:
+    """Wrap ``collate`` so the per-row float ``columns`` become ``[B]`` fp32 tensors of the batch."""
+    return partial(_collate_with_columns, collate=collate, columns=columns)
+
+
+def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, batch_size: int) -> datasets.Dataset:
+    """``rows`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed over completion tokens) added.
+
+    ``algorithm`` provides ``to_device`` and ``reference_forward`` (a pairwise algorithm:
+    each batch stacks its chosen rows before its rejected rows).
+    """
+    chosen, rejected = [], []
+    for batch in fixed_batches(rows, batch_size, collate):
+        batch = algorithm.to_device(batch)
+        hidden, weight, bias = algorithm.reference_forward(batch)
+        with torch.no_grad():
+            token_logps = linear_logprobs(hidden, weight, batch["labels"], bias=bias,
+                                          backend=algorithm.config.kernel_backend)
+        logps = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
+        half = len(logps) // 2
+        chosen += logps[:half]
+        rejected += logps[half:]
+    return rows.add_column(REFERENCE_COLUMNS[0], chosen).add_column(REFERENCE_COLUMNS[1], rejected)
