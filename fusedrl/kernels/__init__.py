@@ -5,5 +5,6 @@ Each op has three backends behind one function: ``triton`` (fused kernels),
 """
 from .cross_entropy import linear_cross_entropy
 from .logprobs import linear_logprobs
+from .topk import linear_topk
 
-__all__ = ["linear_cross_entropy", "linear_logprobs"]
+__all__ = ["linear_cross_entropy", "linear_logprobs", "linear_topk"]

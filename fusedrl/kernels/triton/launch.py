@@ -30,17 +30,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_config(dtype: torch.dtype) -> TileConfig:
-    """Tiles for ``dtype``: tensor-core friendly on GPU, tiny under the CPU interpreter."""
-    if _interpreting():
+def tile_config(dtype: torch.dtype, interpreting: bool | None = None) -> TileConfig:
+    """Tiles for ``dtype``: tensor-core friendly on GPU, tiny under the CPU interpreter (default: from the env)."""
+    if _interpreting() if interpreting is None else interpreting:
         return TileConfig(16, 32, 16, 1, 1)
     if dtype == torch.float32:
         return TileConfig(64, 64, 32, 4, 2)
     return TileConfig(128, 128, 64, 8, 3)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    if _interpreting():
+def dot_precision(dtype: torch.dtype, interpreting: bool | None = None) -> str:
+    """``tl.dot`` precision: exact fp32 for fp32 inputs; fp32 copies under the interpreter (see ``tile_dot``)."""
+    if _interpreting() if interpreting is None else interpreting:
         return "upcast"
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -81,7 +82,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
         n, vocab, h, k, v_per_split, inv_t, softcap,
         HAS_BIAS=problem.bias is not None, HAS_SOFTCAP=problem.softcap is not None,
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
-        DOT_PRECISION=_dot_precision(hidden.dtype),
+        DOT_PRECISION=dot_precision(hidden.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     row_max = part_max.max(0).values
@@ -126,7 +127,7 @@ def backward_stats(
             HAS_COEF_C=grad.coef_c is not None, HAS_LOGIT_SUM_GRAD=grad.logit_sum is not None,
             NEED_DH=need_hidden, NEED_DW=need_weight, NEED_DB=need_bias,
             BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
-            DOT_PRECISION=_dot_precision(hidden.dtype),
+            DOT_PRECISION=dot_precision(hidden.dtype),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     if d_hidden is not None:

@@ -31,8 +31,8 @@ def vocab_stats_bwd_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    cols = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
     row_mask = rows < N
     col_mask = cols < V
     tile_mask = row_mask[:, None] & col_mask[None, :]

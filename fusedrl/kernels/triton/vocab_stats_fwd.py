@@ -13,7 +13,7 @@ running max), so entropy keeps full precision for logits of magnitude 1e4.
 import triton
 import triton.language as tl
 
-NEG_INIT = -1.0e30
+NEG_INIT = tl.constexpr(-1.0e30)  # compiled kernels read only constexpr globals
 
 
 @triton.jit
@@ -42,7 +42,9 @@ def softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap,
 def linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                 DOT_PRECISION: tl.constexpr):
-    """fp32 tile ``hidden[rows] @ weight[cols].T`` of shape ``[BLOCK_N, BLOCK_V]``."""
+    """fp32 tile ``hidden[rows] @ weight[cols].T`` of shape ``[BLOCK_N, BLOCK_V]`` (64-bit offsets)."""
+    rows = rows.to(tl.int64)
+    cols = cols.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         hk = h0 + tl.arange(0, BLOCK_H)
@@ -64,7 +66,7 @@ def vocab_stats_fwd_kernel(
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_mask = rows < N
     v_begin = split * v_per_split
     v_end = tl.minimum(v_begin + v_per_split, V)
@@ -74,7 +76,7 @@ def vocab_stats_fwd_kernel(
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_logit_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(v_begin, v_end, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         col_mask = cols < v_end
         acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
                           BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)

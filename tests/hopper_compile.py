@@ -1,0 +1,67 @@
+"""Cross-compile the Triton kernels for sm_90 with the GPU tile configs; prints one JSON line per kernel.
+
+Run in a subprocess without TRITON_INTERPRET (under the interpreter ``@triton.jit``
+gives interpreted functions, which cannot be compiled).
+"""
+import json
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fusedrl.kernels.triton.launch import dot_precision, tile_config
+from fusedrl.kernels.triton.topk_fwd import linear_topk_fwd_kernel
+from fusedrl.kernels.triton.topk_launch import topk_tile_config
+from fusedrl.kernels.triton.vocab_stats_bwd import vocab_stats_bwd_kernel
+from fusedrl.kernels.triton.vocab_stats_fwd import vocab_stats_fwd_kernel
+
+TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+FLOAT_SCALARS = {"inv_temperature", "softcap"}
+FWD_OUTPUTS = ("max_ptr", "sumexp_ptr", "ent_ptr", "logit_sum_ptr", "target_ptr")
+BWD_FP32 = ("lse_ptr", "g_target_ptr", "coef_a_ptr", "coef_c_ptr", "g_logit_sum_ptr", "dh_ptr", "dw_ptr", "db_ptr")
+
+
+def compile_for_hopper(kernel, pointer_types: dict, constexprs: dict, cfg) -> dict:
+    """Compile ``kernel`` for sm_90; return its name and shared-memory bytes."""
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointer_types:
+            signature[name] = "*" + pointer_types[name]
+        else:
+            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return {"shared": compiled.metadata.shared}
+
+
+def main() -> None:
+    for dtype, name in TRITON_TYPES.items():
+        cfg = tile_config(dtype, interpreting=False)
+        base = dict(HAS_BIAS=True, HAS_SOFTCAP=True, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v,
+                    BLOCK_H=cfg.block_h, DOT_PRECISION=dot_precision(dtype, interpreting=False))
+        inputs = {"h_ptr": name, "w_ptr": name, "b_ptr": name, "ids_ptr": "i64"}
+        fwd = compile_for_hopper(vocab_stats_fwd_kernel, {**inputs, **{p: "fp32" for p in FWD_OUTPUTS}}, base, cfg)
+        print(json.dumps({"kernel": f"fwd-{name}", **fwd}), flush=True)
+        for need_weight in (True, False):
+            consts = dict(base, HAS_COEF_C=True, HAS_LOGIT_SUM_GRAD=True, NEED_DH=True, NEED_DW=need_weight,
+                          NEED_DB=need_weight)
+            bwd = compile_for_hopper(vocab_stats_bwd_kernel, {**inputs, **{p: "fp32" for p in BWD_FP32}}, consts, cfg)
+            print(json.dumps({"kernel": f"bwd-{name}-dw{int(need_weight)}", **bwd}), flush=True)
+        for k_pad in (16, 256):
+            cfg = topk_tile_config(dtype, k_pad, interpreting=False)
+            consts = dict(HAS_BIAS=True, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h, K_PAD=k_pad,
+                          LOG_BLOCK_V=cfg.block_v.bit_length() - 1, LOG_K_PAD=k_pad.bit_length() - 1,
+                          DOT_PRECISION=dot_precision(dtype, interpreting=False))
+            pointers = {"h_ptr": name, "w_ptr": name, "b_ptr": name, "max_ptr": "fp32", "sumexp_ptr": "fp32",
+                        "keys_ptr": "i64"}
+            topk = compile_for_hopper(linear_topk_fwd_kernel, pointers, consts, cfg)
+            print(json.dumps({"kernel": f"topk-{name}-k{k_pad}", **topk}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
