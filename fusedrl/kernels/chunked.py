@@ -21,12 +21,19 @@ def chunk_tokens_for(vocab: int, chunk_size: int | None) -> int:
 
 
 def _chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int, stop: int):
-    """fp32 logits of tokens ``[start, stop)``: returns (capped logits before temperature, z)."""
+    """fp32 ``z`` of tokens ``[start, stop)`` and, with softcap, ``1 - tanh^2`` (the softcap's derivative).
+
+    Without softcap the logits buffer becomes ``z`` in place, so one ``[chunk, V]`` tensor is alive.
+    """
     logits = problem.hidden[start:stop].float() @ weight32.T
     if problem.bias is not None:
         logits += problem.bias.float()
+    if problem.softcap is None:
+        return logits.div_(problem.temperature), None
     capped = apply_softcap(logits, problem.softcap)
-    return capped, capped / problem.temperature
+    del logits
+    z = capped / problem.temperature
+    return z, capped.div_(problem.softcap).square_().neg_().add_(1.0)
 
 
 def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
@@ -43,7 +50,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        _, z = _chunk_logits(problem, weight32, start, stop)
+        z, _ = _chunk_logits(problem, weight32, start, stop)
         ids_c = ids[start:stop]
         target[start:stop] = torch.where(ids_c >= 0, z.gather(1, ids_c.clamp(min=0)), 0.0)
         logit_sum[start:stop] = z.sum(-1)
@@ -74,7 +81,7 @@ def backward_stats(
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        capped, z = _chunk_logits(problem, weight32, start, stop)
+        z, softcap_grad = _chunk_logits(problem, weight32, start, stop)
         logp = z.sub_(lse[start:stop, None])
         scale = grad.coef_a[start:stop, None]
         if grad.coef_c is not None:
@@ -84,8 +91,8 @@ def backward_stats(
             dz += grad.logit_sum[start:stop, None]
         ids_c = ids[start:stop]
         dz.scatter_add_(1, ids_c.clamp(min=0), torch.where(ids_c >= 0, grad.target[start:stop], 0.0))
-        if problem.softcap is not None:
-            dz *= 1.0 - (capped / problem.softcap) ** 2
+        if softcap_grad is not None:
+            dz *= softcap_grad
         dz /= problem.temperature
         if need_hidden:
             d_hidden[start:stop] = (dz @ weight32).to(hidden.dtype)
