@@ -1,4 +1,9 @@
-"""Command line: ``fusedrl train CONFIG.yaml [--key value ...]`` (also ``python -m fusedrl``)."""
+"""Command line (also ``python -m fusedrl``).
+
+- ``fusedrl train CONFIG.yaml [--key value ...]``: train (any config key can be overridden).
+- ``fusedrl kd-extract --teacher M --dataset D --top-k 64 --output DIR``: teacher top-k targets for ``rl: kd``.
+- ``fusedrl bench [...]``: the kernel benchmarks of ``bench/`` (run from a checkout).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +11,7 @@ import logging
 import sys
 
 from .config import ConfigError, load_config
+from .rewards import RewardFunctionError
 
 
 def summary_table(before: dict, after: dict, keys: tuple[str, ...]) -> str:
@@ -35,12 +41,35 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _kd_extract(args: argparse.Namespace, extra: list[str]) -> int:
+    from .kd_extract import config_from_args, extract
+
+    if extra:
+        raise ConfigError(f"kd-extract: unknown arguments {extra}")
+    print(f"teacher top-k targets written to {extract(config_from_args(args))}")
+    return 0
+
+
+def _bench(args: argparse.Namespace, extra: list[str]) -> int:
+    try:
+        from bench import main as bench_main
+    except ImportError as err:
+        raise FileNotFoundError(f"fusedrl bench runs the bench/ suite of a fusedrl checkout: run it from the "
+                                f"repository root ({err})") from None
+    return bench_main(extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fusedrl`` console script."""
-    parser = argparse.ArgumentParser(prog="fusedrl", description=__doc__)
+    from .kd_extract import add_arguments
+
+    parser = argparse.ArgumentParser(prog="fusedrl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train with a YAML config; any key can be overridden with --key value")
     p_train.add_argument("config")
+    add_arguments(sub.add_parser("kd-extract", help="teacher top-k logprobs as Parquet shards for rl: kd"))
+    sub.add_parser("bench", help="kernel benchmarks (bench/; see bench/README.md)", add_help=False)
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "datasets", "transformers"):
@@ -48,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    commands = {"train": _train, "kd-extract": _kd_extract, "bench": _bench}
     try:
-        return _train(args, extra)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+        return commands[args.command](args, extra)
+    except (ConfigError, FileNotFoundError, ValueError, RewardFunctionError) as err:
         logging.getLogger(__name__).debug("traceback of the error below", exc_info=True)
         print(f"fusedrl: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES
+from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
+from ..kernels.losses.policy import KL_ESTIMATORS
+from .rewards import DEFAULT_FORMAT_PATTERN
 
 OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd")
 ONLINE_ALGORITHMS = ("ppo", "grpo")
@@ -30,8 +36,11 @@ ALIASES = {
     "epochs": "num_epochs",
 }
 
-# Per-algorithm default of ``beta`` (losses.md).
-DEFAULT_BETA = {"simpo": 2.0}
+# Per-algorithm default of ``beta`` (losses.md); 0.1 elsewhere.
+DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
+# ``loss_type`` choices and default of the algorithms that have one; the others take none.
+LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES}
+DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo"}
 
 
 def _choices(*values):
@@ -47,7 +56,7 @@ class TrainConfig:
     """Everything ``fusedrl train`` reads from YAML (see configs/ for examples)."""
 
     base_model: str
-    rl: str = field(default="sft", metadata=_choices(*OFFLINE_ALGORITHMS))
+    rl: str = field(default="sft", metadata=_choices(*OFFLINE_ALGORITHMS, *ONLINE_ALGORITHMS))
     gguf_file: str | None = None
     tokenizer: str | None = None
     trust_remote_code: bool = False
@@ -58,7 +67,7 @@ class TrainConfig:
     test_datasets: list = field(default_factory=list)
     val_set_size: float = field(default=0.0, metadata=_range(0.0, 0.9))
     max_length: int = field(default=1024, metadata=_range(2))
-    max_prompt_length: int = field(default=512, metadata=_range(1))
+    max_prompt_length: int | None = field(default=None, metadata=_range(1))
     on_bad_row: str = field(default="error", metadata=_choices("error", "skip"))
     dataset_num_proc: int | None = None
     sample_packing: bool = False
@@ -74,8 +83,8 @@ class TrainConfig:
     ref_model: str | None = None
     precompute_ref_log_probs: bool = False
 
-    beta: float | None = field(default=None, metadata=_range(0.0, low_open=True))
-    loss_type: str = "sigmoid"
+    beta: float | None = None  # range checked per algorithm (GRPO accepts 0)
+    loss_type: str | None = None  # choices per algorithm (LOSS_TYPES)
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
     cpo_alpha: float = field(default=1.0, metadata=_range(0.0))
@@ -92,6 +101,36 @@ class TrainConfig:
     kd_normalize_topk: bool = False
     sft_label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
     z_loss: float = field(default=0.0, metadata=_range(0.0))
+
+    # Online RL (GRPO and PPO): sampling, rewards, and the update schedule of each rollout.
+    num_generations: int = field(default=8, metadata=_range(2))
+    temperature: float = field(default=0.9, metadata=_range(0.0, low_open=True))
+    top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
+    top_k: int | None = field(default=None, metadata=_range(0))
+    max_completion_length: int = field(default=512, metadata=_range(1))
+    epsilon: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    epsilon_high: float | None = field(default=None, metadata=_range(0.0))
+    delta: float | None = None
+    importance_sampling_level: str = field(default="token", metadata=_choices(*IMPORTANCE_SAMPLING_LEVELS))
+    scale_rewards: str = field(default="group", metadata=_choices(*SCALE_REWARDS))
+    num_iterations: int = field(default=1, metadata=_range(1))
+    mask_truncated_completions: bool = False
+    reward_funcs: list = field(default_factory=list)
+    reward_weights: list | None = None
+    reward_model: str | None = None
+    reward_format_pattern: str = DEFAULT_FORMAT_PATTERN
+    kl_coef: float = field(default=0.05, metadata=_range(0.0))
+    kl_estimator: str = field(default="k1", metadata=_choices(*KL_ESTIMATORS))
+    cliprange: float = field(default=0.2, metadata=_range(0.0, 1.0, low_open=True))
+    vf_coef: float = field(default=0.1, metadata=_range(0.0))
+    cliprange_value: float = field(default=0.2, metadata=_range(0.0, low_open=True))
+    gamma: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    lam: float = field(default=0.95, metadata=_range(0.0, 1.0))
+    whiten_rewards: bool = False
+    num_ppo_epochs: int = field(default=4, metadata=_range(1))
+    num_mini_batches: int = field(default=1, metadata=_range(1))
+    num_sample_generations: int = field(default=10, metadata=_range(0))
+    local_rollout_forward_batch_size: int = field(default=64, metadata=_range(1))
 
     micro_batch_size: int = field(default=2, metadata=_range(1))
     eval_batch_size: int | None = None
@@ -123,8 +162,13 @@ class TrainConfig:
 
     @property
     def effective_beta(self) -> float:
-        """``beta`` or the algorithm's default (2.0 for SimPO, else 0.1)."""
+        """``beta`` or the algorithm's default (2.0 for SimPO, 0.04 for GRPO, else 0.1)."""
         return self.beta if self.beta is not None else DEFAULT_BETA.get(self.rl, 0.1)
+
+    @property
+    def effective_loss_type(self) -> str | None:
+        """``loss_type`` or the algorithm's default (DPO sigmoid, IPO ipo, GRPO grpo; None for the others)."""
+        return self.loss_type if self.loss_type is not None else DEFAULT_LOSS_TYPE.get(self.rl)
 
 
 class ConfigError(ValueError):
@@ -195,7 +239,7 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 
 
 def _check_cross_field(config: TrainConfig, source: str) -> None:
-    if config.max_prompt_length >= config.max_length:
+    if config.max_prompt_length is not None and config.max_prompt_length >= config.max_length:
         raise ConfigError(
             f"{source}: max_prompt_length ({config.max_prompt_length}) must be < max_length ({config.max_length})"
         )
@@ -206,6 +250,52 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
             raise ConfigError(f"{source}: datasets[{i}]: expected a mapping with a 'path' key, got {entry!r}")
     if config.rl == "kto" and config.micro_batch_size < 2:
         raise ConfigError(f"{source}: micro_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
+    _check_beta_and_loss_type(config, source)
+    if config.rl in ONLINE_ALGORITHMS:
+        _check_online(config, source)
+
+
+def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
+    if config.beta is not None:
+        if config.rl == "grpo" and config.beta < 0:
+            raise ConfigError(f"{source}: beta: expected a value >= 0 (0 loads no reference model), "
+                              f"got {config.beta!r}")
+        if config.rl != "grpo" and config.beta <= 0:
+            raise ConfigError(f"{source}: beta: expected a value > 0, got {config.beta!r}")
+    if config.loss_type is None:
+        return
+    if config.rl not in LOSS_TYPES:
+        raise ConfigError(f"{source}: loss_type: rl={config.rl} has no loss types (only {sorted(LOSS_TYPES)} do), "
+                          f"got {config.loss_type!r}")
+    if config.loss_type not in LOSS_TYPES[config.rl]:
+        raise ConfigError(f"{source}: loss_type: expected one of {list(LOSS_TYPES[config.rl])} for rl={config.rl}, "
+                          f"got {config.loss_type!r}")
+
+
+def _check_online(config: TrainConfig, source: str) -> None:
+    """Cross-field rules of GRPO and PPO (reward sources, weights, the delta cap, the format regex)."""
+    if not all(isinstance(spec, str) and spec for spec in config.reward_funcs):
+        raise ConfigError(f"{source}: reward_funcs: expected a list of names or paths, got {config.reward_funcs!r}")
+    if config.rl == "ppo" and not config.reward_model:
+        raise ConfigError(f"{source}: reward_model: PPO needs a reward model (a folder written by rl: rm)")
+    if config.rl == "ppo" and config.reward_funcs:
+        raise ConfigError(f"{source}: reward_funcs: PPO scores with reward_model only; use rl: grpo for functions")
+    if config.rl == "grpo" and not (config.reward_funcs or config.reward_model):
+        raise ConfigError(f"{source}: reward_funcs: GRPO needs reward functions or a reward_model")
+    sources = len(config.reward_funcs) + bool(config.reward_model)
+    if config.reward_weights is not None:
+        if len(config.reward_weights) != sources or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in config.reward_weights):
+            raise ConfigError(f"{source}: reward_weights: expected {sources} numbers (one per reward function, "
+                              f"then one for reward_model when set), got {config.reward_weights!r}")
+    epsilon_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
+    if config.delta is not None and config.delta <= 1 + epsilon_high:
+        raise ConfigError(f"{source}: delta: expected a value > 1 + epsilon_high = {1 + epsilon_high}, "
+                          f"got {config.delta!r}")
+    try:
+        re.compile(config.reward_format_pattern)
+    except re.error as err:
+        raise ConfigError(f"{source}: reward_format_pattern: not a valid regular expression: {err}") from None
 
 
 def parse_overrides(args: list[str]) -> dict:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_MODEL_FOLDER = "value_model"
 
 
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
@@ -96,26 +97,35 @@ def frozen_copy(model):
 
 
 def load_weights(model, folder: str | Path) -> None:
-    """Load safetensors weights saved by ``save_pretrained`` (full model or LoRA adapter) into ``model``."""
+    """Load safetensors weights saved by ``save_pretrained`` (full model or LoRA adapter) into ``model``.
+
+    A ``RewardModel`` loads its backbone and ``value_head.safetensors``; a ``PolicyWithValue``
+    loads the policy from ``folder`` and the value model from ``folder/value_model``.
+    """
     folder = Path(folder)
+    if isinstance(model, PolicyWithValue):
+        load_weights(model.policy, folder)
+        load_weights(model.value, folder / VALUE_MODEL_FOLDER)
+        return
+    if isinstance(model, RewardModel):
+        load_weights(model.backbone, folder)
+        model.value_head.load_state_dict(load_file(str(folder / VALUE_HEAD_FILE)))
+        return
     adapter = folder / "adapter_model.safetensors"
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(str(adapter)))
-    else:
-        state = {}
-        for shard in sorted(folder.glob("model*.safetensors")):
-            state.update(load_file(str(shard)))
-        if not state:
-            raise FileNotFoundError(f"{folder}: no model*.safetensors or adapter_model.safetensors to load")
-        missing, unexpected = unwrap_peft(model).load_state_dict(state, strict=False)
-        tied = {k for k in missing if "lm_head" in k or "embed" in k}
-        if set(missing) - tied or unexpected:
-            raise ValueError(f"{folder}: weights do not match the model (missing {missing}, unexpected {unexpected})")
-    value_head = folder / VALUE_HEAD_FILE
-    if value_head.is_file() and isinstance(model, RewardModel):
-        model.value_head.load_state_dict(load_file(str(value_head)))
+        return
+    state = {}
+    for shard in sorted(folder.glob("model*.safetensors")):
+        state.update(load_file(str(shard)))
+    if not state:
+        raise FileNotFoundError(f"{folder}: no model*.safetensors or adapter_model.safetensors to load")
+    missing, unexpected = unwrap_peft(model).load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k or "embed" in k}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{folder}: weights do not match the model (missing {missing}, unexpected {unexpected})")
 
 
 class RewardModel(nn.Module):
@@ -145,9 +155,10 @@ class RewardModel(nn.Module):
             log.info("%s has no %s: the value head starts from random init", name_or_path, VALUE_HEAD_FILE)
         return model
 
-    def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token scalar values ``[B, T]`` (fp32)."""
-        hidden = final_hidden(self.backbone, input_ids, attention_mask)
+    def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token scalar values ``[B, T]`` (fp32) of ``input_ids [B, T]`` (``position_ids`` for left padding)."""
+        hidden = final_hidden(self.backbone, input_ids, attention_mask, position_ids)
         return self.value_head(hidden).squeeze(-1).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -161,3 +172,20 @@ class RewardModel(nn.Module):
         self.backbone.save_pretrained(folder, safe_serialization=safe_serialization)
         state = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
         save_file(state, str(Path(folder) / VALUE_HEAD_FILE))
+
+
+class PolicyWithValue(nn.Module):
+    """PPO's trainable module: the policy (causal LM) and the value model (a ``RewardModel``) side by side,
+    so one optimizer, one gradient clip and one checkpoint cover both.
+
+    Saved as the policy's Hugging Face files with the value model in ``value_model/`` beside them.
+    """
+
+    def __init__(self, policy, value: RewardModel):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def save_pretrained(self, folder: str, safe_serialization: bool = True) -> None:
+        """Policy files in ``folder``, the value model (backbone + value head) in ``folder/value_model``."""
+        self.policy.save_pretrained(folder, safe_serialization=safe_serialization)
+        self.value.save_pretrained(str(Path(folder) / VALUE_MODEL_FOLDER), safe_serialization=safe_serialization)

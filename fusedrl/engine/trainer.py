@@ -8,6 +8,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -53,11 +54,23 @@ def autocast_context(config: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
-    """Optimizer steps of the run: ``max_steps``, else epochs x micro-batches / accumulation."""
+def total_steps(config: TrainConfig, batches_per_epoch: int, batches_per_round: int, updates_per_round: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, else epochs x micro-batches / round size x updates per round."""
     if config.max_steps is not None:
         return config.max_steps
-    return max(1, math.ceil(batches_per_epoch * config.num_epochs / config.gradient_accumulation_steps))
+    return max(1, math.ceil(batches_per_epoch * config.num_epochs / batches_per_round) * updates_per_round)
+
+
+def update_stream(algorithm, stream: BatchStream) -> Iterator[list[dict]]:
+    """Endless optimizer updates, each a list of device micro-batches to accumulate.
+
+    A round takes ``algorithm.batches_per_round`` micro-batches from the data stream and
+    yields ``algorithm.updates(batches)``: offline, one update of those batches; online,
+    a rollout and then several updates on it. The data position is checkpointed per
+    round, so a run resumed from a checkpoint taken inside a round starts the next one.
+    """
+    while True:
+        yield from algorithm.updates([algorithm.to_device(stream.next()) for _ in range(algorithm.batches_per_round)])
 
 
 def _mean_metrics(parts: list[tuple[int, dict]]) -> dict:
@@ -68,15 +81,16 @@ def _mean_metrics(parts: list[tuple[int, dict]]) -> dict:
 
 
 def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.device) -> dict:
-    """Mean metrics over the held-out batches, without gradients."""
+    """Mean metrics over the held-out batches, without gradients (online: over a rollout of them)."""
     if not batches:
         return {}
     algorithm.model.eval()
     parts = []
     with torch.no_grad(), autocast_context(config, device):
         for batch in batches:
-            _, metrics = algorithm.loss(algorithm.to_device(batch))
-            parts.append((algorithm.batch_rows(batch), metrics))
+            for micro_batch in algorithm.updates([algorithm.to_device(batch)])[0]:
+                _, metrics = algorithm.loss(micro_batch)
+                parts.append((algorithm.batch_rows(micro_batch), metrics))
     algorithm.model.train()
     return _mean_metrics(parts)
 
@@ -95,7 +109,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed)
     eval_batches = [b for b in fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size,
                                              data.collate) if algorithm.batch_rows(b) >= algorithm.min_batch_rows]
-    steps = total_steps(config, stream.batches_per_epoch)
+    steps = total_steps(config, stream.batches_per_epoch, algorithm.batches_per_round, algorithm.updates_per_round)
     warmup = config.warmup_steps or int(config.warmup_ratio * steps)
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
                                 (config.adam_beta1, config.adam_beta2), config.adam_epsilon)
@@ -118,16 +132,19 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
 
     show = config.progress_bar if progress is None else progress
     bar = _progress_bar(steps, step, show)
+    samples_every = max(1, steps // config.num_sample_generations) if config.num_sample_generations else 0
+    updates = update_stream(algorithm, stream)
     model.train()
     while step < steps:
         started = time.perf_counter()
+        with autocast_context(config, device):
+            micro_batches = next(updates)
         optimizer.zero_grad(set_to_none=True)
         parts = []
-        for _ in range(config.gradient_accumulation_steps):
-            batch = stream.next()
+        for batch in micro_batches:
             with autocast_context(config, device):
-                loss, metrics = algorithm.loss(algorithm.to_device(batch))
-            (loss / config.gradient_accumulation_steps).backward()
+                loss, metrics = algorithm.loss(batch)
+            (loss / len(micro_batches)).backward()
             parts.append((algorithm.batch_rows(batch), metrics))
         grad_norm = _clip(model, config.max_grad_norm)
         optimizer.step()
@@ -138,6 +155,9 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         result.train_losses.append(metrics["loss"])
         if step % config.logging_steps == 0 or step == steps:
             metrics_log.write(step, metrics)
+        if samples_every and step % samples_every == 0:
+            for name, text in algorithm.text_samples():
+                metrics_log.write_text(step, name, text)
         bar.update(1)
         bar.set_postfix({k: f"{metrics[k]:.4g}" for k in algorithm.progress_keys if k in metrics})
         if config.eval_steps and step % config.eval_steps == 0 and step < steps:

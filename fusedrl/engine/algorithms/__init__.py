@@ -6,14 +6,16 @@ import torch
 from ..config import TrainConfig
 from .base import Algorithm
 from .distill import KD
+from .grpo import GRPO
 from .kto import KTO
+from .ppo import PPO
 from .preference import CPO, DPO, ORPO, SimPO
 from .reward_model import RewardModelling
 from .sft import SFT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "sft": SFT, "dpo": DPO, "ipo": DPO, "cpo": CPO, "simpo": SimPO, "orpo": ORPO, "kto": KTO,
-    "rm": RewardModelling, "kd": KD,
+    "rm": RewardModelling, "kd": KD, "grpo": GRPO, "ppo": PPO,
 }
 
 

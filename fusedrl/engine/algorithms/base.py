@@ -17,8 +17,11 @@ class Algorithm:
     """One post-training method. Subclasses set ``data_kind`` and implement ``loss(batch)``.
 
     ``loss`` returns the scalar to backpropagate and a dict of float metrics with
-    the reference sheet's names. Online methods add a rollout before the update by
-    overriding ``prepare`` (called by the trainer on every micro-batch).
+    the reference sheet's names. The trainer works in rounds: it draws
+    ``batches_per_round`` micro-batches from the data stream and takes the optimizer
+    updates ``updates(batches)`` returns, each a list of micro-batches whose gradients
+    are accumulated. Offline methods make one update of the batches as they come;
+    online methods (online.py) sample a rollout and return several updates.
     """
 
     data_kind = "sft"
@@ -34,6 +37,21 @@ class Algorithm:
                                         None if config.tokenizer else config.gguf_file, config.trust_remote_code)
         self.model = self.build_model().to(device)
         self.reference = self._build_reference() if self.needs_reference else None
+
+    @property
+    def policy(self):
+        """The causal LM that is trained and sampled from (``model`` unless the trainable module holds more)."""
+        return self.model
+
+    @property
+    def batches_per_round(self) -> int:
+        """Data-stream micro-batches per round: those of one optimizer step (``gradient_accumulation_steps``)."""
+        return self.config.gradient_accumulation_steps
+
+    @property
+    def updates_per_round(self) -> int:
+        """Optimizer updates ``updates`` makes of one round."""
+        return 1
 
     def build_model(self):
         """The trainable model: the base causal LM, wrapped in LoRA when ``adapter: lora``."""
@@ -51,7 +69,7 @@ class Algorithm:
             return ref.eval().to(self.device)
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
             return None
-        return frozen_copy(self.model).to(self.device)
+        return frozen_copy(self.policy).to(self.device)
 
     def to_device(self, batch: dict) -> dict:
         """Move the batch's tensors to the training device (other values pass through)."""
@@ -63,12 +81,12 @@ class Algorithm:
 
     def head(self, model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """lm_head weight ``[V, H]`` and bias ``[V]`` (or None)."""
-        lm_head = lm_head_of(model if model is not None else self.model)
+        lm_head = lm_head_of(model if model is not None else self.policy)
         return lm_head.weight, lm_head.bias
 
     def hidden(self, batch: dict, prefix: str = "", model=None) -> torch.Tensor:
         """Final hidden states ``[B, T, H]`` of ``batch[prefix + "input_ids"]``."""
-        return final_hidden(model if model is not None else self.model, batch[prefix + "input_ids"],
+        return final_hidden(model if model is not None else self.policy, batch[prefix + "input_ids"],
                             batch[prefix + "attention_mask"], batch.get(prefix + "position_ids"))
 
     def reference_forward(self, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -80,33 +98,40 @@ class Algorithm:
         with torch.no_grad():
             if self.reference is not None:
                 return (self.hidden(batch, prefix, self.reference), *self.head(self.reference))
-            with adapters_disabled(self.model):
+            with adapters_disabled(self.policy):
                 return (self.hidden(batch, prefix), *self.head())
 
     def prepare_data(self, data):
         """Hook on the tokenised ``TrainingData`` before training (e.g. precomputed reference logps)."""
         return data
 
-    def prepare(self, batch: dict) -> dict:
-        """Hook before the loss (online methods sample rollouts here); offline methods pass through."""
-        return batch
+    def updates(self, batches: list[dict]) -> list[list[dict]]:
+        """The optimizer updates of one round of device batches, each a list of micro-batches for ``loss``.
+
+        Offline: one update over the batches as they are.
+        """
+        return [batches]
+
+    def text_samples(self) -> list[tuple[str, str]]:
+        """``(name, text)`` samples for the training log (online methods: their latest completions)."""
+        return []
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward (non-reentrant)."""
-        target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        target = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(self.model, "enable_input_require_grads"):
-            self.model.enable_input_require_grads()
+        if hasattr(self.policy, "enable_input_require_grads"):
+            self.policy.enable_input_require_grads()
 
     def save_final(self, folder: Path) -> None:
         """Save the trained model in Hugging Face format (LoRA: the adapter, plus the merged model)."""
         folder.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.model, "merge_and_unload"):
-            self.model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
-            self.model.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
+        if hasattr(self.policy, "merge_and_unload"):
+            self.policy.save_pretrained(str(folder / "adapter"), safe_serialization=True)
+            self.policy.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
         else:
-            self.model.save_pretrained(str(folder), safe_serialization=True)
+            self.policy.save_pretrained(str(folder), safe_serialization=True)
         self.tokenizer.save_pretrained(str(folder))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ...kernels.losses import fused_linear_topk_kd_loss
+from ..kd_extract import read_metadata, vocab_fingerprint
 from .base import Algorithm
 from .preference import float_metrics
 
@@ -15,6 +16,24 @@ class KD(Algorithm):
     progress_keys = ("loss", "kd_loss")
     plot_keys = ("loss", "kd_loss", "ce_loss")
     summary_keys = ("loss", "kd_loss", "ce_loss")
+
+    def prepare_data(self, data):
+        """Refuse targets from ``kd-extract`` made with another tokenizer or another temperature."""
+        for entry in self.config.datasets + self.config.test_datasets:
+            meta = read_metadata(entry["path"])
+            if meta is None:
+                continue
+            if meta["vocab_fingerprint"] != vocab_fingerprint(self.tokenizer):
+                raise ValueError(
+                    f"datasets: {entry['path']} holds targets of teacher {meta['teacher']!r} whose tokenizer "
+                    f"({meta['tokenizer']}, vocab {meta['vocab_fingerprint']}) differs from the student's "
+                    f"({self.tokenizer.name_or_path}, vocab {vocab_fingerprint(self.tokenizer)}): KD needs the same "
+                    f"vocabulary")
+            if meta["temperature"] != self.config.kd_generation_temperature:
+                raise ValueError(
+                    f"kd_generation_temperature: {entry['path']} was extracted at temperature {meta['temperature']}, "
+                    f"set kd_generation_temperature: {meta['temperature']}")
+        return data
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config

@@ -41,7 +41,7 @@ class DPO(Pairwise):
 
     def __init__(self, config, device):
         super().__init__(config, device)
-        self.loss_type = "ipo" if config.rl == "ipo" else config.loss_type
+        self.loss_type = config.effective_loss_type
         self.bco_running_mean = RunningMean() if self.loss_type == "bco_pair" else None
 
     def prepare_data(self, data: TrainingData) -> TrainingData:

@@ -1,0 +1,99 @@
+"""GRPO (``rl: grpo``): group-relative advantages from reward functions / a reward model, clipped token loss.
+
+One round: the prompts of ``gradient_accumulation_steps`` micro-batches are sampled
+``num_generations`` times each, scored, and turned into advantages; the rollout is
+then used for ``num_iterations`` optimizer updates, each over all its micro-batches
+(``micro_batch_size`` prompts x ``num_generations`` completions apiece). With one
+iteration the policy has not moved since sampling, so ``rho = 1`` exactly and the
+old logprobs are not recomputed; with more, they are taken once from the sampling
+policy before the first update.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...kernels.losses import fused_linear_grpo_loss, grpo_advantages
+from ..data import IGNORE_INDEX
+from ..rewards import call_reward_function, load_reward_functions
+from .online import OnlineAlgorithm, Sampled, float_values, select_rows
+from .preference import float_metrics
+
+
+class GRPO(OnlineAlgorithm):
+    """``rl: grpo``. Metrics: reward, reward_std, rewards/<fn>/mean, frac_reward_zero_std,
+    completions/mean_length, completions/clipped_ratio, kl (beta > 0), entropy, clip_ratio/*."""
+
+    progress_keys = ("loss", "reward", "kl")
+    plot_keys = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl", "entropy",
+                 "clip_ratio/region_mean", "loss")
+    summary_keys = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio")
+
+    def __init__(self, config, device):
+        super().__init__(config, device)
+        self.reward_functions = load_reward_functions(config.reward_funcs, format_pattern=config.reward_format_pattern,
+                                                      max_completion_length=config.max_completion_length)
+
+    @property
+    def needs_reference(self) -> bool:
+        """A reference model only for the KL term: ``beta: 0`` loads none."""
+        return self.config.effective_beta > 0
+
+    @property
+    def num_generations(self) -> int:
+        return self.config.num_generations
+
+    @property
+    def updates_per_round(self) -> int:
+        return self.config.num_iterations
+
+    def rewards(self, sampled: Sampled) -> dict:
+        """Per-source rewards of the rollout: each reward function's list (None allowed), then ``reward_model``."""
+        out = {f.name: call_reward_function(f, sampled.prompts, sampled.completions, sampled.columns)
+               for f in self.reward_functions}
+        if self.reward_model is not None:
+            out["reward_model"] = self.reward_model_scores(sampled.sequences)
+        return out
+
+    def updates(self, batches: list[dict]) -> list[list[dict]]:
+        """Sample and score one rollout of ``batches``; return ``num_iterations`` updates over its micro-batches."""
+        cfg = self.config
+        sampled = self.sample(batches)
+        rollout, sequences = sampled.rollout, sampled.sequences
+        rewards = self.rewards(sampled)
+        advantages, metrics = grpo_advantages(rewards, num_generations=self.num_generations,
+                                              reward_weights=cfg.reward_weights, scale_rewards=cfg.scale_rewards,
+                                              device=self.device)
+        metrics["completions/mean_length"] = rollout.completion_lengths.float().mean()
+        metrics["completions/clipped_ratio"] = rollout.truncated.float().mean()
+        if cfg.mask_truncated_completions:
+            sequences["labels"] = sequences["labels"].masked_fill(rollout.truncated[:, None], IGNORE_INDEX)
+        tensors = {**sequences, "advantages": advantages}
+        if cfg.num_iterations > 1:
+            tensors["old_logps"] = self.policy_logps(sequences)
+        if self.needs_reference:
+            tensors["ref_logps"] = self.reference_logps(sequences)
+        rows = torch.arange(rollout.rows, device=self.device).split(cfg.micro_batch_size * self.num_generations)
+        tokens = float((sequences["labels"] != IGNORE_INDEX).sum().clamp(min=1)) / len(rows)
+        shared = {"rollout_metrics": float_values(metrics), "num_items_in_batch": tokens}
+        micro_batches = [{**select_rows(tensors, index), **shared} for index in rows]
+        self.remember(sampled, lambda row: _note(rewards, advantages, row))
+        return [micro_batches] * cfg.num_iterations
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        weight, bias = self.head()
+        loss, metrics = fused_linear_grpo_loss(
+            self.hidden(batch), weight, batch["labels"], batch["advantages"], bias=bias,
+            old_logps=batch.get("old_logps"), ref_logps=batch.get("ref_logps"), beta=cfg.effective_beta,
+            epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, delta=cfg.delta,
+            importance_sampling_level=cfg.importance_sampling_level, loss_type=cfg.effective_loss_type,
+            max_completion_length=cfg.max_completion_length, num_items_in_batch=batch["num_items_in_batch"],
+            temperature=cfg.temperature, backend=cfg.kernel_backend,
+        )
+        return loss, {**float_metrics(loss, metrics), **batch["rollout_metrics"]}
+
+
+def _note(rewards: dict, advantages: torch.Tensor, row: int) -> str:
+    """``accuracy=1, format=None, advantage=0.71``: what row ``row`` scored."""
+    values = [f"{name}={'None' if v[row] is None else f'{float(v[row]):.4g}'}" for name, v in rewards.items()]
+    return ", ".join(values + [f"advantage={float(advantages[row]):.3g}"])

@@ -1,0 +1,157 @@
+"""What GRPO and PPO share: sampling a rollout, scoring it without grad, and cutting it into update batches.
+
+A round (see ``Algorithm``) hands the algorithm prompt batches; ``sample`` turns them
+into one ``Rollout`` plus the training view ``[N, T]`` (T = prompt + completion) and
+the text the reward functions read. Token logprobs of the sampled tokens come from
+the fused kernel at the sampling temperature, on the concatenated sequence with the
+labels shifted once (``Rollout.sequences``), never from full logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ...kernels import linear_logprobs
+from ..data import pad_token_id
+from ..models import RewardModel
+from ..rollout import HFGenerator, Rollout, SamplingParams
+from ..rewards import completion_text
+from .base import Algorithm
+
+PROMPT_KEYS = ("prompt_input_ids", "prompt_attention_mask", "prompts")
+TEXT_SAMPLES = 8
+
+
+@dataclass
+class Sampled:
+    """One round's rollout: ``rollout`` (N rows), its ``sequences`` ``[N, T]`` tensors, and per row the
+    ``prompts``, decoded ``completions`` and the dataset's other ``columns`` (each a list of N)."""
+
+    rollout: Rollout
+    sequences: dict
+    prompts: list
+    completions: list
+    columns: dict
+
+
+def select_rows(tensors: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of ``[N, T]`` and ``[N]`` tensors; columns that are padding in every picked row are cut."""
+    picked = {k: v[index] for k, v in tensors.items()}
+    width = tensors["attention_mask"].shape[1]
+    used = picked["attention_mask"].bool().any(0).nonzero()[:, 0]
+    lo, hi = int(used.min()), int(used.max()) + 1
+    return {k: v[:, lo:hi] if v.dim() == 2 and v.shape[1] == width else v for k, v in picked.items()}
+
+
+def prompt_text(prompt) -> str:
+    """A prompt for the log: the text, or one ``role: content`` line per message."""
+    if isinstance(prompt, list):
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in prompt)
+    return str(prompt)
+
+
+def float_values(metrics: dict) -> dict[str, float]:
+    """Rollout metric tensors as python floats (carried by every micro-batch of the rollout)."""
+    return {k: float(v) for k, v in metrics.items()}
+
+
+class OnlineAlgorithm(Algorithm):
+    """Base of the online methods: the generator on the live policy, frozen scorers, and rollout helpers."""
+
+    data_kind = "prompt"
+    num_generations = 1
+
+    def __init__(self, config, device):
+        super().__init__(config, device)
+        self.pad_token_id = pad_token_id(self.tokenizer)
+        sampling = SamplingParams(config.temperature, config.top_p, config.top_k, config.max_completion_length)
+        self.generator = HFGenerator(self.policy, sampling, self.eos_token_ids(), self.pad_token_id)
+        self.reward_model = self.load_reward_model() if config.reward_model else None
+        self.latest: list[tuple[str, str, str]] = []
+
+    def eos_token_ids(self) -> list[int]:
+        """Ids that end a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.policy, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        ids.discard(None)
+        if not ids:
+            raise ValueError("tokenizer: expected an eos token to end completions with")
+        return sorted(ids)
+
+    def load_reward_model(self, trainable: bool = False) -> RewardModel:
+        """``reward_model`` as a ``RewardModel`` (frozen and in eval mode unless ``trainable``), same tokenizer."""
+        cfg = self.config
+        try:
+            model = RewardModel.from_pretrained(cfg.reward_model, cfg.model_dtype, None, cfg.trust_remote_code)
+        except OSError as err:
+            raise FileNotFoundError(f"reward_model: cannot load {cfg.reward_model!r} (a folder written by rl: rm, "
+                                    f"e.g. outputs/rm/final after configs/rm.yaml): {err}") from None
+        if not trainable:
+            model.eval().requires_grad_(False)
+        return model.to(self.device)
+
+    def batch_rows(self, batch: dict) -> int:
+        """Rows of an update micro-batch (completions) or of a prompt batch (prompts)."""
+        return int(batch["input_ids" if "input_ids" in batch else "prompt_input_ids"].shape[0])
+
+    def sample(self, batches: list[dict]) -> Sampled:
+        """Generate ``num_generations`` completions per prompt of every batch and decode them."""
+        g = self.num_generations
+        rollout = Rollout.cat([self.generator.generate(b["prompt_input_ids"], b["prompt_attention_mask"], g)
+                               for b in batches], self.pad_token_id)
+        prompts = [p for b in batches for p in b["prompts"] for _ in range(g)]
+        columns = {k: [v for b in batches for v in b[k] for _ in range(g)] for k in batches[0] if k not in PROMPT_KEYS}
+        ids = [row[mask].tolist() for row, mask in zip(rollout.completion_ids, rollout.completion_mask)]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
+                       for p, t in zip(prompts, texts)]
+        columns["completion_ids"] = ids
+        return Sampled(rollout, rollout.sequences(), prompts, completions, columns)
+
+    def _chunks(self, sequences: dict) -> list[dict]:
+        size = self.config.local_rollout_forward_batch_size
+        rows = sequences["input_ids"].shape[0]
+        return [{k: v[start:start + size] for k, v in sequences.items()} for start in range(0, rows, size)]
+
+    def _logps(self, hidden: torch.Tensor, weight: torch.Tensor, bias, labels: torch.Tensor) -> torch.Tensor:
+        return linear_logprobs(hidden, weight, labels, bias=bias, temperature=self.config.temperature,
+                               backend=self.config.kernel_backend)
+
+    @torch.no_grad()
+    def policy_logps(self, sequences: dict) -> torch.Tensor:
+        """``[N, T]`` logprobs of the sampled tokens under the current (sampling) policy, 0 off the labels."""
+        return torch.cat([self._logps(self.hidden(c), *self.head(), c["labels"]) for c in self._chunks(sequences)])
+
+    @torch.no_grad()
+    def reference_logps(self, sequences: dict) -> torch.Tensor:
+        """``[N, T]`` logprobs of the sampled tokens under the reference model, 0 off the labels."""
+        return torch.cat([self._logps(*self.reference_forward(c), c["labels"]) for c in self._chunks(sequences)])
+
+    @torch.no_grad()
+    def token_values(self, model: RewardModel, sequences: dict) -> torch.Tensor:
+        """``[N, T]`` fp32 values of ``model`` at every position (position t: the state before token t + 1)."""
+        return torch.cat([model.token_values(c["input_ids"], c["attention_mask"], c["position_ids"])
+                          for c in self._chunks(sequences)])
+
+    def reward_model_scores(self, sequences: dict) -> torch.Tensor:
+        """``[N]`` reward-model scores of prompt + completion, read at each row's last real token."""
+        values = self.token_values(self.reward_model, sequences)
+        positions = torch.arange(values.shape[1], device=values.device)
+        last = torch.where(sequences["attention_mask"].bool(), positions, -1).max(-1).values
+        return values.gather(1, last[:, None]).squeeze(1)
+
+    def remember(self, sampled: Sampled, note: Callable[[int], str]) -> None:
+        """Keep the first rows of the latest rollout: prompt, completion and ``note(row)`` (what it scored)."""
+        rows = min(TEXT_SAMPLES, len(sampled.completions))
+        self.latest = [(prompt_text(sampled.prompts[i]), completion_text(sampled.completions[i]), note(i))
+                       for i in range(rows)]
+
+    def text_samples(self) -> list[tuple[str, str]]:
+        """The latest rollout's first rows as one markdown text."""
+        if not self.latest:
+            return []
+        parts = [f"**prompt**: {p}\n\n**completion**: {c}\n\n{n}" for p, c, n in self.latest]
+        return [("completions", "\n\n---\n\n".join(parts))]

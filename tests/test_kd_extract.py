@@ -1,0 +1,124 @@
+"""kd-extract: alignment, resumability, tokenizer checks, and a student that gets closer to its teacher."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from engine_fixtures import DEMO_HELDOUT, REPO, save_tiny_model
+from fusedrl.engine.cli import main as cli_main
+from fusedrl.engine.config import config_from_dict
+from fusedrl.engine.data import DataConfig, prepare_dataset
+from fusedrl.engine.kd_extract import ExtractConfig, extract, read_metadata
+from fusedrl.engine.models import load_tokenizer
+from fusedrl.engine.trainer import train
+
+SFT_DATA = REPO / "data" / "demo" / "sft_train.jsonl"
+
+
+def sharp_teacher(folder):
+    """A tiny random model whose lm_head is scaled up: peaked next-token distributions that top-16 covers."""
+    save_tiny_model(folder, tie_embeddings=False, seed=1)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    return sharp_teacher(root / "teacher"), save_tiny_model(root / "student", seed=2)
+
+
+@pytest.fixture(scope="module")
+def extracted(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kd-out") / "targets"
+    cfg = ExtractConfig(teacher=str(models[0]), dataset=str(SFT_DATA), output=str(out), top_k=16,
+                        max_length=160, batch_size=16, shard_size=64, backend="torch")
+    return cfg, extract(cfg, progress=False)
+
+
+def test_targets_are_the_teachers_next_token_topk(models, extracted):
+    _, out = extracted
+    meta = read_metadata(out)
+    assert meta["top_k"] == 16 and meta["rows"] == 182 and sorted(p.name for p in out.glob("*.parquet")) == [
+        "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    row = prepare_dataset([{"path": str(out)}], load_tokenizer(str(models[0])), "kd", DataConfig(max_length=160))[0]
+    teacher = AutoModelForCausalLM.from_pretrained(models[0])
+    with torch.no_grad():
+        logits = teacher(torch.tensor([row["input_ids"]])).logits[0].float()
+    want = torch.log_softmax(logits, -1).topk(16, dim=-1)
+    for i, mask in enumerate(row["completion_mask"]):
+        if i == 0 or not mask:
+            assert not row["target_token_ids"][i]
+            continue
+        assert row["target_token_ids"][i] == want.indices[i - 1].tolist()
+        torch.testing.assert_close(torch.tensor(row["target_logprobs"][i]), want.values[i - 1], atol=1e-5, rtol=1e-4)
+
+
+def test_interrupted_extraction_resumes(extracted):
+    cfg, out = extracted
+    shards = sorted(out.glob("*.parquet"))
+    kept = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
+    shards[1].unlink()
+    extract(cfg, progress=False)
+    assert {p.name for p in out.glob("*.parquet")} == set(kept)
+    for name in (shards[0].name, shards[2].name):
+        assert (out / name).stat().st_mtime_ns == kept[name][0]
+    assert (out / shards[1].name).read_bytes() == kept[shards[1].name][1]
+    with pytest.raises(ValueError, match="different"):
+        extract(ExtractConfig(**{**cfg.__dict__, "top_k": 8}), progress=False)
+
+
+def held_out_kl(teacher_dir, student_dir, heldout_rows) -> float:
+    """Mean KL(teacher || student) over the completion tokens of held-out rows (full logits; test only)."""
+    models = [AutoModelForCausalLM.from_pretrained(d) for d in (teacher_dir, student_dir)]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in heldout_rows:
+            ids = torch.tensor([row["input_ids"]])
+            t, s = (torch.log_softmax(m(ids).logits[0, :-1].float(), -1) for m in models)
+            mask = torch.tensor(row["completion_mask"][1:], dtype=torch.bool)
+            total += (t.exp() * (t - s)).sum(-1)[mask].sum().item()
+            count += int(mask.sum())
+    return total / count
+
+
+def test_student_kl_to_teacher_falls(models, extracted, tmp_path):
+    teacher, student = models
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n"
+                            for r in map(json.loads, DEMO_HELDOUT.read_text().splitlines())))
+    heldout_rows = prepare_dataset([{"path": str(held)}], load_tokenizer(str(teacher)), "sft", DataConfig(max_length=160))
+    before = held_out_kl(teacher, student, heldout_rows)
+    config = config_from_dict({
+        "base_model": str(student), "rl": "kd", "datasets": [{"path": str(extracted[1])}], "output_dir": str(tmp_path / "run"),
+        "max_length": 160, "micro_batch_size": 8, "max_steps": 30, "learning_rate": 5e-3, "lr_scheduler": "constant",
+        "kernel_backend": "torch", "tensorboard": False, "plot": False, "progress_bar": False,
+    })
+    train(config)
+    after = held_out_kl(teacher, tmp_path / "run" / "final", heldout_rows)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_student_with_another_tokenizer_is_refused(models, extracted, tmp_path):
+    from tokenizer_fixture import tiny_tokenizer
+
+    other = tmp_path / "other-student"
+    save_tiny_model(other)
+    tiny_tokenizer(add_bos=True).save_pretrained(other)
+    config = config_from_dict({"base_model": str(other), "rl": "kd", "datasets": [{"path": str(extracted[1])}],
+                               "output_dir": str(tmp_path / "run"), "max_length": 160, "max_steps": 1,
+                               "kernel_backend": "torch", "tensorboard": False, "progress_bar": False})
+    with pytest.raises(ValueError, match="KD needs the same vocabulary"):
+        train(config)
+
+
+def test_cli_kd_extract(models, tmp_path, capsys):
+    out = tmp_path / "cli-targets"
+    code = cli_main(["kd-extract", "--teacher", str(models[0]), "--dataset", str(SFT_DATA), "--top-k", "4",
+                     "--output", str(out), "--max-length", "160", "--shard-size", "100", "--backend", "torch"])
+    assert code == 0 and read_metadata(out)["top_k"] == 4
+    assert len(list(out.glob("*.parquet"))) == 2
