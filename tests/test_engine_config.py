@@ -31,6 +31,8 @@ def test_aliases_and_defaults():
     ({"datasets": ["data.jsonl"]}, r"datasets\[0\]: expected a mapping"),
     ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: KTO needs >= 2"),
     ({"rl_beta": 0.1, "beta": 0.2}, "both set 'beta'"),
+    ({"rl": "sft", "sample_packing": True}, "sample_packing: needs attn_implementation"),
+    ({"attn_implementation": "flash"}, "attn_implementation: expected one of"),
 ])
 def test_bad_config_names_the_key(bad, message):
     with pytest.raises(ConfigError, match=message):

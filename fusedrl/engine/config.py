@@ -36,6 +36,9 @@ ALIASES = {
     "epochs": "num_epochs",
 }
 
+# Attention kernels that read per-sequence ``position_ids`` and keep packed sequences apart.
+PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
 # Per-algorithm default of ``beta`` (losses.md); 0.1 elsewhere.
 DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
 # ``loss_type`` choices and default of the algorithms that have one; the others take none.
@@ -61,6 +64,8 @@ class TrainConfig:
     tokenizer: str | None = None
     trust_remote_code: bool = False
     model_dtype: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
+    attn_implementation: str | None = field(
+        default=None, metadata=_choices(None, "eager", "sdpa", "flash_attention_2", "flash_attention_3"))
     chat_template: str | None = None
 
     datasets: list = field(default_factory=list)
@@ -239,6 +244,10 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 
 
 def _check_cross_field(config: TrainConfig, source: str) -> None:
+    if config.sample_packing and config.attn_implementation not in PACKING_ATTENTION:
+        raise ConfigError(
+            f"{source}: sample_packing: needs attn_implementation in {list(PACKING_ATTENTION)} (varlen attention "
+            f"that keeps packed sequences apart); with {config.attn_implementation!r} they would attend to each other")
     if config.max_prompt_length is not None and config.max_prompt_length >= config.max_length:
         raise ConfigError(
             f"{source}: max_prompt_length ({config.max_prompt_length}) must be < max_length ({config.max_length})"

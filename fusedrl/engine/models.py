@@ -34,11 +34,13 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, attn_implementation: str | None = None):
     """``AutoModelForCausalLM`` from a local folder, hub id, or a GGUF file (dequantized) in ``dtype``."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
     )

@@ -56,7 +56,8 @@ class Algorithm:
     def build_model(self):
         """The trainable model: the base causal LM, wrapped in LoRA when ``adapter: lora``."""
         cfg = self.config
-        model = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code)
+        model = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code,
+                               cfg.attn_implementation)
         if cfg.adapter == "lora":
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         return model
@@ -64,7 +65,7 @@ class Algorithm:
     def _build_reference(self):
         cfg = self.config
         if cfg.ref_model:
-            ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code)
+            ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation)
             ref.requires_grad_(False)
             return ref.eval().to(self.device)
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:

@@ -18,7 +18,8 @@ class RewardModelling(Pairwise):
 
     def build_model(self):
         cfg = self.config
-        backbone = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code)
+        backbone = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code,
+                                  cfg.attn_implementation)
         if cfg.adapter == "lora":
             backbone = apply_lora(backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         return RewardModel(backbone)
