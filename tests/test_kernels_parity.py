@@ -132,3 +132,20 @@ def test_cross_entropy_token_accuracy(backend):
     want = ((logits.argmax(-1) == labels) & (labels != -100)).float()
     assert torch.equal(accuracy, want)
     assert accuracy.sum() >= (labels[::2] != -100).sum()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the large-shape parity run)")
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_large_shape_bf16_matches_fp32_eager(backend):
+    """N=8192, H=4096, V=128256 in bf16 against an fp32 eager reference (logits ~4 GiB: GPU only)."""
+    hidden, weight, _, labels = make_inputs(torch.bfloat16, lead=(8192,), hidden_size=4096, vocab=128256,
+                                            scale=1.0 / 8)
+    loss = linear_cross_entropy(hidden, weight, labels, z_loss=1e-4, backend=backend)
+    loss.backward()
+    ref_hidden, ref_weight = fp32_leaves(hidden, weight)
+    ref = linear_cross_entropy(ref_hidden, ref_weight, labels, z_loss=1e-4, backend="eager")
+    ref.backward()
+    assert_close(loss, ref, torch.bfloat16, "loss")
+    assert_close(hidden.grad, ref_hidden.grad, torch.bfloat16, "d_hidden")
+    assert_close(weight.grad, ref_weight.grad, torch.bfloat16, "d_weight")
