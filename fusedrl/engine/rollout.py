@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import IGNORE_INDEX, shift_labels
+from .data import shift_labels
 from .data.collate import pad
 
 

@@ -13,6 +13,16 @@ from ..models import (adapters_disabled, apply_lora, final_hidden, frozen_copy, 
 log = logging.getLogger(__name__)
 
 
+def as_floats(metrics: dict) -> dict[str, float]:
+    """Metric tensors (or numbers) as python floats."""
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def float_metrics(loss: torch.Tensor, metrics: dict) -> dict[str, float]:
+    """``loss`` and the metric tensors as python floats, ``loss`` first."""
+    return {"loss": loss.item(), **as_floats(metrics)}
+
+
 class Algorithm:
     """One post-training method. Subclasses set ``data_kind`` and implement ``loss(batch)``.
 

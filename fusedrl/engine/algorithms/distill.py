@@ -5,8 +5,7 @@ import torch
 
 from ...kernels.losses import fused_linear_topk_kd_loss
 from ..kd_extract import read_metadata, vocab_fingerprint
-from .base import Algorithm
-from .preference import float_metrics
+from .base import Algorithm, float_metrics
 
 
 class KD(Algorithm):

@@ -15,8 +15,8 @@ import torch
 from ...kernels.losses import fused_linear_grpo_loss, grpo_advantages
 from ..data import IGNORE_INDEX
 from ..rewards import call_reward_function, load_reward_functions
-from .online import OnlineAlgorithm, Sampled, float_values, select_rows
-from .preference import float_metrics
+from .base import as_floats, float_metrics
+from .online import OnlineAlgorithm, Sampled, select_rows
 
 
 class GRPO(OnlineAlgorithm):
@@ -74,7 +74,7 @@ class GRPO(OnlineAlgorithm):
             tensors["ref_logps"] = self.reference_logps(sequences)
         rows = torch.arange(rollout.rows, device=self.device).split(cfg.micro_batch_size * self.num_generations)
         tokens = float((sequences["labels"] != IGNORE_INDEX).sum().clamp(min=1)) / len(rows)
-        shared = {"rollout_metrics": float_values(metrics), "num_items_in_batch": tokens}
+        shared = {"rollout_metrics": as_floats(metrics), "num_items_in_batch": tokens}
         micro_batches = [{**select_rows(tensors, index), **shared} for index in rows]
         self.remember(sampled, lambda row: _note(rewards, advantages, row))
         return [micro_batches] * cfg.num_iterations

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from ...kernels.losses import check_kto_balance, fused_linear_kto_loss
-from .base import Algorithm
-from .preference import float_metrics
+from .base import Algorithm, float_metrics
 
 
 class KTO(Algorithm):

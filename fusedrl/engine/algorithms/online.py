@@ -52,11 +52,6 @@ def prompt_text(prompt) -> str:
     return str(prompt)
 
 
-def float_values(metrics: dict) -> dict[str, float]:
-    """Rollout metric tensors as python floats (carried by every micro-batch of the rollout)."""
-    return {k: float(v) for k, v in metrics.items()}
-
-
 class OnlineAlgorithm(Algorithm):
     """Base of the online methods: the generator on the live policy, frozen scorers, and rollout helpers."""
 

@@ -18,8 +18,8 @@ import torch
 from ...kernels.losses import fused_linear_ppo_loss, gae_advantages, ppo_rewards
 from ..data import IGNORE_INDEX
 from ..models import VALUE_MODEL_FOLDER, PolicyWithValue
-from .online import OnlineAlgorithm, float_values, select_rows
-from .preference import float_metrics
+from .base import as_floats, float_metrics
+from .online import OnlineAlgorithm, select_rows
 
 
 class PPO(OnlineAlgorithm):
@@ -63,7 +63,7 @@ class PPO(OnlineAlgorithm):
                                              whiten_rewards=cfg.whiten_rewards)
         tensors = {**sequences, "old_logps": logps, "old_values": values, "advantages": advantages,
                    "returns": returns}
-        shared = {"rollout_metrics": float_values(metrics)}
+        shared = {"rollout_metrics": as_floats(metrics)}
         self.remember(sampled, lambda row: f"score={float(scores[row]):.4g}")
         updates = []
         for _ in range(cfg.num_ppo_epochs):

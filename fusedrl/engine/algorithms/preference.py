@@ -7,15 +7,10 @@ from ..reference_cache import add_reference_logps, collate_with_columns
 from ..training_data import TrainingData
 from ...kernels.losses import (RunningMean, fused_linear_cpo_loss, fused_linear_dpo_loss, fused_linear_orpo_loss,
                                fused_linear_simpo_loss)
-from .base import Algorithm
+from .base import Algorithm, float_metrics
 
 PAIRWISE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                  "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss")
-
-
-def float_metrics(loss: torch.Tensor, metrics: dict) -> dict:
-    """Metric tensors as python floats, with ``loss`` first."""
-    return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
 
 
 class Pairwise(Algorithm):

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from ...kernels.losses import reward_model_loss
-from ..models import RewardModel, apply_lora, load_causal_lm
+from ..models import RewardModel
 from .preference import Pairwise
 
 
@@ -17,12 +17,8 @@ class RewardModelling(Pairwise):
     progress_keys = ("loss", "rewards/accuracies")
 
     def build_model(self):
-        cfg = self.config
-        backbone = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code,
-                                  cfg.attn_implementation)
-        if cfg.adapter == "lora":
-            backbone = apply_lora(backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
-        return RewardModel(backbone)
+        """The base causal LM (LoRA-wrapped when asked) under a scalar value head."""
+        return RewardModel(super().build_model())
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         scores = self.model(batch["input_ids"], batch["attention_mask"])
