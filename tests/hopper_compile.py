@@ -1,7 +1,11 @@
 """Cross-compile the Triton kernels for sm_90 with the GPU tile configs; prints one JSON line per kernel.
 
 Run in a subprocess without TRITON_INTERPRET (under the interpreter ``@triton.jit``
-gives interpreted functions, which cannot be compiled).
+gives interpreted functions, which cannot be compiled). Arguments are specialised the
+way the launcher does for real shapes (16-byte aligned pointers, sizes and strides
+divisible by 16, unit strides as constants), so the kernels compile with their
+software pipelines and the shared-memory check sees the real footprint. Each line
+also counts the pipelined async copies, so a change that loses the pipeline shows.
 """
 import json
 import sys
@@ -11,7 +15,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fusedrl.kernels.triton.launch import dot_precision, tile_config
+from fusedrl.kernels.triton.launch_config import dot_precision, matmul_config, tile_config
+from fusedrl.kernels.triton.logit_grad import logit_grad_store_kernel
+from fusedrl.kernels.triton.matmul_acc import matmul_acc_kernel
 from fusedrl.kernels.triton.topk_fwd import linear_topk_fwd_kernel
 from fusedrl.kernels.triton.topk_launch import topk_tile_config
 from fusedrl.kernels.triton.vocab_stats_bwd import vocab_stats_bwd_kernel
@@ -33,10 +39,12 @@ def compile_for_hopper(kernel, pointer_types: dict, constexprs: dict, cfg) -> di
             signature[name] = "*" + pointer_types[name]
         else:
             signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+               if signature[name] != "constexpr" and name not in FLOAT_SCALARS}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
-    return {"shared": compiled.metadata.shared}
+    return {"shared": compiled.metadata.shared, "async_copies": compiled.asm["ptx"].count("cp.async.cg")}
 
 
 def main() -> None:
@@ -52,6 +60,18 @@ def main() -> None:
                           NEED_DB=need_weight)
             bwd = compile_for_hopper(vocab_stats_bwd_kernel, {**inputs, **{p: "fp32" for p in BWD_FP32}}, consts, cfg)
             print(json.dumps({"kernel": f"bwd-{name}-dw{int(need_weight)}", **bwd}), flush=True)
+        consts = dict(base, HAS_COEF_C=True, HAS_LOGIT_SUM_GRAD=True, NEED_DB=True)
+        pointers = {**inputs, **{p: "fp32" for p in BWD_FP32}, "dz_ptr": name}
+        store = compile_for_hopper(logit_grad_store_kernel, pointers, consts, cfg)
+        print(json.dumps({"kernel": f"dz-{name}", **store}), flush=True)
+        mm_cfg = matmul_config(dtype, interpreting=False)
+        for product, unit_stride in (("dh", "stride_ak"), ("dw", "stride_am")):
+            consts = dict(BLOCK_M=mm_cfg.block_m, BLOCK_N=mm_cfg.block_n, BLOCK_K=mm_cfg.block_k,
+                          GROUP_M=mm_cfg.group_m, DOT_PRECISION=dot_precision(dtype, interpreting=False),
+                          stride_bn=1, stride_cn=1, **{unit_stride: 1})
+            pointers = {"a_ptr": name, "b_ptr": name, "c_ptr": "fp32"}
+            mm = compile_for_hopper(matmul_acc_kernel, pointers, consts, mm_cfg)
+            print(json.dumps({"kernel": f"matmul-{product}-{name}", **mm}), flush=True)
         for k_pad in (16, 256):
             cfg = topk_tile_config(dtype, k_pad, interpreting=False)
             consts = dict(HAS_BIAS=True, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h, K_PAD=k_pad,

@@ -6,6 +6,16 @@ from conftest import FUSED_BACKENDS, assert_close, device, skip_unless_backend_r
 from fusedrl.kernels import linear_cross_entropy, linear_logprobs
 
 DTYPES = [torch.float32, torch.bfloat16]
+# The triton backend twice: its default ``split`` backward and the ``atomic`` one (FUSEDRL_TRITON_BACKWARD).
+PARITY_BACKENDS = FUSED_BACKENDS + ["triton-atomic"]
+
+
+def select_backend(backend, monkeypatch):
+    """The ``backend=`` value to call for a parity backend; sets the triton backward strategy it names."""
+    name, _, strategy = backend.partition("-")
+    skip_unless_backend_runs(name)
+    monkeypatch.setenv("FUSEDRL_TRITON_BACKWARD", strategy or "split")
+    return name
 
 
 def make_inputs(dtype, lead=(37,), hidden_size=40, vocab=101, k=None, bias=False, ignore_frac=0.2, scale=1.0):
@@ -44,11 +54,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
-def test_logprobs_entropy_lse_match_eager(backend, dtype, case):
-    skip_unless_backend_runs(backend)
+def test_logprobs_entropy_lse_match_eager(backend, dtype, case, monkeypatch):
+    backend = select_backend(backend, monkeypatch)
     spec = dict(CASES[case])
     kw = {key: spec.pop(key) for key in ("temperature", "softcap") if key in spec}
     hidden, weight, b, ids = make_inputs(dtype, **spec)
@@ -76,12 +86,12 @@ CE_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", list(CE_OPTIONS))
-def test_cross_entropy_matches_eager(backend, dtype, reduction, option):
-    skip_unless_backend_runs(backend)
+def test_cross_entropy_matches_eager(backend, dtype, reduction, option, monkeypatch):
+    backend = select_backend(backend, monkeypatch)
     opts = dict(CE_OPTIONS[option])
     bias = opts.pop("bias", False)
     hidden, weight, b, labels = make_inputs(dtype, lead=(5, 9), bias=bias)
@@ -136,9 +146,10 @@ def test_cross_entropy_token_accuracy(backend):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the large-shape parity run)")
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_large_shape_bf16_matches_fp32_eager(backend):
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
+def test_large_shape_bf16_matches_fp32_eager(backend, monkeypatch):
     """N=8192, H=4096, V=128256 in bf16 against an fp32 eager reference (logits ~4 GiB: GPU only)."""
+    backend = select_backend(backend, monkeypatch)
     hidden, weight, _, labels = make_inputs(torch.bfloat16, lead=(8192,), hidden_size=4096, vocab=128256,
                                             scale=1.0 / 8)
     loss = linear_cross_entropy(hidden, weight, labels, z_loss=1e-4, backend=backend)

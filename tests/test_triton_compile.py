@@ -26,7 +26,10 @@ def test_vocab_stats_kernels_compile_for_sm90():
     assert run.returncode == 0, run.stderr[-4000:]
     kernels = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     dtypes = ("fp32", "bf16")
-    expected = ({f"fwd-{t}" for t in dtypes} | {f"bwd-{t}-dw{w}" for t in dtypes for w in (0, 1)}
+    expected = ({f"{kind}-{t}" for kind in ("fwd", "dz", "matmul-dh", "matmul-dw") for t in dtypes}
+                | {f"bwd-{t}-dw{w}" for t in dtypes for w in (0, 1)}
                 | {f"topk-{t}-k{k}" for t in dtypes for k in (16, 256)})
     assert {k["kernel"] for k in kernels} == expected
     assert all(k["shared"] <= HOPPER_SHARED_MEMORY for k in kernels), kernels
+    streaming = [k for k in kernels if not k["kernel"].startswith("topk")]
+    assert all(k["async_copies"] > 0 for k in streaming), f"a kernel lost its software pipeline: {streaming}"

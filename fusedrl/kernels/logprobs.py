@@ -29,7 +29,8 @@ def linear_logprobs(
         return_entropy / return_lse: also return the per-token entropy / logsumexp, each ``[...]``.
         softcap: optional ``s`` for ``s * tanh(logits / s)`` before the temperature.
         backend: ``auto`` | ``triton`` | ``torch`` | ``eager``.
-        chunk_size: tokens per chunk for the ``torch`` backend (default: bounded by a logits budget).
+        chunk_size: tokens per chunk of the ``torch`` backend and of the ``triton`` backward (default: from a
+            memory budget).
 
     Returns:
         fp32 logprobs shaped like ``ids``; with ``return_*`` a tuple ``(logp, [entropy], [lse])``.

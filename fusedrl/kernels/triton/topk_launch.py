@@ -5,7 +5,8 @@ import torch
 import triton
 
 from ..topk_keys import top_keys, unpack_keys
-from .launch import TileConfig, _interpreting, _vocab_splits, dot_precision, tile_config
+from .launch import vocab_splits
+from .launch_config import TileConfig, dot_precision, interpreter_active, tile_config
 from .topk_fwd import linear_topk_fwd_kernel
 
 TILE_ELEMENTS = 4096  # int64 keys per tile: keeps the sort network in registers on sm_90 (k <= 128)
@@ -13,7 +14,7 @@ TILE_ELEMENTS = 4096  # int64 keys per tile: keeps the sort network in registers
 
 def topk_tile_config(dtype: torch.dtype, k_pad: int, interpreting: bool | None = None) -> TileConfig:
     """``tile_config`` with ``block_v >= k_pad`` and, on GPU, at most ``TILE_ELEMENTS`` keys per tile."""
-    interpreting = _interpreting() if interpreting is None else interpreting
+    interpreting = interpreter_active() if interpreting is None else interpreting
     base = tile_config(dtype, interpreting)
     block_v = max(base.block_v, k_pad)
     if interpreting:
@@ -31,7 +32,7 @@ def triton_topk(
     k_pad = max(16, triton.next_power_of_2(k))
     cfg = topk_tile_config(hidden.dtype, k_pad)
     n_blocks, v_blocks = triton.cdiv(n, cfg.block_n), triton.cdiv(vocab, cfg.block_v)
-    splits = _vocab_splits(n_blocks, v_blocks, dev)
+    splits = vocab_splits(n_blocks, v_blocks, dev)
     v_per_split = triton.cdiv(v_blocks, splits) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)
     part_max, part_sum = (torch.empty((splits, n), dtype=torch.float32, device=dev) for _ in range(2))
