@@ -1,9 +1,11 @@
 """Online RL (GRPO and PPO) on tiny random models: rollouts, rewards, losses, metrics against eager, training."""
 import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from engine_fixtures import save_tiny_model, train_config
 from fusedrl.engine.algorithms import build_algorithm
@@ -416,6 +418,59 @@ def test_lora_and_gradient_checkpointing(files, tmp_path, rl):
     result = train(config)
     assert result.step == 2 and all(torch.isfinite(torch.tensor(result.train_losses)))
     assert (tmp_path / "run" / "final" / "adapter").is_dir()
+
+
+# ---- resume ------------------------------------------------------------------------------------
+
+def checkpoint_tensors(folder):
+    """Every tensor of every safetensors file under ``folder``: weights, value model, optimizer, RNG, round."""
+    return {f"{path.relative_to(folder)}:{name}": tensor for path in sorted(folder.rglob("*.safetensors"))
+            for name, tensor in load_file(str(path)).items()}
+
+
+def log_records(out, name):
+    """The records of ``out/name`` (a JSONL log), wall-clock times left out."""
+    return [{k: v for k, v in json.loads(line).items() if k != "step_time"}
+            for line in (out / name).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("rl, overrides, inside, boundary", [
+    # rounds of 3 updates on one rollout; LoRA dropout draws from the RNG during the updates
+    ("grpo", {"num_iterations": 3, "max_steps": 5, "adapter": "lora", "lora_r": 4, "lora_dropout": 0.1}, 1, 3),
+    # rounds of 2 epochs x 2 mini-batches, each update a fresh permutation's slice
+    ("ppo", {"num_ppo_epochs": 2, "num_mini_batches": 2, "micro_batch_size": 2, "max_steps": 5}, 2, 4),
+])
+def test_resume_inside_a_round_and_at_its_end_is_exact(files, tmp_path, rl, overrides, inside, boundary):
+    """Stopped after ``inside`` or ``boundary`` steps (logs already written further) and resumed, a run ends
+    with the same weights, optimizer, RNG and trainer state to the bit, and the same metrics and samples."""
+    def config(out, **more):
+        return online_config(files, out, rl, save_steps=1, save_total_limit=None, num_sample_generations=5,
+                             test_datasets=[], **overrides, **more)
+
+    full_dir = tmp_path / "full"
+    full = train(config(full_dir))
+    last = full_dir / f"checkpoint-{full.step}"
+    assert (full_dir / f"checkpoint-{inside}" / "round.safetensors").is_file()
+    assert not (full_dir / f"checkpoint-{boundary}" / "round.safetensors").exists()
+    if rl == "grpo":  # the two updates left share one micro-batch, stored once
+        pending = json.loads((full_dir / f"checkpoint-{inside}" / "trainer_state.json").read_text())["round"]
+        assert pending["updates"] == [[0], [0]] and len(pending["micro_batches"]) == 1
+    train_steps = [r["step"] for r in log_records(full_dir, "metrics.jsonl") if r["split"] == "train"]
+    assert train_steps == list(range(1, full.step + 1))
+
+    for k in (inside, boundary):
+        out = tmp_path / f"resumed-{k}"
+        shutil.copytree(full_dir / f"checkpoint-{k}", out / f"checkpoint-{k}")
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            shutil.copy(full_dir / name, out / name)
+        resumed = train(config(out, resume_from_checkpoint="latest"))
+        assert resumed.step == full.step and resumed.train_losses == full.train_losses[k:]
+        expected, got = checkpoint_tensors(last), checkpoint_tensors(out / last.name)
+        assert got.keys() == expected.keys()
+        assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
+        assert (out / last.name / "trainer_state.json").read_text() == (last / "trainer_state.json").read_text()
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            assert log_records(out, name) == log_records(full_dir, name), name
 
 
 # ---- config ------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 A checkpoint is a folder ``checkpoint-<step>`` holding the model in Hugging Face
 format (safetensors; a LoRA adapter when training one), ``optimizer.safetensors``
 plus ``optimizer.json`` (AdamW moments and param groups), ``rng.safetensors``
-(torch CPU/CUDA generator states) and ``trainer_state.json`` (step, data position,
-scheduler step, python RNG). It is written to a temporary sibling folder and
-renamed into place, so an interrupted save leaves the previous checkpoint intact.
+(torch CPU/CUDA generator states), ``trainer_state.json`` (step, data position,
+scheduler step, python RNG, the round's pending updates without their tensors) and,
+when taken inside a round, ``round.safetensors`` (those updates' tensors: the rollout
+still to train on). It is written to a temporary sibling folder and renamed into
+place, so an interrupted save leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
+ROUND_FILE = "round.safetensors"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -87,8 +90,11 @@ def _restore_rng(folder: Path, python_state) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer_state: dict,
-                    save_total_limit: int | None = None) -> Path:
-    """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones."""
+                    save_total_limit: int | None = None, round_tensors: dict | None = None) -> Path:
+    """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones.
+
+    ``round_tensors`` (name -> CPU tensor), when not empty, go to ``round.safetensors``.
+    """
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(TMP_PREFIX + "*"):
@@ -101,6 +107,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    if round_tensors:
+        save_file(round_tensors, str(tmp / ROUND_FILE))
     state = {**trainer_state, "python_rng": random.getstate()}
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     _fsync_tree(tmp)
@@ -126,3 +134,9 @@ def load_checkpoint(folder: Path, optimizer) -> dict:
     _load_optimizer(optimizer, folder)
     _restore_rng(folder, state.pop("python_rng"))
     return state
+
+
+def load_round_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the round's pending updates saved in ``folder`` (empty at a round boundary)."""
+    path = folder / ROUND_FILE
+    return load_file(str(path)) if path.is_file() else {}

@@ -27,11 +27,11 @@ class MetricsLog:
                 log.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop records past the checkpoint's step so the file reads as one run."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """On resume, drop metrics and samples past the checkpoint's step so each file reads as one run."""
+        for path in (self.path, self.dir / "samples.jsonl"):
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+                path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
         """Record ``metrics`` (floats) at ``step`` under ``prefix`` (``train`` or ``eval``)."""

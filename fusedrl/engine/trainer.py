@@ -8,17 +8,17 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
-from .checkpoint import load_checkpoint, resolve_resume_path, save_checkpoint
+from .checkpoint import load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint
 from .config import TrainConfig
 from .metrics_log import MetricsLog, plot_curves
 from .models import load_weights
 from .optim import build_optimizer, build_scheduler
+from .rounds import UpdateStream
 from .training_data import load_training_data
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,6 @@ def total_steps(config: TrainConfig, batches_per_epoch: int, batches_per_round: 
     if config.max_steps is not None:
         return config.max_steps
     return max(1, math.ceil(batches_per_epoch * config.num_epochs / batches_per_round) * updates_per_round)
-
-
-def update_stream(algorithm, stream: BatchStream) -> Iterator[list[dict]]:
-    """Endless optimizer updates, each a list of device micro-batches to accumulate.
-
-    A round takes ``algorithm.batches_per_round`` micro-batches from the data stream and
-    yields ``algorithm.updates(batches)``: offline, one update of those batches; online,
-    a rollout and then several updates on it. The data position is checkpointed per
-    round, so a run resumed from a checkpoint taken inside a round starts the next one.
-    """
-    while True:
-        yield from algorithm.updates([algorithm.to_device(stream.next()) for _ in range(algorithm.batches_per_round)])
 
 
 def _mean_metrics(parts: list[tuple[int, dict]]) -> dict:
@@ -114,6 +102,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
                                 (config.adam_beta1, config.adam_beta2), config.adam_epsilon)
     scheduler = build_scheduler(optimizer, steps, warmup, config.lr_scheduler)
+    updates = UpdateStream(algorithm, stream)
 
     step = 0
     resume = resolve_resume_path(out, config.resume_from_checkpoint)
@@ -123,6 +112,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         step = state["step"]
         stream.restore(state["data"])
         scheduler.load_state_dict(state["scheduler"])
+        updates.restore(state.get("round", {}), load_round_tensors(resume))
+        algorithm.restore(state.get("algorithm", {}))
         log.info("resumed from %s at step %d", resume, step)
     metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step)
     result = TrainResult(step=step, output_dir=out)
@@ -133,12 +124,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     show = config.progress_bar if progress is None else progress
     bar = _progress_bar(steps, step, show)
     samples_every = max(1, steps // config.num_sample_generations) if config.num_sample_generations else 0
-    updates = update_stream(algorithm, stream)
     model.train()
     while step < steps:
         started = time.perf_counter()
         with autocast_context(config, device):
-            micro_batches = next(updates)
+            micro_batches = updates.next()
         optimizer.zero_grad(set_to_none=True)
         parts = []
         for batch in micro_batches:
@@ -163,8 +153,10 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         if config.eval_steps and step % config.eval_steps == 0 and step < steps:
             metrics_log.write(step, evaluate(algorithm, eval_batches, config, device), prefix="eval")
         if config.save_steps and step % config.save_steps == 0:
-            trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit)
+            round_state, round_tensors = updates.state()
+            trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
+                             "round": round_state, "algorithm": algorithm.state()}
+            save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, round_tensors)
     bar.close()
 
     result.step = step

@@ -127,6 +127,13 @@ class Algorithm:
         """``(name, text)`` samples for the training log (online methods: their latest completions)."""
         return []
 
+    def state(self) -> dict:
+        """JSON state a resumed run needs besides weights, optimizer and data position (none here)."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Take back what ``state`` returned."""
+
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 

@@ -150,3 +150,10 @@ class OnlineAlgorithm(Algorithm):
             return []
         parts = [f"**prompt**: {p}\n\n**completion**: {c}\n\n{n}" for p, c, n in self.latest]
         return [("completions", "\n\n---\n\n".join(parts))]
+
+    def state(self) -> dict:
+        """The latest rollout's logged rows, so a run resumed inside a round logs the same samples."""
+        return {"latest": self.latest}
+
+    def restore(self, state: dict) -> None:
+        self.latest = [tuple(row) for row in state.get("latest", [])]
