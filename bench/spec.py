@@ -1,7 +1,9 @@
 """The vocabulary of the suite: a workload (``Case``), an implementation (``ImplSpec``) and an op (``OpSpec``)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +60,9 @@ class ImplSpec:
     ``build(options)`` returns the callable ``inputs -> output`` for one case (called once per case,
     so it may hold modules or compiled graphs); None when the library has no such op, with the
     reason in ``unsupported``. ``library`` names the optional package it needs (see
-    ``bench.competitors``), ``cuda_only`` marks kernels that only run on CUDA tensors and
-    ``needs_compile`` the torch.compile variant.
+    ``bench.competitors``), ``cuda_only`` marks kernels that only run on CUDA tensors,
+    ``needs_compile`` the torch.compile variant, and ``env`` holds ``(name, value)`` environment
+    variables in force while the implementation runs (see ``scoped_env``).
     """
 
     name: str
@@ -68,6 +71,21 @@ class ImplSpec:
     unsupported: str = ""
     cuda_only: bool = False
     needs_compile: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+
+    @contextlib.contextmanager
+    def scoped_env(self) -> Iterator[None]:
+        """Set ``env`` for the duration of the block (build, calls and their backward), then restore it."""
+        saved = {name: os.environ.get(name) for name, _ in self.env}
+        os.environ.update(dict(self.env))
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,23 @@
-"""End-to-end smoke test of the benchmark suite on CPU (cpu-smoke preset): outputs, rows, correctness statuses.
+"""End-to-end smoke test of the benchmark suite on CPU (cpu-smoke preset): outputs, rows, correctness statuses;
+the fusedrl variants, interrupts, and the kernel profile tool on tiny shapes.
 
 No timing assertions: timings on a shared CI machine mean nothing.
 """
 import csv
 import json
+import os
 
 import pytest
+import torch
 
-from bench import main
+from bench import cli, main
 from bench.ops import OPS
 from bench.presets import PRESETS
+from bench.profile import main as profile_main
 from bench.report import CSV_NAME, JSON_NAME, MD_NAME
+from bench.runner import RunConfig, run_case, run_roofline
+from bench.spec import Case, ImplSpec, OpSpec
+from fusedrl.kernels.triton.backward_launch import BACKWARD_ENV
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +75,84 @@ def test_competitors_reported_not_dropped(smoke):
     for impl, impl_rows in by_impl.items():
         assert impl_rows, f"{impl} missing from the output"
         assert all(r["status"].startswith(("unavailable: ", "skipped: ")) for r in impl_rows), impl
+
+
+def test_fusedrl_variants_reported(smoke):
+    _, result = smoke
+    rows = result["rows"]
+    for name in ("fusedrl-split", "fusedrl-atomic"):  # Triton backward strategies: CUDA only
+        variant = [r for r in rows if r["impl"] == name]
+        assert variant and all(r["status"].startswith("unavailable: ") for r in variant), name
+    ran = {r["op"] for r in rows if r["impl"] == "fusedrl" and r["status"] == "reference"}
+    torch_rows = [r for r in rows if r["impl"] == "fusedrl-torch" and r["op"] in ran]
+    assert torch_rows and all(r["status"] == "ok" and r["fwd_ms"] > 0 for r in torch_rows)
+
+
+def test_list_and_select_variants(tmp_path, capsys):
+    assert main(["--list"]) == 0
+    assert "fusedrl-atomic" in capsys.readouterr().out
+    assert main(["--preset", "cpu-smoke", "--device", "cpu", "--ops", "ce", "--impls", "fusedrl-torch", "--no-plots",
+                 "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / JSON_NAME).read_text())["rows"]
+    assert {r["impl"] for r in rows} == {"fusedrl", "fusedrl-torch", "torch.matmul"}
+
+
+def test_backward_strategy_in_force_during_backward(monkeypatch):
+    monkeypatch.delenv(BACKWARD_ENV, raising=False)
+    seen = []
+
+    def impl(x):
+        hidden = x["hidden"] * 1.0
+        hidden.register_hook(lambda grad: seen.append(os.environ.get(BACKWARD_ENV)))
+        return (hidden @ x["weight"].T).logsumexp(-1).mean()
+
+    def make_inputs(case, device):
+        return {"hidden": torch.randn(case.n, case.h, requires_grad=True),
+                "weight": torch.randn(case.v, case.h, requires_grad=True)}
+
+    op = OpSpec("fake", "fake", make_inputs, (
+        ImplSpec("fusedrl", lambda options: impl),
+        ImplSpec("fusedrl-atomic", lambda options: impl, env=((BACKWARD_ENV, "atomic"),)),
+    ))
+    cfg = RunConfig(device=torch.device("cpu"), warmup=0, repeats=1, log=lambda line: None)
+    case = Case(8, 4, 16, "fp32", seq=8)
+    rows = run_case(op, case, run_roofline(case, cfg), cfg)
+    assert [r.status for r in rows[:2]] == ["reference", "ok"]
+    assert None in seen and "atomic" in seen
+    assert BACKWARD_ENV not in os.environ
+
+
+def test_interrupt_keeps_measured_rows(tmp_path, monkeypatch):
+    real = cli.run_suite
+
+    def interrupted(plan, cfg):
+        cases = real(plan, cfg)
+        yield next(cases)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_suite", interrupted)
+    assert main(["--preset", "cpu-smoke", "--device", "cpu", "--ops", "ce", "--impls", "eager", "--no-plots",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / JSON_NAME).read_text())
+    assert result["environment"]["cases"] == f"1 of {len(PRESETS['cpu-smoke'].cases)}"
+    assert {r["impl"] for r in result["rows"]} == {"fusedrl", "eager", "torch.matmul"}
+
+
+def test_profile_tool_on_cpu(tmp_path):
+    argv = ["--ops", "ce,topk", "--n", "64", "--h", "32", "--v", "512", "--dtype", "fp32", "--seq", "32",
+            "--device", "cpu", "--impls", "fusedrl,fusedrl-atomic,fusedrl-torch,liger", "--steps", "2",
+            "--warmup", "0", "--repeats", "1", "--trace", "--top", "3", "--threads", "1", "--out", str(tmp_path)]
+    assert profile_main(argv) == 0
+    results = json.loads((tmp_path / "profile.json").read_text())["results"]
+    by_key = {(r["op"], r["impl"]): r for r in results}
+    fusedrl = by_key[("ce", "fusedrl")]
+    assert fusedrl["status"] == "ok" and fusedrl["fwdbwd_ms"] > 0
+    assert {"fwd", "bwd"} <= {k["phase"] for k in fusedrl["kernels"]}
+    assert by_key[("ce", "fusedrl-atomic")]["status"].startswith("unavailable: ")
+    assert by_key[("topk", "fusedrl-atomic")]["status"].startswith("unavailable: ")
+    assert by_key[("ce", "liger")]["status"].startswith("unavailable: ")
+    with (tmp_path / "profile.csv").open() as f:
+        assert any(row["impl"] == "fusedrl-torch" for row in csv.DictReader(f))
+    markdown = (tmp_path / "profile.md").read_text()
+    assert "## ce / fusedrl" in markdown and " more |" in markdown  # --top 3 of more kernels
+    assert (tmp_path / "trace-ce-fusedrl.json.gz").stat().st_size > 0

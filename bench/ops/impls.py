@@ -1,10 +1,13 @@
-"""Builders shared by every op's implementation table: fusedrl, eager and torch.compile of the eager code."""
+"""Builders shared by every op's implementation table: fusedrl and its fixed-backend variants, eager and
+torch.compile of the eager code."""
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 
 import torch
+
+from fusedrl.kernels.triton.backward_launch import BACKWARD_ENV, BACKWARD_STRATEGIES  # read when the backward runs
 
 from ..spec import BuildOptions, Impl, ImplSpec
 
@@ -14,12 +17,29 @@ def compiled(fn: Impl) -> Callable[[BuildOptions], Impl]:
     return lambda options: torch.compile(fn, dynamic=False)
 
 
+def _fusedrl_variants(fusedrl: Callable[..., torch.Tensor], differentiable: bool = True) -> tuple[ImplSpec, ...]:
+    """fusedrl on a fixed backend: ``fusedrl-<strategy>`` (Triton with ``BACKWARD_ENV=<strategy>``) and
+    ``fusedrl-torch`` (the chunked torch path). A no-grad op reports the strategies as unavailable."""
+
+    def on(backend: str) -> Callable[[BuildOptions], Impl]:
+        return lambda options: functools.partial(fusedrl, backend=backend)
+
+    strategies = tuple(
+        ImplSpec(f"fusedrl-{name}", on("triton"), cuda_only=True, env=((BACKWARD_ENV, name),)) if differentiable
+        else ImplSpec(f"fusedrl-{name}", None, unsupported="no backward to choose a strategy for (no-grad op)")
+        for name in BACKWARD_STRATEGIES
+    )
+    return (*strategies, ImplSpec("fusedrl-torch", on("torch")))
+
+
 def standard_impls(
     fusedrl: Callable[..., torch.Tensor],
     eager: Impl,
     *competitors: ImplSpec,
+    differentiable: bool = True,
 ) -> tuple[ImplSpec, ...]:
-    """The row of the table for one op: ``fusedrl``, ``eager``, ``torch.compile`` (of ``eager``), then competitors.
+    """The row of the table for one op: ``fusedrl``, its fixed-backend variants, ``eager``, ``torch.compile``
+    (of ``eager``), then competitors.
 
     ``fusedrl(inputs, backend=...)`` takes the fusedrl backend name; ``eager(inputs)`` is plain torch.
     """
@@ -29,6 +49,7 @@ def standard_impls(
 
     return (
         ImplSpec("fusedrl", build_fusedrl),
+        *_fusedrl_variants(fusedrl, differentiable),
         ImplSpec("eager", lambda options: eager),
         ImplSpec("torch.compile", compiled(eager), needs_compile=True),
         *competitors,

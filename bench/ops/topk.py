@@ -50,6 +50,7 @@ OP = OpSpec(
         _eager,
         unsupported("liger", "no top-k extraction op"),
         unsupported("cce", "no top-k extraction op"),
+        differentiable=False,
     ),
     bwd_flops=0.0,
     unavailable=unavailable,
