@@ -17,9 +17,17 @@ def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), tie_embeddings=False)
 
 
-@pytest.mark.parametrize("adapter", [None, "lora"])
-def test_resume_continues_the_same_loss_curve(model_dir, tmp_path, adapter):
-    extra = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.2} if adapter else {}
+RESUME_CASES = {
+    "full": {},
+    "lora": {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.2},
+    # bco_pair's loss depends on a running mean of every training reward so far (evaluated every step)
+    "bco_pair": {"loss_type": "bco_pair", "eval_steps": 1},
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_continues_the_same_loss_curve(model_dir, tmp_path, case):
+    extra = RESUME_CASES[case]
     raw = train_config(model_dir, tmp_path / "full", "dpo", max_steps=6, save_steps=3, save_total_limit=None,
                        lr_scheduler="cosine", warmup_steps=1, gradient_accumulation_steps=2, **extra)
     full = train(config_from_dict(raw))

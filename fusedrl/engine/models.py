@@ -45,7 +45,24 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | N
         name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
     )
     model.config.use_cache = False
+    check_plain_logits(model.config, name_or_path)
     return model
+
+
+LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
+
+
+def check_plain_logits(config, name: str) -> None:
+    """Refuse a model whose logits are post-processed after the lm_head (Gemma-2 softcapping, Cohere's
+    ``logit_scale``, Granite's ``logits_scaling``): the fused loss path reads the last hidden state and
+    the lm_head weight, so it would silently train a different objective than the model samples from."""
+    for key, neutral in LOGIT_TRANSFORMS.items():
+        value = getattr(config, key, neutral)
+        if value is not None and value != neutral:
+            raise ValueError(
+                f"base_model: {name} transforms its logits after the lm_head ({key}={value}); the fused "
+                f"loss path does not apply that transform yet, so this model is not supported"
+            )
 
 
 def apply_lora(model, r: int, alpha: int, dropout: float, target_modules):

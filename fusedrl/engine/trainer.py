@@ -61,11 +61,21 @@ def total_steps(config: TrainConfig, batches_per_epoch: int, batches_per_round: 
     return max(1, math.ceil(batches_per_epoch * config.num_epochs / batches_per_round) * updates_per_round)
 
 
-def _mean_metrics(parts: list[tuple[int, dict]]) -> dict:
-    """Row-weighted mean of metric dicts from several batches."""
-    rows = sum(n for n, _ in parts)
-    keys = parts[0][1].keys() if parts else []
-    return {k: sum(n * m[k] for n, m in parts) / rows for k in keys}
+def _mean_metrics(parts: list[tuple[float, dict]]) -> dict:
+    """Weighted mean (``Algorithm.batch_weight``) of metric dicts from several batches.
+
+    A key missing from some batches (KTO's ``rewards/chosen`` when a batch has no desirable
+    row) is averaged over the batches that have it; ``rewards/margins`` is then the
+    difference of the two means whenever both sides were seen.
+    """
+    keys = list(dict.fromkeys(k for _, m in parts for k in m))
+    mean = {}
+    for key in keys:
+        having = [(n, m[key]) for n, m in parts if key in m]
+        mean[key] = sum(n * v for n, v in having) / (sum(n for n, _ in having) or 1.0)
+    if "rewards/chosen" in mean and "rewards/rejected" in mean:
+        mean["rewards/margins"] = mean["rewards/chosen"] - mean["rewards/rejected"]
+    return mean
 
 
 def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.device) -> dict:
@@ -78,7 +88,7 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
         for batch in batches:
             for micro_batch in algorithm.updates([algorithm.to_device(batch)])[0]:
                 _, metrics = algorithm.loss(micro_batch)
-                parts.append((algorithm.batch_rows(micro_batch), metrics))
+                parts.append((algorithm.batch_weight(micro_batch), metrics))
     algorithm.model.train()
     return _mean_metrics(parts)
 
@@ -131,11 +141,13 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             micro_batches = updates.next()
         optimizer.zero_grad(set_to_none=True)
         parts = []
-        for batch in micro_batches:
+        weights = [algorithm.batch_weight(batch) for batch in micro_batches]
+        step_weight = sum(weights) or 1.0
+        for batch, weight in zip(micro_batches, weights):
             with autocast_context(config, device):
                 loss, metrics = algorithm.loss(batch)
-            (loss / len(micro_batches)).backward()
-            parts.append((algorithm.batch_rows(batch), metrics))
+            (loss * (weight / step_weight)).backward()
+            parts.append((weight, metrics))
         grad_norm = _clip(model, config.max_grad_norm)
         optimizer.step()
         scheduler.step()

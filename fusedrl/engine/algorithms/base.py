@@ -36,6 +36,7 @@ class Algorithm:
 
     data_kind = "sft"
     min_batch_rows = 1
+    token_mean_loss = False  # True: ``loss`` is a mean over label tokens (weights micro-batches by tokens)
     needs_reference = False
     progress_keys: tuple[str, ...] = ("loss",)
     plot_keys: tuple[str, ...] = ("loss",)
@@ -89,6 +90,13 @@ class Algorithm:
     def batch_rows(self, batch: dict) -> int:
         """Examples in a batch (pairs count once)."""
         return int(batch["input_ids"].shape[0])
+
+    def batch_weight(self, batch: dict) -> float:
+        """How much a micro-batch's mean loss counts in its step's mean: its label tokens for a token-mean
+        loss (``token_mean_loss``), else its rows; the step's loss then does not depend on how it is split."""
+        if self.token_mean_loss:
+            return float((batch["labels"] != -100).sum())
+        return float(self.batch_rows(batch))
 
     def head(self, model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """lm_head weight ``[V, H]`` and bias ``[V]`` (or None)."""

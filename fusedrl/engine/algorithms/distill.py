@@ -12,6 +12,7 @@ class KD(Algorithm):
     """``kd_alpha * T^2 * KD + kd_ce_alpha * CE`` over positions with teacher targets."""
 
     data_kind = "kd"
+    token_mean_loss = True
     progress_keys = ("loss", "kd_loss")
     plot_keys = ("loss", "kd_loss", "ce_loss")
     summary_keys = ("loss", "kd_loss", "ce_loss")

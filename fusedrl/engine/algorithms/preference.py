@@ -60,9 +60,26 @@ class DPO(Pairwise):
         loss, metrics = fused_linear_dpo_loss(
             self.hidden(batch), labels=batch["labels"], **self.common_kwargs(), **self.reference_kwargs(batch),
             beta=cfg.effective_beta, loss_type=self.loss_type, label_smoothing=cfg.label_smoothing,
-            rpo_alpha=cfg.rpo_alpha or 0.0, bco_running_mean=self.bco_running_mean,
+            rpo_alpha=cfg.rpo_alpha or 0.0, bco_running_mean=self._bco_mean_for_this_call(),
         )
         return loss, float_metrics(loss, metrics)
+
+    def _bco_mean_for_this_call(self) -> RunningMean | None:
+        """bco_pair's running mean: the live one in training; a throwaway copy in evaluation, so held-out
+        rewards never shift the training delta."""
+        if self.bco_running_mean is None or self.model.training:
+            return self.bco_running_mean
+        copy = RunningMean()
+        copy.load_state_dict(self.bco_running_mean.state_dict())
+        return copy
+
+    def state(self) -> dict:
+        """bco_pair's running mean of the rewards (part of the loss, so part of an exact resume)."""
+        return {"bco_running_mean": self.bco_running_mean.state_dict()} if self.bco_running_mean else {}
+
+    def restore(self, state: dict) -> None:
+        if self.bco_running_mean is not None and "bco_running_mean" in state:
+            self.bco_running_mean.load_state_dict(state["bco_running_mean"])
 
 
 class CPO(Pairwise):

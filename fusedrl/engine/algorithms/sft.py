@@ -11,6 +11,7 @@ class SFT(Algorithm):
     """``rl: sft``. Metrics: loss, mean_token_accuracy, num_tokens."""
 
     data_kind = "sft"
+    token_mean_loss = True
     progress_keys = ("loss", "mean_token_accuracy")
     plot_keys = ("loss", "mean_token_accuracy")
     summary_keys = ("loss", "mean_token_accuracy")

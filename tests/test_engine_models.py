@@ -1,0 +1,69 @@
+"""Model loading guards and the trainer's metric averaging over micro-batches."""
+import json
+
+import pytest
+from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig
+
+from engine_fixtures import save_tiny_model, train_config
+from fusedrl.engine.config import config_from_dict
+from fusedrl.engine.models import check_plain_logits, load_causal_lm
+from fusedrl.engine.trainer import _mean_metrics, train
+
+
+def test_softcapped_model_is_refused(tmp_path):
+    """Gemma-2 softcaps its logits after the lm_head; training it on raw logits would be a different objective."""
+    config = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=3.0)
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ValueError, match=r"base_model: .*final_logit_softcapping=3.0"):
+        load_causal_lm(str(tmp_path))
+
+
+@pytest.mark.parametrize("key, value", [("logit_scale", 0.0625), ("logits_scaling", 8.0)])
+def test_scaled_logits_are_refused(key, value):
+    config = LlamaConfig()
+    setattr(config, key, value)
+    with pytest.raises(ValueError, match=f"{key}={value}"):
+        check_plain_logits(config, "some/model")
+    setattr(config, key, 1.0)
+    check_plain_logits(config, "some/model")
+
+
+def test_mean_metrics_handles_keys_missing_from_some_micro_batches():
+    """KTO leaves out a side with no rows in a micro-batch; the step mean uses the batches that have it."""
+    parts = [(2, {"loss": 1.0, "rewards/chosen": 0.5}),
+             (2, {"loss": 3.0, "rewards/rejected": -0.5}),
+             (4, {"loss": 2.0, "rewards/chosen": 1.0, "rewards/rejected": 0.0, "rewards/margins": 1.0})]
+    mean = _mean_metrics(parts)
+    assert mean["loss"] == pytest.approx(2.0)
+    assert mean["rewards/chosen"] == pytest.approx((2 * 0.5 + 4 * 1.0) / 6)
+    assert mean["rewards/rejected"] == pytest.approx((2 * -0.5 + 4 * 0.0) / 6)
+    assert mean["rewards/margins"] == pytest.approx(mean["rewards/chosen"] - mean["rewards/rejected"])
+
+
+def test_kto_trains_with_gradient_accumulation(tmp_path):
+    """Micro-batches of 2 unpaired rows often hold one side only; the step must still log both."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    raw = train_config(model_dir, tmp_path / "run", "kto", micro_batch_size=2, gradient_accumulation_steps=4,
+                       max_steps=3, eval_batch_size=2)
+    result = train(config_from_dict(raw))
+    assert result.step == 3
+
+
+@pytest.mark.parametrize("rl, extra", [("sft", {}), ("dpo", {"rpo_alpha": None})], ids=["sft", "dpo"])
+def test_step_loss_does_not_depend_on_the_micro_batch_split(rl, extra, tmp_path):
+    """The same rows as one micro-batch or accumulated one by one: the same step loss (token mean for SFT,
+    pair mean for DPO; DPO's RPO term is a token mean per micro-batch, as in TRL, so it is left out here)."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    if rl == "sft":  # completions of very different lengths: a mean of micro-batch means would differ
+        rows = [{"prompt": "What is 2+2?", "completion": "4"},
+                {"prompt": "Say something.", "completion": "I am a small model and I like saying long things."}]
+        data = tmp_path / "sft.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        extra = {"datasets": [{"path": str(data)}], "test_datasets": [{"path": str(data)}]}
+    losses = []
+    for micro, accumulation in ((2, 1), (1, 2)):
+        raw = train_config(model_dir, tmp_path / f"run{micro}", rl, micro_batch_size=micro,
+                           gradient_accumulation_steps=accumulation, max_steps=1, eval_steps=0, **extra)
+        losses.append(train(config_from_dict(raw)).train_losses)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
