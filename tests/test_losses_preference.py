@@ -227,3 +227,14 @@ def test_kto_balance_warning():
         check_kto_balance(100, 300)
     with pytest.warns(UserWarning, match="needs both"):
         check_kto_balance(10, 0)
+
+
+def test_orpo_gradient_is_finite_when_a_logp_is_exactly_zero():
+    """An average logprob of 0 (every chosen token certain) must not turn the step into NaNs."""
+    chosen = torch.tensor([0.0, -0.5], requires_grad=True)
+    rejected = torch.tensor([-1.0, -2.0], requires_grad=True)
+    lengths = torch.tensor([3.0, 4.0])
+    losses, *_ = orpo_loss(chosen, rejected, chosen_lengths=lengths, rejected_lengths=lengths)
+    losses.sum().backward()
+    assert torch.isfinite(losses).all()
+    assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()

@@ -35,7 +35,11 @@ def pairwise_sigmoid_loss(logits: torch.Tensor, label_smoothing: float = 0.0) ->
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """``log(1 - exp(x))`` for ``x < 0``, accurate near 0 and for very negative ``x``."""
+    """``log(1 - exp(x))`` for ``x < 0``, accurate near 0 and for very negative ``x``.
+
+    ``x`` is clamped to at most ``-1e-9`` (``log(1 - e^x) ~ -20.7`` there): an average logprob of exactly 0
+    (every token certain) would otherwise give an infinite value and a NaN gradient."""
+    x = x.clamp(max=-1e-9)
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
