@@ -67,3 +67,15 @@ def test_step_loss_does_not_depend_on_the_micro_batch_split(rl, extra, tmp_path)
                            gradient_accumulation_steps=accumulation, max_steps=1, eval_steps=0, **extra)
         losses.append(train(config_from_dict(raw)).train_losses)
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_fresh_run_into_a_used_output_dir_starts_a_new_log(tmp_path):
+    """Records of an earlier run in the same output_dir (steps <= 0 included) do not leak into a fresh one."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    raw = train_config(model_dir, tmp_path / "run", "sft", max_steps=2)
+    train(config_from_dict(raw))
+    first = (tmp_path / "run" / "metrics.jsonl").read_text()
+    train(config_from_dict(raw))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"split": "train"') == first.count('"split": "train"')
+    assert sum(1 for line in first.splitlines() if '"step": 0' in line) == sum(
+        1 for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"step": 0' in line)

@@ -10,13 +10,17 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard when available)."""
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard when available).
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int = 0):
+    ``resume_step``: the checkpoint step a resumed run starts from (later records are dropped);
+    None for a fresh run, which starts the files empty even if an earlier run wrote there.
+    """
+
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        self._truncate_after(resume_step)
+        self._truncate_after(-1 if resume_step is None else resume_step)
         self.writer = None
         if tensorboard:
             try:
@@ -27,7 +31,7 @@ class MetricsLog:
                 log.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop metrics and samples past the checkpoint's step so each file reads as one run."""
+        """Drop metrics and samples past ``step`` so each file reads as one run."""
         for path in (self.path, self.dir / "samples.jsonl"):
             if path.exists():
                 kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]

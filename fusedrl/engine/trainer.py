@@ -125,7 +125,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         updates.restore(state.get("round", {}), load_round_tensors(resume))
         algorithm.restore(state.get("algorithm", {}))
         log.info("resumed from %s at step %d", resume, step)
-    metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step)
+    metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step if resume is not None else None)
     result = TrainResult(step=step, output_dir=out)
     result.eval_before = evaluate(algorithm, eval_batches, config, device) if step == 0 else {}
     if result.eval_before:
