@@ -46,7 +46,7 @@ _GPU_FULL = _unique(
 
 PRESETS: dict[str, Preset] = {
     "gpu-targets": Preset(
-        "the issue's target shape: N=16384, H=4096, V=128256 bf16; DPO 4 pairs x 1024, GRPO 16 x 1024",
+        "the headline shape: N=16384, H=4096, V=128256 bf16; DPO 4 pairs x 1024, GRPO 16 x 1024",
         (Case(16384, **TARGET),),
         {"dpo": (Case(8192, **TARGET),)},
     ),

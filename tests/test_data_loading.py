@@ -100,3 +100,16 @@ def test_truncation_keeps_prompt_end_and_completion_start(tmp_path):
         assert kept["input_ids"][:5] == whole["input_ids"][prompt_len - 5: prompt_len]
         assert kept["input_ids"][5:] == whole["input_ids"][prompt_len: prompt_len + 3]
     assert all(len(t) > 0 for t in label_text(tok, batch["labels"]))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_empty_data_file_names_the_file(tmp_path, content):
+    (tmp_path / "empty.jsonl").write_text(content)
+    with pytest.raises(ValueError, match=r"empty.jsonl: the data file has no rows"):
+        _rows({"path": str(tmp_path / "empty.jsonl")}, tmp_path)
+
+
+@pytest.mark.parametrize("path", ["data/nope.jsonl", "./nope", "/no/such/folder"])
+def test_missing_local_path_is_not_a_hub_id(tmp_path, path):
+    with pytest.raises(ValueError, match="local data file or folder not found"):
+        _rows({"path": path}, tmp_path)

@@ -51,6 +51,8 @@ CASES = [
     ("grpo", [{"text": "only text"}], {}, {}, "row 0: field 'prompt': missing field (expected a non-empty prompt"),
     ("dpo", [{"prompt": "a", "chosen": " b", "rejected": " c", "margin": "big"}], {}, {},
      "row 0: field 'margin': wrong type (expected a number, got 'big')"),
+    ("sft", [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}],
+     {}, {}, "row 1: field 'labels': empty completion (expected at least one trained token"),
 ]
 
 
@@ -161,3 +163,10 @@ def test_blank_question_is_an_empty_prompt(tmp_path):
     rows = [{"question": "  ", "chosen": "a", "rejected": "b"}]
     with pytest.raises(ValueError, match=r"row 0: field 'question': empty prompt \(expected non-empty text"):
         _prepare(_write(tmp_path, rows), "dpo", tmp_path, spec={"type": "chatml.intel"})
+
+
+def test_all_masked_tokenized_rows_are_skipped(tmp_path, caplog):
+    rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}]
+    with caplog.at_level(logging.WARNING):
+        ds = _prepare(_write(tmp_path, rows), "sft", tmp_path, on_bad_row="skip")
+    assert len(ds) == 1 and "empty completion 'labels'" in caplog.text

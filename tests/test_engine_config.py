@@ -2,9 +2,10 @@
 import pytest
 import yaml
 
-from engine_fixtures import DEMO_TRAIN
+from engine_fixtures import DEMO_TRAIN, save_tiny_model, train_config
 from fusedrl.engine.cli import main
 from fusedrl.engine.config import ConfigError, config_from_dict, load_config, parse_overrides
+from fusedrl.engine.trainer import train
 
 BASE = {"base_model": "some/model", "rl": "dpo", "datasets": [{"path": "data.jsonl"}]}
 
@@ -33,6 +34,11 @@ def test_aliases_and_defaults():
     ({"rl_beta": 0.1, "beta": 0.2}, "both set 'beta'"),
     ({"rl": "sft", "sample_packing": True}, "sample_packing: needs attn_implementation"),
     ({"attn_implementation": "flash"}, "attn_implementation: expected one of"),
+    ({"max_grad_norm": -1.0}, "max_grad_norm: expected a value >= 0"),
+    ({"label_smoothing": 0.5}, r"label_smoothing: expected a value in \[0, 0.5\) for rl=dpo"),
+    ({"rl": "sft", "label_smoothing": 1.5}, "label_smoothing: expected a value <= 1.0"),
+    ({"bf16": "maybe"}, "bf16: expected one of"),
+    ({"trust_remote_code": "yes"}, "trust_remote_code: expected"),
 ])
 def test_bad_config_names_the_key(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -68,3 +74,50 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
     assert "unknown key 'warmup_step'; did you mean 'warmup_steps'" in err and "Traceback" not in err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_grad_norm_bf16_and_sft_label_smoothing():
+    assert config_from_dict({**BASE, "max_grad_norm": 0}).max_grad_norm is None  # 0: no clipping
+    assert config_from_dict({**BASE, "bf16": False}).bf16 is False
+    assert config_from_dict({**BASE, "learning_rate": "3e-4"}).learning_rate == 3e-4
+    assert config_from_dict({**BASE, "rl": "sft", "label_smoothing": 0.6}).label_smoothing == 0.6
+    assert config_from_dict({**BASE, "rl": "sft", "sft_label_smoothing": 0.2}).label_smoothing == 0.2
+
+
+def test_cli_override_wins_over_any_alias_in_the_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    data = [{"path": str(DEMO_TRAIN)}]
+    path.write_text(yaml.safe_dump({**BASE, "datasets": data, "rl": "orpo", "orpo_alpha": 0.5, "lr": 1e-4}))
+    config = load_config(path, ["--beta", "0.2", "--learning-rate", "3e-4", "--bf16", "true"])
+    assert (config.beta, config.learning_rate, config.bf16) == (0.2, 3e-4, True)
+    assert load_config(path, ["--rl_beta", "0.3"]).beta == 0.3
+    path.write_text(yaml.safe_dump({**BASE, "datasets": data, "rl_beta": 0.5, "orpo_alpha": 0.4}))
+    with pytest.raises(ConfigError, match="both set 'beta'"):
+        load_config(path, [])
+
+
+def test_missing_local_dataset_path_names_the_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "datasets": [{"path": str(DEMO_TRAIN)}, {"path": "data/nope.jsonl"}]}))
+    with pytest.raises(ConfigError, match=r"datasets\[1\].path: local file or folder not found: 'data/nope.jsonl'"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({**BASE, "datasets": [{"path": "org/hub-dataset"}]}))
+    assert load_config(path).datasets == [{"path": "org/hub-dataset"}]  # a hub id is left to load_dataset
+
+
+def test_cli_names_a_missing_base_model(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "base_model": "./no-such-model", "datasets": [{"path": str(DEMO_TRAIN)}]}))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "fusedrl: error: base_model: local model folder not found: './no-such-model'" in err
+    assert "Traceback" not in err
+
+
+def test_label_smoothing_changes_the_sft_loss(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    losses = []
+    for i, smoothing in enumerate((0.0, 0.0, 0.3)):
+        raw = train_config(model_dir, tmp_path / f"out{i}", "sft", max_steps=1, label_smoothing=smoothing)
+        losses.append(train(config_from_dict(raw)).eval_before["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and abs(losses[2] - losses[0]) > 1e-3

@@ -6,7 +6,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig
 
 from engine_fixtures import save_tiny_model, train_config
 from fusedrl.engine.config import config_from_dict
-from fusedrl.engine.models import check_plain_logits, load_causal_lm
+from fusedrl.engine.models import check_plain_logits, load_causal_lm, load_tokenizer
 from fusedrl.engine.trainer import _mean_metrics, train
 
 
@@ -17,6 +17,14 @@ def test_softcapped_model_is_refused(tmp_path):
     Gemma2ForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
     with pytest.raises(ValueError, match=r"base_model: .*final_logit_softcapping=3.0"):
         load_causal_lm(str(tmp_path))
+
+
+def test_unloadable_model_names_its_config_key(tmp_path):
+    """A folder without model files (or a hub id that cannot be fetched) fails with the config key, not an OSError."""
+    with pytest.raises(ValueError, match=r"ref_model: cannot load .*config\.json"):
+        load_causal_lm(str(tmp_path), key="ref_model")
+    with pytest.raises(ValueError, match=r"tokenizer: cannot load "):
+        load_tokenizer(str(tmp_path))
 
 
 @pytest.mark.parametrize("key, value", [("logit_scale", 0.0625), ("logits_scaling", 8.0)])

@@ -406,7 +406,7 @@ def test_value_model_starts_from_the_reward_model(files, tmp_path):
 
 
 def test_a_missing_reward_model_names_the_key(files, tmp_path):
-    with pytest.raises(FileNotFoundError, match="reward_model: cannot load '.*no-such-rm'"):
+    with pytest.raises(ValueError, match="reward_model: cannot load '.*no-such-rm'.*written by rl: rm"):
         build_algorithm(online_config(files, tmp_path, "ppo", reward_model=str(tmp_path / "no-such-rm")), pick_device())
 
 

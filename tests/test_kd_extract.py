@@ -122,3 +122,10 @@ def test_cli_kd_extract(models, tmp_path, capsys):
                      "--output", str(out), "--max-length", "160", "--shard-size", "100", "--backend", "torch"])
     assert code == 0 and read_metadata(out)["top_k"] == 4
     assert len(list(out.glob("*.parquet"))) == 2
+
+
+def test_cli_kd_extract_lists_the_dtypes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["kd-extract", "--teacher", "t", "--dataset", "d", "--output", str(tmp_path), "--dtype", "fp16"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --dtype: invalid choice: 'fp16'" in err and "'bfloat16'" in err

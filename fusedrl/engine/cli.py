@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
+from .data.loading import looks_local
 from .rewards import RewardFunctionError
 
 
@@ -28,11 +30,20 @@ def summary_table(before: dict, after: dict, keys: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _check_model_paths(config) -> None:
+    """A model path that looks local (``looks_local``) but is missing fails here, naming its key."""
+    for key in ("base_model", "tokenizer", "ref_model", "reward_model"):
+        value = getattr(config, key)
+        if value is not None and looks_local(value) and not Path(value).exists():
+            raise ValueError(f"{key}: local model folder not found: {value!r}")
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .algorithms import algorithm_class
     from .trainer import train
 
     config = load_config(args.config, overrides)
+    _check_model_paths(config)
     result = train(config)
     keys = algorithm_class(config.rl).summary_keys
     print(summary_table(result.eval_before, result.eval_after, keys))

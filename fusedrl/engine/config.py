@@ -20,6 +20,7 @@ import yaml
 from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES
 from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
 from ..kernels.losses.policy import KL_ESTIMATORS
+from .data.loading import looks_local
 from .rewards import DEFAULT_FORMAT_PATTERN
 
 OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd")
@@ -34,6 +35,7 @@ ALIASES = {
     "lr": "learning_rate",
     "batch_size": "micro_batch_size",
     "epochs": "num_epochs",
+    "sft_label_smoothing": "label_smoothing",
 }
 
 # Attention kernels that read per-sequence ``position_ids`` and keep packed sequences apart.
@@ -44,6 +46,10 @@ DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
 # ``loss_type`` choices and default of the algorithms that have one; the others take none.
 LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES}
 DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo"}
+
+
+# A float that YAML 1.1 leaves a string: exponent without a dot (``3e-4``, ``1E5``).
+_FLOAT = re.compile(r"[-+]?\d+[eE][-+]?\d+$")
 
 
 def _choices(*values):
@@ -90,7 +96,7 @@ class TrainConfig:
 
     beta: float | None = None  # range checked per algorithm (GRPO accepts 0)
     loss_type: str | None = None  # choices per algorithm (LOSS_TYPES)
-    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # < 0.5 unless rl: sft
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
     cpo_alpha: float = field(default=1.0, metadata=_range(0.0))
     simpo_gamma: float = 1.0
@@ -104,7 +110,6 @@ class TrainConfig:
     kd_divergence: str = field(default="forward_kl", metadata=_choices("forward_kl", "reverse_kl", "jsd"))
     kd_beta: float = field(default=0.5, metadata=_range(0.0, 1.0))
     kd_normalize_topk: bool = False
-    sft_label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
     z_loss: float = field(default=0.0, metadata=_range(0.0))
 
     # Online RL (GRPO and PPO): sampling, rewards, and the update schedule of each rollout.
@@ -150,8 +155,8 @@ class TrainConfig:
     lr_scheduler: str = field(default="cosine", metadata=_choices("cosine", "linear", "constant"))
     warmup_steps: int = field(default=0, metadata=_range(0))
     warmup_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    max_grad_norm: float | None = 1.0
-    bf16: str | bool = "auto"
+    max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0))  # 0 or null: no clipping
+    bf16: str | bool = field(default="auto", metadata=_choices("auto", True, False))
     gradient_checkpointing: bool = False
     seed: int = 42
     kernel_backend: str = field(default="auto", metadata=_choices("auto", "triton", "torch", "eager"))
@@ -229,8 +234,9 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         if name in values and values[name] != value:
             raise ConfigError(f"{source}: {key!r} and another alias both set {name!r} to different values")
-        if isinstance(value, int) and not isinstance(value, bool) and hints[name] in (float, float | None):
-            value = float(value)
+        if hints[name] in (float, float | None) and (
+                isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and _FLOAT.match(value)):
+            value = float(value)  # PyYAML reads 3e-4 (no dot) as a string
         try:
             _check_field(fields[name], value, hints)
         except ConfigError as err:
@@ -238,6 +244,8 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
         values[name] = value
     if "base_model" not in values:
         raise ConfigError(f"{source}: missing required key 'base_model'")
+    if values.get("max_grad_norm") == 0:
+        values["max_grad_norm"] = None  # no clipping, as in the HF Trainer
     config = TrainConfig(**values)
     _check_cross_field(config, source)
     return config
@@ -254,11 +262,15 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
         )
     if not config.datasets:
         raise ConfigError(f"{source}: datasets: expected at least one dataset entry")
-    for i, entry in enumerate(config.datasets):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ConfigError(f"{source}: datasets[{i}]: expected a mapping with a 'path' key, got {entry!r}")
+    for key in ("datasets", "test_datasets"):
+        for i, entry in enumerate(getattr(config, key)):
+            if not isinstance(entry, dict) or "path" not in entry:
+                raise ConfigError(f"{source}: {key}[{i}]: expected a mapping with a 'path' key, got {entry!r}")
     if config.rl == "kto" and config.micro_batch_size < 2:
         raise ConfigError(f"{source}: micro_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
+    if config.rl != "sft" and config.label_smoothing >= 0.5:
+        raise ConfigError(f"{source}: label_smoothing: expected a value in [0, 0.5) for rl={config.rl}, "
+                          f"got {config.label_smoothing!r}")
     _check_beta_and_loss_type(config, source)
     if config.rl in ONLINE_ALGORITHMS:
         _check_online(config, source)
@@ -337,12 +349,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-    raw = {**raw, **parse_overrides(overrides or [])}
+    raw = _apply_overrides(raw, parse_overrides(overrides or []))
     config = config_from_dict(raw, source=str(path))
     base = path.parent
-    config.datasets = [_resolve_local_path(entry, base) for entry in config.datasets]
-    config.test_datasets = [_resolve_local_path(entry, base) for entry in config.test_datasets]
+    for key in ("datasets", "test_datasets"):
+        entries = [_resolve_local_path(entry, base) for entry in getattr(config, key)]
+        for i, entry in enumerate(entries):
+            if not Path(entry["path"]).exists() and looks_local(str(entry["path"])):
+                raise ConfigError(f"{path}: {key}[{i}].path: local file or folder not found: {entry['path']!r} "
+                                  f"(relative paths are looked up from the working directory and {base})")
+        setattr(config, key, entries)
     return config
+
+
+def _apply_overrides(raw: dict, overrides: dict) -> dict:
+    """``raw`` with ``overrides`` on top; an override replaces the YAML's value of its key under any alias."""
+    overridden = {ALIASES.get(key, key) for key in overrides}
+    kept = {key: value for key, value in raw.items() if ALIASES.get(key, key) not in overridden}
+    return {**kept, **overrides}
 
 
 def _resolve_local_path(entry: dict, base: Path) -> dict:

@@ -28,11 +28,13 @@ import yaml
 from ..kernels import linear_topk
 from .data import DataConfig, prepare_dataset
 from .data.collate import pad
-from .models import final_hidden, lm_head_of, load_causal_lm, load_tokenizer
+from .models import DTYPES, final_hidden, lm_head_of, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "kd_metadata.yaml"
+# The flags with a fixed set of values (argparse lists them on a bad one).
+CHOICES = {"dtype": list(DTYPES), "on_bad_row": ["error", "skip"]}
 
 
 @dataclass
@@ -117,14 +119,15 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
     if not cfg.temperature > 0:
         raise ValueError(f"--temperature: expected > 0, got {cfg.temperature}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(cfg.teacher, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.teacher, trust_remote_code=cfg.trust_remote_code, key="teacher")
     data_config = DataConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                              chat_template=cfg.chat_template, on_bad_row=cfg.on_bad_row)
     rows = prepare_dataset([{"path": cfg.dataset}], tokenizer, "sft", data_config)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _check_or_write_metadata(out, _metadata(cfg, tokenizer, len(rows)))
-    model = load_causal_lm(cfg.teacher, cfg.dtype, trust_remote_code=cfg.trust_remote_code).to(device).eval()
+    model = load_causal_lm(cfg.teacher, cfg.dtype, trust_remote_code=cfg.trust_remote_code, key="teacher")
+    model = model.to(device).eval()
     shards = math.ceil(len(rows) / cfg.shard_size)
     for shard in tqdm(range(shards), desc="kd-extract shards", disable=not progress):
         path = out / f"shard-{shard:05d}.parquet"
@@ -152,7 +155,7 @@ def add_arguments(parser) -> None:
                  "chat_template", "on_bad_row", "dtype", "backend"):
         default = getattr(defaults, name)
         kind = type(default) if default is not None else (int if name == "max_prompt_length" else str)
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default)
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default, choices=CHOICES.get(name))
     parser.add_argument("--trust-remote-code", action="store_true")
 
 

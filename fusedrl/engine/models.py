@@ -22,28 +22,38 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_FOLDER = "value_model"
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+def _from_pretrained(auto_class, name_or_path: str, key: str, **kwargs):
+    """``auto_class.from_pretrained``; a model or tokenizer that cannot be found or read raises ``ValueError``
+    naming the config ``key`` and the path (transformers raises ``OSError`` or a bare ``ValueError``)."""
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{key}: cannot load {name_or_path!r} (a local folder or a hub id): {err}") from None
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False,
+                   key: str = "tokenizer"):
     """The tokenizer of a local folder, hub id or GGUF file, with a pad token set (EOS when it has none)."""
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, key, trust_remote_code=trust_remote_code, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
-                   trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """``AutoModelForCausalLM`` from a local folder, hub id, or a GGUF file (dequantized) in ``dtype``."""
+                   trust_remote_code: bool = False, attn_implementation: str | None = None, key: str = "base_model"):
+    """``AutoModelForCausalLM`` from a local folder, hub id, or a GGUF file (dequantized) in ``dtype``;
+    ``key`` names the config key the path came from in errors."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs
-    )
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path, key, dtype=DTYPES[dtype],
+                             trust_remote_code=trust_remote_code, **kwargs)
     model.config.use_cache = False
     check_plain_logits(model.config, name_or_path)
     return model
@@ -164,9 +174,9 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
-                        trust_remote_code: bool = False) -> "RewardModel":
+                        trust_remote_code: bool = False, key: str = "reward_model") -> "RewardModel":
         """Backbone from ``name_or_path``; the value head from its ``value_head.safetensors`` when present."""
-        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code))
+        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code, key=key))
         head = Path(name_or_path) / VALUE_HEAD_FILE
         if head.is_file():
             model.value_head.load_state_dict(load_file(str(head)))

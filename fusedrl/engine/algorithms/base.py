@@ -45,7 +45,8 @@ class Algorithm:
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device
         self.tokenizer = load_tokenizer(config.tokenizer or config.base_model,
-                                        None if config.tokenizer else config.gguf_file, config.trust_remote_code)
+                                        None if config.tokenizer else config.gguf_file, config.trust_remote_code,
+                                        key="tokenizer" if config.tokenizer else "base_model")
         self.model = self.build_model().to(device)
         self.reference = self._build_reference() if self.needs_reference else None
 
@@ -76,7 +77,8 @@ class Algorithm:
     def _build_reference(self):
         cfg = self.config
         if cfg.ref_model:
-            ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation)
+            ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation,
+                                 key="ref_model")
             ref.requires_grad_(False)
             return ref.eval().to(self.device)
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:

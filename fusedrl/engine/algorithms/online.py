@@ -81,9 +81,9 @@ class OnlineAlgorithm(Algorithm):
         cfg = self.config
         try:
             model = RewardModel.from_pretrained(cfg.reward_model, cfg.model_dtype, None, cfg.trust_remote_code)
-        except OSError as err:
-            raise FileNotFoundError(f"reward_model: cannot load {cfg.reward_model!r} (a folder written by rl: rm, "
-                                    f"e.g. outputs/rm/final after configs/rm.yaml): {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{err} (reward_model is a folder written by rl: rm, e.g. outputs/rm/final after "
+                             "configs/rm.yaml)") from None
         if not trainable:
             model.eval().requires_grad_(False)
         return model.to(self.device)

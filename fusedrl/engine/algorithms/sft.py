@@ -20,7 +20,7 @@ class SFT(Algorithm):
         weight, bias = self.head()
         labels = batch["labels"]
         loss, accuracy = linear_cross_entropy(
-            self.hidden(batch), weight, labels, bias=bias, label_smoothing=self.config.sft_label_smoothing,
+            self.hidden(batch), weight, labels, bias=bias, label_smoothing=self.config.label_smoothing,
             z_loss=self.config.z_loss, return_accuracy=True, backend=self.config.kernel_backend,
         )
         tokens = (labels != -100).sum()

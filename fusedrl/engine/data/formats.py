@@ -162,6 +162,9 @@ def _tokenized(row: dict) -> dict:
         mask = [1] * len(ids)
     if len(mask) != len(ids) or not all(m in (0, 1) for m in mask):
         raise BadRow(WRONG_TYPE, "completion_mask", f"{len(ids)} values of 0 or 1 (one per token)", mask)
+    if not any(mask):
+        field = "completion_mask" if "completion_mask" in row else "labels"
+        raise BadRow(EMPTY, field, "at least one trained token (labels not all -100, completion_mask not all 0)")
     return {"tokens": (ids, [int(m) for m in mask])}
 
 

@@ -39,6 +39,27 @@ class Provenance:
         return self.sources[0] + (f" (+{more} more files)" if more else "")
 
 
+def looks_local(path: str) -> bool:
+    """Whether ``path`` reads as a local path, not a hub id (``org/name``): a data-file suffix, a leading
+    ``.``, ``/`` or ``~``, a backslash, or more than one ``/``."""
+    return (_builder(Path(path)) is not None or path.startswith((".", "/", "~")) or "\\" in path
+            or path.count("/") > 1)
+
+
+def _read(read, file: Path, cache_dir: str | None) -> datasets.Dataset:
+    """The rows of one data file; a file without rows raises ``ValueError`` naming it."""
+    ds = None
+    if file.stat().st_size:
+        try:
+            ds = read(str(file), cache_dir=cache_dir)
+        except (StopIteration, ValueError) as err:  # datasets' ways of saying the file holds no rows
+            if not isinstance(err, StopIteration) and "corresponds to no data" not in str(err):
+                raise
+    if ds is None or len(ds) == 0:
+        raise ValueError(f"{file}: the data file has no rows")
+    return ds
+
+
 def _builder(file: Path) -> str | None:
     suffixes = [s for s in file.suffixes if s not in COMPRESSIONS]
     return BUILDERS.get(suffixes[-1].lower()) if suffixes else None
@@ -66,7 +87,7 @@ def _load_local(
         raise ValueError(f"{label}: cannot tell one file type ({sorted(READERS)}) from {[f.name for f in files]}; "
                          "set ds_type")
     read = READERS[builders.pop()]
-    parts = [read(str(f), cache_dir=cache_dir) for f in files]
+    parts = [_read(read, f, cache_dir) for f in files]
     starts, total = [], 0
     for part in parts:
         starts.append(total)
@@ -81,6 +102,7 @@ def load_rows(spec: DatasetSpec, cache_dir: str | None = None) -> tuple[datasets
     - a folder written by ``save_to_disk``: ``load_from_disk`` (``split`` picks from a DatasetDict);
     - an existing file or folder: its data files (``data_files`` relative to a folder, or all of them);
     - a builder name (``json``, ``parquet``, ``csv``) with ``data_files``: those files;
+    - a missing path that looks local (``looks_local``): ``ValueError``;
     - anything else: a hub dataset, ``load_dataset(path, name, split=split, revision, data_files)``.
     """
     root = Path(spec.path)
@@ -92,6 +114,8 @@ def load_rows(spec: DatasetSpec, cache_dir: str | None = None) -> tuple[datasets
         ds, provenance = _load_local(spec.path, spec.ds_type, _local_files(spec, root), cache_dir)
     elif spec.path in BUILDERS.values() and spec.data_files is not None:
         ds, provenance = _load_local(spec.path, spec.path, _local_files(spec, None), cache_dir)
+    elif looks_local(spec.path):
+        raise ValueError(f"{spec.path}: local data file or folder not found")
     else:
         ds = datasets.load_dataset(
             spec.path, spec.name, split=spec.split, revision=spec.revision, data_files=spec.data_files, cache_dir=cache_dir
