@@ -51,7 +51,13 @@ class BatchStream:
         return self.collate([self.rows[i] for i in picked])
 
 
-def fixed_batches(rows: Sequence, batch_size: int, collate: Callable) -> list[dict]:
-    """Every row once, in order, in batches of ``batch_size`` (the last may be smaller; eval use)."""
-    return [collate([rows[i] for i in range(start, min(len(rows), start + batch_size))])
-            for start in range(0, len(rows), batch_size)]
+def fixed_batches(rows: Sequence, batch_size: int, collate: Callable, min_rows: int = 1) -> list[dict]:
+    """Every row once, in order, in batches of ``batch_size`` (eval use). The last batch may be smaller; one
+    smaller than ``min_rows`` (KTO needs 2) joins the batch before it, so no row is left out."""
+    if 0 < len(rows) < min_rows:
+        raise ValueError(f"{len(rows)} rows: batches here need at least {min_rows}")
+    starts = list(range(0, len(rows), batch_size))
+    if len(starts) > 1 and len(rows) - starts[-1] < min_rows:
+        starts.pop()
+    ends = starts[1:] + [len(rows)]
+    return [collate([rows[i] for i in range(start, end)]) for start, end in zip(starts, ends)]

@@ -105,8 +105,15 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         algorithm.enable_gradient_checkpointing()
 
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed)
-    eval_batches = [b for b in fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size,
-                                             data.collate) if algorithm.batch_rows(b) >= algorithm.min_batch_rows]
+    try:
+        eval_batches = fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size, data.collate,
+                                     algorithm.min_batch_rows)
+    except ValueError as err:
+        raise ValueError(f"held-out set (test_datasets or val_set_size) for rl={config.rl}: {err}") from None
+    if len(data.train) % config.micro_batch_size:
+        log.info("each epoch leaves out %d of %d training rows: the tail of its shuffled order that does not fill "
+                 "a micro-batch of %d (a different tail each epoch)", len(data.train) % config.micro_batch_size,
+                 len(data.train), config.micro_batch_size)
     steps = total_steps(config, stream.batches_per_epoch, algorithm.batches_per_round, algorithm.updates_per_round)
     warmup = config.warmup_steps or int(config.warmup_ratio * steps)
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
