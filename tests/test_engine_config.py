@@ -37,12 +37,21 @@ def test_aliases_and_defaults():
     ({"max_grad_norm": -1.0}, "max_grad_norm: expected a value >= 0"),
     ({"label_smoothing": 0.5}, r"label_smoothing: expected a value in \[0, 0.5\) for rl=dpo"),
     ({"rl": "sft", "label_smoothing": 1.5}, "label_smoothing: expected a value <= 1.0"),
+    ({"rl": "kto", "label_smoothing": 0.1}, "label_smoothing: rl=kto does not use it"),
+    ({"rl": "ipo", "label_smoothing": 0.1}, "label_smoothing: rl=ipo does not use it"),
+    ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing: loss_type 'hinge' does not use it"),
     ({"bf16": "maybe"}, "bf16: expected one of"),
     ({"trust_remote_code": "yes"}, "trust_remote_code: expected"),
 ])
 def test_bad_config_names_the_key(bad, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**BASE, **bad})
+
+
+@pytest.mark.parametrize("extra", [{"rl": "dpo", "loss_type": "robust"}, {"rl": "dpo"}, {"rl": "cpo"},
+                                   {"rl": "simpo"}])
+def test_label_smoothing_where_the_loss_reads_it(extra):
+    assert config_from_dict({**BASE, **extra, "label_smoothing": 0.1}).label_smoothing == 0.1
 
 
 def test_missing_base_model():

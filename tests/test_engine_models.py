@@ -87,3 +87,31 @@ def test_fresh_run_into_a_used_output_dir_starts_a_new_log(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"split": "train"') == first.count('"split": "train"')
     assert sum(1 for line in first.splitlines() if '"step": 0' in line) == sum(
         1 for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"step": 0' in line)
+
+
+@pytest.mark.parametrize("rl, overrides, dropout_left", [
+    ("dpo", {}, False),
+    ("sft", {}, True),  # SFT keeps the model's dropout unless asked
+    ("sft", {"disable_dropout": True}, False),
+    ("dpo", {"adapter": "lora", "lora_r": 4, "lora_dropout": 0.5}, False),
+], ids=["dpo-default", "sft-default", "sft-disabled", "dpo-lora"])
+def test_dropout_is_disabled_by_default_outside_sft(rl, overrides, dropout_left, tmp_path):
+    """A model with attention dropout (a float the attention function reads) and LoRA dropout (nn.Dropout)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from fusedrl.engine.algorithms import build_algorithm
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    model.config.attention_dropout = 0.5
+    model.save_pretrained(model_dir, safe_serialization=True)
+    algorithm = build_algorithm(config_from_dict(train_config(model_dir, tmp_path / "run", rl, **overrides)),
+                                torch.device("cpu"))
+    policy = algorithm.policy.train()
+    ids = torch.arange(3, 19).view(2, 8)
+    outputs = [policy(input_ids=ids).logits for _ in range(2)]
+    assert (not torch.equal(*outputs)) == dropout_left
+    rates = [m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout)]
+    assert bool(rates) == ("adapter" in overrides)  # LoRA dropout modules on every linear layer
+    assert not any(rates)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES
+from ..kernels.losses.dpo import SMOOTHED_LOSS_TYPES
 from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
 from ..kernels.losses.policy import KL_ESTIMATORS
 from .data.loading import looks_local
@@ -158,6 +159,7 @@ class TrainConfig:
     max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0))  # 0 or null: no clipping
     bf16: str | bool = field(default="auto", metadata=_choices("auto", True, False))
     gradient_checkpointing: bool = False
+    disable_dropout: bool | None = None  # null: true for every algorithm but sft (see effective_disable_dropout)
     seed: int = 42
     kernel_backend: str = field(default="auto", metadata=_choices("auto", "triton", "torch", "eager"))
 
@@ -179,6 +181,14 @@ class TrainConfig:
     def effective_loss_type(self) -> str | None:
         """``loss_type`` or the algorithm's default (DPO sigmoid, IPO ipo, GRPO grpo; None for the others)."""
         return self.loss_type if self.loss_type is not None else DEFAULT_LOSS_TYPE.get(self.rl)
+
+
+    @property
+    def effective_disable_dropout(self) -> bool:
+        """``disable_dropout`` or its default: off for SFT, on for the others (as TRL's DPO, KTO, CPO, ORPO, reward,
+        PPO and GKD trainers; TRL's GRPO keeps dropout, we drop it so the policy's logprobs in the loss are
+        computed like the old and reference logprobs it is compared with)."""
+        return self.disable_dropout if self.disable_dropout is not None else self.rl != "sft"
 
 
 class ConfigError(ValueError):
@@ -272,6 +282,7 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: label_smoothing: expected a value in [0, 0.5) for rl={config.rl}, "
                           f"got {config.label_smoothing!r}")
     _check_beta_and_loss_type(config, source)
+    _check_label_smoothing(config, source)
     if config.rl in ONLINE_ALGORITHMS:
         _check_online(config, source)
 
@@ -291,6 +302,18 @@ def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
     if config.loss_type not in LOSS_TYPES[config.rl]:
         raise ConfigError(f"{source}: loss_type: expected one of {list(LOSS_TYPES[config.rl])} for rl={config.rl}, "
                           f"got {config.loss_type!r}")
+
+
+def _check_label_smoothing(config: TrainConfig, source: str) -> None:
+    """Only the losses that read ``label_smoothing`` accept a nonzero value (it would be silently ignored)."""
+    if not config.label_smoothing:
+        return
+    if config.rl not in ("sft", "dpo", "cpo", "simpo"):
+        raise ConfigError(f"{source}: label_smoothing: rl={config.rl} does not use it (sft, dpo, cpo and simpo do); "
+                          f"expected 0, got {config.label_smoothing!r}")
+    if config.rl == "dpo" and config.effective_loss_type not in SMOOTHED_LOSS_TYPES:
+        raise ConfigError(f"{source}: label_smoothing: loss_type {config.effective_loss_type!r} does not use it "
+                          f"(only {list(SMOOTHED_LOSS_TYPES)} do); expected 0, got {config.label_smoothing!r}")
 
 
 def _check_online(config: TrainConfig, source: str) -> None:

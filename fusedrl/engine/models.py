@@ -117,6 +117,31 @@ def adapters_disabled(model):
         yield model
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute ``model``'s decoder-layer activations in the backward (non-reentrant checkpointing);
+    transformers >= 5.23 names it ``activation_checkpointing_enable``, older versions ``gradient_checkpointing_enable``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Set every dropout of ``model`` to 0: ``nn.Dropout`` modules (LoRA's included) and the float
+    ``*dropout`` attributes attention layers pass to their attention functions. Returns how many it changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            changed += module.p > 0
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if name.endswith("dropout") and isinstance(value, float):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return changed
+
+
 def frozen_copy(model):
     """A detached, eval-mode, no-grad copy (the reference model)."""
     ref = copy.deepcopy(unwrap_peft(model))

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..models import (adapters_disabled, apply_lora, final_hidden, frozen_copy, lm_head_of, load_causal_lm,
-                      load_tokenizer)
+from ..models import (adapters_disabled, apply_lora, disable_dropout, enable_activation_checkpointing, final_hidden,
+                      frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class Algorithm:
                                         None if config.tokenizer else config.gguf_file, config.trust_remote_code,
                                         key="tokenizer" if config.tokenizer else "base_model")
         self.model = self.build_model().to(device)
+        if config.effective_disable_dropout and (changed := disable_dropout(self.model)):
+            log.info("disable_dropout: %d dropout rates of the model set to 0", changed)
         self.reference = self._build_reference() if self.needs_reference else None
 
     @property
@@ -150,7 +152,7 @@ class Algorithm:
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward (non-reentrant)."""
         target = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
-        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(target)
         if hasattr(self.policy, "enable_input_require_grads"):
             self.policy.enable_input_require_grads()
 

@@ -17,7 +17,7 @@ import torch
 
 from ...kernels.losses import fused_linear_ppo_loss, gae_advantages, ppo_rewards
 from ..data import IGNORE_INDEX
-from ..models import VALUE_MODEL_FOLDER, PolicyWithValue
+from ..models import VALUE_MODEL_FOLDER, PolicyWithValue, enable_activation_checkpointing
 from .base import as_floats, float_metrics
 from .online import OnlineAlgorithm, select_rows
 
@@ -89,7 +89,7 @@ class PPO(OnlineAlgorithm):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward, in the policy and in the value model."""
         super().enable_gradient_checkpointing()
-        self.model.value.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(self.model.value.backbone)
 
     def save_final(self, folder: Path) -> None:
         """The policy as ``Algorithm.save_final`` writes it, and the value model in ``folder/value_model``."""

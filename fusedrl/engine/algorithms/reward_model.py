@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from ...kernels.losses import reward_model_loss
-from ..models import RewardModel
+from ..models import RewardModel, enable_activation_checkpointing
 from .preference import Pairwise
 
 
@@ -35,7 +35,7 @@ class RewardModelling(Pairwise):
         return loss, metrics
 
     def enable_gradient_checkpointing(self) -> None:
-        self.model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(self.model.backbone)
 
     def save_final(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
