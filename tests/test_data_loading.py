@@ -1,4 +1,6 @@
 """Loading local files, folders, saved and hub datasets; the tokenisation cache; truncation."""
+import logging
+
 import datasets
 import pytest
 
@@ -91,10 +93,13 @@ def test_truncate(mask, max_length, max_prompt_length, window):
     assert truncate(mask, max_length, max_prompt_length) == window
 
 
-def test_truncation_keeps_prompt_end_and_completion_start(tmp_path):
+def test_truncation_keeps_prompt_end_and_completion_start(tmp_path, caplog):
     tok = tiny_tokenizer()
     full, _ = prepare("trl_prompt_completion.jsonl", "sft", tmp_path)
-    cut, batch = prepare("trl_prompt_completion.jsonl", "sft", tmp_path, max_length=8, max_prompt_length=5)
+    with caplog.at_level(logging.INFO, logger="fusedrl.engine.data.pipeline"):
+        cut, batch = prepare("trl_prompt_completion.jsonl", "sft", tmp_path, max_length=8, max_prompt_length=5)
+    assert f"truncated {len(cut)} of {len(cut)} records of " in caplog.text
+    assert "to max_length=8, max_prompt_length=5" in caplog.text
     for whole, kept in zip(full, cut):
         prompt_len = whole["completion_mask"].index(1)
         assert kept["input_ids"][:5] == whole["input_ids"][prompt_len - 5: prompt_len]
@@ -113,3 +118,18 @@ def test_empty_data_file_names_the_file(tmp_path, content):
 def test_missing_local_path_is_not_a_hub_id(tmp_path, path):
     with pytest.raises(ValueError, match="local data file or folder not found"):
         _rows({"path": path}, tmp_path)
+
+
+@pytest.mark.parametrize("name, algorithm, config, cut", [
+    ("trl_preference.jsonl", "dpo", {"max_length": 8, "max_prompt_length": 4}, "all"),
+    ("trl_preference.jsonl", "kto", {"max_length": 8, "max_prompt_length": 4}, "all"),
+    ("trl_prompt_only.jsonl", "grpo", {"max_length": 64, "max_prompt_length": 2}, "all"),
+    ("trl_preference.jsonl", "dpo", {"max_length": 512}, "none"),
+])
+def test_truncated_records_are_counted_in_the_log(tmp_path, caplog, name, algorithm, config, cut):
+    with caplog.at_level(logging.INFO, logger="fusedrl.engine.data.pipeline"):
+        ds, _ = prepare(name, algorithm, tmp_path, **config)
+    if cut == "all":
+        assert f"truncated {len(ds)} of {len(ds)} records" in caplog.text
+    else:
+        assert "truncated" not in caplog.text

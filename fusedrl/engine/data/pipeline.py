@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import datasets
 
@@ -31,7 +32,9 @@ from .teacher import teacher_window
 from .tokenize import Encoder, tokenizer_fingerprint, truncate
 from .validation import MISSING, TOO_LONG, BadRow, drop_bad_rows, row_error
 
-CACHE_VERSION = 1  # bump when the meaning of the tokenised columns changes
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2  # bump when the meaning of the tokenised columns changes
 
 _IDS = datasets.Sequence(datasets.Value("int32"))
 _MASK = datasets.Sequence(datasets.Value("int8"))
@@ -47,7 +50,8 @@ COLUMNS = {
     "kto": {**_SEQUENCE, "label": datasets.Value("bool")},
     "prompt": {"prompt_ids": _IDS, "prompt_json": datasets.Value("string")},
 }
-_BOOKKEEPING = {"_bad": datasets.Value("string"), "_row": datasets.Value("int64")}
+# ``_cut``: the record lost tokens to truncation (counted in the log, then dropped with the other two).
+_BOOKKEEPING = {"_bad": datasets.Value("string"), "_row": datasets.Value("int64"), "_cut": datasets.Value("bool")}
 _NEEDS = {
     "completion": "a completion to train on (an assistant reply, or completion text)",
     "chosen": "a chosen reply (pairwise training needs chosen and rejected)",
@@ -83,12 +87,14 @@ class _Tokenise:
                 records = [{**self.blank, "_bad": bad.key}]
             for record in records:
                 record.setdefault("_bad", "")
+                record.setdefault("_cut", False)
                 record["_row"] = index
                 for name in out:
                     out[name].append(record[name])
         return out
 
     def _window(self, ids: list[int], mask: list[int]) -> tuple[list[int], list[int], int, int]:
+        """The kept window ``ids[start:end]``, ``mask[start:end]`` and its bounds (``tokenize.truncate``)."""
         start, end = truncate(mask, self.config.max_length, self.config.max_prompt_length)
         return ids[start:end], mask[start:end], start, end
 
@@ -97,15 +103,17 @@ class _Tokenise:
         if self.kind in ("sft", "kd"):
             tokens = example.get("tokens") or self.encoder.sequence(example.get("prompt"), _need(example, "completion"))
             ids, mask, start, end = self._window(*tokens)
-            record = {"input_ids": ids, "completion_mask": mask}
+            record = {"input_ids": ids, "completion_mask": mask, "_cut": end - start < len(tokens[0])}
             if self.kind == "kd":
                 record.update(teacher_window(row, len(tokens[0]), tokens[1], start, end, self.config.kd_top_k))
             return [record]
         if self.kind == "pairwise":
-            record = {}
+            record = {"_cut": False}
             for side in ("chosen", "rejected"):
-                ids, mask, _, _ = self._window(*self.encoder.sequence(example.get("prompt"), _need(example, side)))
+                full, full_mask = self.encoder.sequence(example.get("prompt"), _need(example, side))
+                ids, mask, _, _ = self._window(full, full_mask)
                 record.update({f"{side}_input_ids": ids, f"{side}_completion_mask": mask})
+                record["_cut"] |= len(ids) < len(full)
             if "margin" in self.blank:
                 record["margin"] = example["margin"]
             return [record]
@@ -116,8 +124,10 @@ class _Tokenise:
                 pairs = [(_need(example, "chosen"), True), (_need(example, "rejected"), False)]
             records = []
             for completion, label in pairs:
-                ids, mask, _, _ = self._window(*self.encoder.sequence(example.get("prompt"), completion))
-                records.append({"input_ids": ids, "completion_mask": mask, "label": label})
+                full, full_mask = self.encoder.sequence(example.get("prompt"), completion)
+                ids, mask, _, _ = self._window(full, full_mask)
+                records.append({"input_ids": ids, "completion_mask": mask, "label": label,
+                                "_cut": len(ids) < len(full)})
             return records
         return [self._prompt_record(example)]
 
@@ -127,12 +137,13 @@ class _Tokenise:
             turns = prompt + example["completion"]
             prompt = turns[:-1] if turns[-1]["role"] == "assistant" else turns
         ids = self.encoder.prompt(prompt)
-        if self.config.max_prompt_length:
+        cut = bool(self.config.max_prompt_length) and len(ids) > self.config.max_prompt_length
+        if cut:
             ids = ids[-self.config.max_prompt_length :]
         if len(ids) >= self.config.max_length:
             raise BadRow(TOO_LONG, "prompt", f"a prompt shorter than max_length={self.config.max_length} tokens",
                          f"{len(ids)} tokens")
-        return {"prompt_ids": ids, "prompt_json": json.dumps(prompt)}
+        return {"prompt_ids": ids, "prompt_json": json.dumps(prompt), "_cut": cut}
 
 
 def _blank(features: datasets.Features) -> dict:
@@ -185,7 +196,18 @@ def tokenize_dataset(
         new_fingerprint=fingerprint,
         desc=f"Tokenising {source} for {kind}",
     )
-    return drop_bad_rows(out, provenance, fingerprint)
+    out = drop_bad_rows(out, provenance, fingerprint)
+    _log_truncated(out, source, config)
+    return out.remove_columns("_cut")
+
+
+def _log_truncated(ds: datasets.Dataset, source: str, config: DataConfig) -> None:
+    """One log line counting the records that lost tokens to ``max_length`` / ``max_prompt_length``."""
+    cut = sum(ds.with_format("arrow")["_cut"].to_pylist())
+    if cut:
+        prompt = f", max_prompt_length={config.max_prompt_length}" if config.max_prompt_length else ""
+        log.info("truncated %d of %d records of %s to max_length=%d%s", cut, len(ds), source, config.max_length,
+                 prompt)
 
 
 def prepare_dataset(
