@@ -17,7 +17,8 @@ from fusedrl.engine.optim import build_optimizer
 from fusedrl.engine.rewards import (RewardFunction, RewardFunctionError, accuracy, call_reward_function,
                                     extract_answer, load_reward_function)
 from fusedrl.engine.rollout import Generator, HFGenerator, Rollout, SamplingParams, completion_masks
-from fusedrl.engine.trainer import pick_device, train
+from fusedrl.engine.distributed import pick_device
+from fusedrl.engine.trainer import train
 from fusedrl.engine.training_data import load_training_data
 from tokenizer_fixture import tiny_tokenizer
 
@@ -453,7 +454,7 @@ def test_resume_inside_a_round_and_at_its_end_is_exact(files, tmp_path, rl, over
     assert (full_dir / f"checkpoint-{inside}" / "round.safetensors").is_file()
     assert not (full_dir / f"checkpoint-{boundary}" / "round.safetensors").exists()
     if rl == "grpo":  # the two updates left share one micro-batch, stored once
-        pending = json.loads((full_dir / f"checkpoint-{inside}" / "trainer_state.json").read_text())["round"]
+        pending = json.loads((full_dir / f"checkpoint-{inside}" / "rank_state.json").read_text())["round"]
         assert pending["updates"] == [[0], [0]] and len(pending["micro_batches"]) == 1
     train_steps = [r["step"] for r in log_records(full_dir, "metrics.jsonl") if r["split"] == "train"]
     assert train_steps == list(range(1, full.step + 1))
@@ -468,7 +469,8 @@ def test_resume_inside_a_round_and_at_its_end_is_exact(files, tmp_path, rl, over
         expected, got = checkpoint_tensors(last), checkpoint_tensors(out / last.name)
         assert got.keys() == expected.keys()
         assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
-        assert (out / last.name / "trainer_state.json").read_text() == (last / "trainer_state.json").read_text()
+        for name in ("trainer_state.json", "rank_state.json"):
+            assert (out / last.name / name).read_text() == (last / name).read_text(), name
         for name in ("metrics.jsonl", "samples.jsonl"):
             assert log_records(out, name) == log_records(full_dir, name), name
 

@@ -6,7 +6,8 @@ from engine_fixtures import save_tiny_model, train_config
 from fusedrl.engine.algorithms import build_algorithm
 from fusedrl.engine.batches import fixed_batches
 from fusedrl.engine.config import config_from_dict
-from fusedrl.engine.trainer import pick_device, train
+from fusedrl.engine.distributed import pick_device
+from fusedrl.engine.trainer import train
 from fusedrl.engine.training_data import load_training_data
 
 ALGOS = ["sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd"]

@@ -9,22 +9,28 @@ import torch
 class BatchStream:
     """Yields collated micro-batches of ``batch_size`` rows, reshuffled each epoch from ``seed + epoch``.
 
-    The position (``epoch``, ``index``) is all the state there is, so a resumed run
-    sees exactly the batches an uninterrupted one would. Incomplete tail batches
-    are dropped (pairwise and KTO losses need full batches).
+    Data parallel, every rank walks the same order in global batches of
+    ``batch_size * world_size`` rows and takes slice ``rank`` of each. The position
+    (``epoch``, ``index``) is all the state there is, so a resumed run sees exactly
+    the batches an uninterrupted one would. Incomplete tail batches are dropped
+    (pairwise and KTO losses need full batches).
     """
 
-    def __init__(self, rows: Sequence, batch_size: int, collate: Callable, seed: int, shuffle: bool = True):
-        if len(rows) < batch_size:
-            raise ValueError(f"micro_batch_size: {batch_size} is larger than the dataset ({len(rows)} rows)")
+    def __init__(self, rows: Sequence, batch_size: int, collate: Callable, seed: int, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        if len(rows) < batch_size * world_size:
+            raise ValueError(f"micro_batch_size: {batch_size} rows on each of {world_size} ranks is more than the "
+                             f"dataset ({len(rows)} rows)")
         self.rows, self.batch_size, self.collate = rows, batch_size, collate
         self.seed, self.shuffle = seed, shuffle
+        self.rank, self.global_size = rank, batch_size * world_size
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 
     @property
     def batches_per_epoch(self) -> int:
-        return len(self.rows) // self.batch_size
+        """Global batches (one micro-batch on every rank) per epoch."""
+        return len(self.rows) // self.global_size
 
     def _permutation(self, epoch: int) -> list[int]:
         if not self.shuffle:
@@ -43,11 +49,12 @@ class BatchStream:
 
     def next(self) -> dict:
         """The next collated micro-batch, starting a new epoch when this one is used up."""
-        if self.index + self.batch_size > len(self.rows):
+        if self.index + self.global_size > len(self.rows):
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._permutation(self.epoch)
-        picked = self._order[self.index:self.index + self.batch_size]
-        self.index += self.batch_size
+        start = self.index + self.rank * self.batch_size
+        picked = self._order[start:start + self.batch_size]
+        self.index += self.global_size
         return self.collate([self.rows[i] for i in picked])
 
 

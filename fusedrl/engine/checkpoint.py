@@ -2,12 +2,14 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` holding the model in Hugging Face
 format (safetensors; a LoRA adapter when training one), ``optimizer.safetensors``
-plus ``optimizer.json`` (AdamW moments and param groups), ``rng.safetensors``
-(torch CPU/CUDA generator states), ``trainer_state.json`` (step, data position,
-scheduler step, python RNG, the round's pending updates without their tensors) and,
-when taken inside a round, ``round.safetensors`` (those updates' tensors: the rollout
-still to train on). It is written to a temporary sibling folder and renamed into
-place, so an interrupted save leaves the previous checkpoint intact.
+plus ``optimizer.json`` (AdamW moments and param groups), ``trainer_state.json``
+(step, data position, scheduler step, algorithm state, world size) and each rank's
+own state: ``rng.safetensors`` (torch CPU/CUDA generator states), ``rank_state.json``
+(python RNG, the round's pending updates without their tensors) and, when taken
+inside a round, ``round.safetensors`` (those updates' tensors: the rollout still to
+train on). Rank 0's lie in the folder itself, rank ``r``'s in ``rank-<r>/``. It is
+written to a temporary sibling folder and renamed into place, so an interrupted
+save leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .distributed import Ranks
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 ROUND_FILE = "round.safetensors"
+RANK_STATE_FILE = "rank_state.json"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -89,35 +94,50 @@ def _restore_rng(folder: Path, python_state) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def _rank_folder(folder: Path, ranks: Ranks) -> Path:
+    return folder if ranks.is_main else folder / f"rank-{ranks.rank}"
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer_state: dict,
-                    save_total_limit: int | None = None, round_tensors: dict | None = None) -> Path:
+                    save_total_limit: int | None = None, round_state: dict | None = None,
+                    round_tensors: dict | None = None, ranks: Ranks | None = None) -> Path:
     """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones.
 
-    ``round_tensors`` (name -> CPU tensor), when not empty, go to ``round.safetensors``.
+    Every rank calls it: each writes its own state (``round_state`` json, ``round_tensors`` name -> CPU
+    tensor when not empty, its RNG); rank 0 writes the shared files and renames the folder into place.
     """
+    ranks = ranks or Ranks()
     root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(TMP_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f"{TMP_PREFIX}{step}"
     final = root / f"checkpoint-{step}"
-    tmp.mkdir()
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tensors, meta = _optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(meta))
-    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    if ranks.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(TMP_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    ranks.barrier()
+    own = _rank_folder(tmp, ranks)
+    own.mkdir(exist_ok=True)
+    save_file(_rng_tensors(), str(own / "rng.safetensors"))
     if round_tensors:
-        save_file(round_tensors, str(tmp / ROUND_FILE))
-    state = {**trainer_state, "python_rng": random.getstate()}
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if save_total_limit:
-        for old in list_checkpoints(root)[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        save_file(round_tensors, str(own / ROUND_FILE))
+    rank_state = {"round": round_state or {}, "python_rng": random.getstate()}
+    (own / RANK_STATE_FILE).write_text(json.dumps(rank_state))
+    ranks.barrier()
+    if ranks.is_main:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if save_total_limit:
+            for old in list_checkpoints(root)[:-save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    ranks.barrier()
     return final
 
 
@@ -128,15 +148,22 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def load_checkpoint(folder: Path, optimizer) -> dict:
-    """Restore optimizer and RNG states from ``folder``; return its trainer state (weights load separately)."""
+def load_checkpoint(folder: Path, optimizer, ranks: Ranks | None = None) -> dict:
+    """Restore optimizer and this rank's RNG states from ``folder``; return its trainer state with this
+    rank's pending ``round`` (weights load separately)."""
+    ranks = ranks or Ranks()
     state = json.loads((folder / "trainer_state.json").read_text())
+    if state.get("world_size", 1) != ranks.world_size:
+        raise ValueError(f"resume_from_checkpoint: {folder} was written by {state.get('world_size', 1)} ranks; "
+                         f"resume it with as many (this run has {ranks.world_size})")
+    own = _rank_folder(folder, ranks)
+    rank_state = json.loads((own / RANK_STATE_FILE).read_text())
     _load_optimizer(optimizer, folder)
-    _restore_rng(folder, state.pop("python_rng"))
-    return state
+    _restore_rng(own, rank_state["python_rng"])
+    return {**state, "round": rank_state["round"]}
 
 
-def load_round_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors of the round's pending updates saved in ``folder`` (empty at a round boundary)."""
-    path = folder / ROUND_FILE
+def load_round_tensors(folder: Path, ranks: Ranks | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of this rank's pending updates saved in ``folder`` (empty at a round boundary)."""
+    path = _rank_folder(folder, ranks or Ranks()) / ROUND_FILE
     return load_file(str(path)) if path.is_file() else {}

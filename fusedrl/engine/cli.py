@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def _check_model_paths(config) -> None:
             raise ValueError(f"{key}: local model folder not found: {value!r}")
 
 
+def _is_main_rank() -> bool:
+    """Rank 0 under torchrun (its ``RANK``), or a single process: the one that prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .algorithms import algorithm_class
     from .trainer import train
@@ -45,6 +51,8 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     config = load_config(args.config, overrides)
     _check_model_paths(config)
     result = train(config)
+    if not _is_main_rank():
+        return 0
     keys = algorithm_class(config.rl).summary_keys
     print(summary_table(result.eval_before, result.eval_after, keys))
     print(f"outputs: {result.output_dir} (metrics.jsonl, final/, "
@@ -82,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(sub.add_parser("kd-extract", help="teacher top-k logprobs as Parquet shards for rl: kd"))
     sub.add_parser("bench", help="kernel benchmarks (bench/; see bench/README.md)", add_help=False)
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if _is_main_rank() else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "datasets", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if not _is_main_rank():
+        import datasets
+
+        datasets.disable_progress_bars()
     commands = {"train": _train, "kd-extract": _kd_extract, "bench": _bench}
     try:
         return commands[args.command](args, extra)

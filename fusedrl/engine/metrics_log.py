@@ -14,14 +14,18 @@ class MetricsLog:
 
     ``resume_step``: the checkpoint step a resumed run starts from (later records are dropped);
     None for a fresh run, which starts the files empty even if an earlier run wrote there.
+    ``enabled=False`` (data-parallel ranks other than 0) writes nothing.
     """
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None,
+                 enabled: bool = True):
+        self.enabled, self.writer = enabled, None
+        if not enabled:
+            return
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self._truncate_after(-1 if resume_step is None else resume_step)
-        self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -39,6 +43,8 @@ class MetricsLog:
 
     def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
         """Record ``metrics`` (floats) at ``step`` under ``prefix`` (``train`` or ``eval``)."""
+        if not self.enabled:
+            return
         record = {"step": step, "split": prefix, **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -48,6 +54,8 @@ class MetricsLog:
 
     def write_text(self, step: int, name: str, text: str) -> None:
         """Log a text sample (e.g. generations) to ``samples.jsonl`` and TensorBoard."""
+        if not self.enabled:
+            return
         with (self.dir / "samples.jsonl").open("a") as fh:
             fh.write(json.dumps({"step": step, "name": name, "text": text}) + "\n")
         if self.writer is not None:
@@ -55,7 +63,7 @@ class MetricsLog:
 
     def records(self) -> list[dict]:
         """Every record written so far."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 

@@ -15,6 +15,7 @@ from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
 from .checkpoint import load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint
 from .config import TrainConfig
+from .distributed import Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
 from .models import load_weights
 from .optim import build_optimizer, build_scheduler
@@ -42,10 +43,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast_context(config: TrainConfig, device: torch.device):
     """bf16 autocast on a GPU that supports it (``bf16: auto``/``true``); a no-op elsewhere."""
     wanted = config.bf16 is True or (config.bf16 == "auto" and device.type == "cuda")
@@ -61,8 +58,9 @@ def total_steps(config: TrainConfig, batches_per_epoch: int, batches_per_round: 
     return max(1, math.ceil(batches_per_epoch * config.num_epochs / batches_per_round) * updates_per_round)
 
 
-def _mean_metrics(parts: list[tuple[float, dict]]) -> dict:
-    """Weighted mean (``Algorithm.batch_weight``) of metric dicts from several batches.
+def _mean_metrics(parts: list[tuple[float, dict]], summed: tuple[str, ...] = ()) -> dict:
+    """Weighted mean (``Algorithm.batch_weight``) of metric dicts from several batches; the ``summed``
+    keys (counts such as SFT's ``num_tokens``) are totals instead.
 
     A key missing from some batches (KTO's ``rewards/chosen`` when a batch has no desirable
     row) is averaged over the batches that have it; ``rewards/margins`` is then the
@@ -72,48 +70,68 @@ def _mean_metrics(parts: list[tuple[float, dict]]) -> dict:
     mean = {}
     for key in keys:
         having = [(n, m[key]) for n, m in parts if key in m]
-        mean[key] = sum(n * v for n, v in having) / (sum(n for n, _ in having) or 1.0)
+        if key in summed:
+            mean[key] = sum(v for _, v in having)
+        else:
+            mean[key] = sum(n * v for n, v in having) / (sum(n for n, _ in having) or 1.0)
     if "rewards/chosen" in mean and "rewards/rejected" in mean:
         mean["rewards/margins"] = mean["rewards/chosen"] - mean["rewards/rejected"]
     return mean
 
 
-def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.device) -> dict:
-    """Mean metrics over the held-out batches, without gradients (online: over a rollout of them)."""
+def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.device,
+             ranks: Ranks | None = None) -> dict:
+    """Mean metrics over the held-out batches, without gradients (online: over a rollout of them).
+
+    Data parallel, rank ``r`` evaluates batches ``r, r + world_size, ...``; a rank with one batch fewer
+    evaluates a stand-in and drops its metrics, so every rank makes the same collective calls (KTO's KL)."""
     if not batches:
         return {}
+    ranks = ranks or Ranks()
+    mine = batches[ranks.rank::ranks.world_size]
     algorithm.model.eval()
     parts = []
     with torch.no_grad(), autocast_context(config, device):
-        for batch in batches:
+        for i in range(math.ceil(len(batches) / ranks.world_size)):
+            batch = mine[i] if i < len(mine) else batches[0]
             for micro_batch in algorithm.updates([algorithm.to_device(batch)])[0]:
                 _, metrics = algorithm.loss(micro_batch)
-                parts.append((algorithm.batch_weight(micro_batch), metrics))
+                if i < len(mine):
+                    parts.append((algorithm.batch_weight(micro_batch), metrics))
     algorithm.model.train()
-    return _mean_metrics(parts)
+    return _mean_metrics(ranks.gather(parts), algorithm.summed_keys)
 
 
 def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
-    """Run ``config`` to completion (resuming when asked); return the run's summary."""
+    """Run ``config`` to completion (resuming when asked); return the run's summary.
+
+    Under ``torchrun`` every rank runs this function (see distributed.py); rank 0 writes the outputs."""
+    ranks = init_ranks()
     set_seed(config.seed)
-    device = pick_device()
+    device = ranks.device
     out = Path(config.output_dir)
     algorithm = build_algorithm(config, device)
-    data = algorithm.prepare_data(load_training_data(config, algorithm.tokenizer, algorithm.data_kind))
+    with ranks.main_first():
+        raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+    data = algorithm.prepare_data(raw_data)
     model = algorithm.model
+    ranks.broadcast_parameters(model)
+    if ranks.active:
+        set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
     if config.gradient_checkpointing:
         algorithm.enable_gradient_checkpointing()
 
-    stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed)
+    stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed, rank=ranks.rank,
+                         world_size=ranks.world_size)
     try:
         eval_batches = fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size, data.collate,
                                      algorithm.min_batch_rows)
     except ValueError as err:
         raise ValueError(f"held-out set (test_datasets or val_set_size) for rl={config.rl}: {err}") from None
-    if len(data.train) % config.micro_batch_size:
+    if len(data.train) % stream.global_size and ranks.is_main:
         log.info("each epoch leaves out %d of %d training rows: the tail of its shuffled order that does not fill "
-                 "a micro-batch of %d (a different tail each epoch)", len(data.train) % config.micro_batch_size,
-                 len(data.train), config.micro_batch_size)
+                 "a batch of %d (a different tail each epoch)", len(data.train) % stream.global_size,
+                 len(data.train), stream.global_size)
     steps = total_steps(config, stream.batches_per_epoch, algorithm.batches_per_round, algorithm.updates_per_round)
     warmup = config.warmup_steps or int(config.warmup_ratio * steps)
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
@@ -125,20 +143,21 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     resume = resolve_resume_path(out, config.resume_from_checkpoint)
     if resume is not None:
         load_weights(model, resume)
-        state = load_checkpoint(resume, optimizer)
+        state = load_checkpoint(resume, optimizer, ranks)
         step = state["step"]
         stream.restore(state["data"])
         scheduler.load_state_dict(state["scheduler"])
-        updates.restore(state.get("round", {}), load_round_tensors(resume))
+        updates.restore(state["round"], load_round_tensors(resume, ranks))
         algorithm.restore(state.get("algorithm", {}))
         log.info("resumed from %s at step %d", resume, step)
-    metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step if resume is not None else None)
+    metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step if resume is not None else None,
+                             enabled=ranks.is_main)
     result = TrainResult(step=step, output_dir=out)
-    result.eval_before = evaluate(algorithm, eval_batches, config, device) if step == 0 else {}
+    result.eval_before = evaluate(algorithm, eval_batches, config, device, ranks) if step == 0 else {}
     if result.eval_before:
         metrics_log.write(step, result.eval_before, prefix="eval")
 
-    show = config.progress_bar if progress is None else progress
+    show = (config.progress_bar if progress is None else progress) and ranks.is_main
     bar = _progress_bar(steps, step, show)
     samples_every = max(1, steps // config.num_sample_generations) if config.num_sample_generations else 0
     model.train()
@@ -149,41 +168,44 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         parts = []
         weights = [algorithm.batch_weight(batch) for batch in micro_batches]
-        step_weight = sum(weights) or 1.0
+        step_weight = ranks.sum(sum(weights)) or 1.0
         for batch, weight in zip(micro_batches, weights):
             with autocast_context(config, device):
                 loss, metrics = algorithm.loss(batch)
             (loss * (weight / step_weight)).backward()
             parts.append((weight, metrics))
+        ranks.sum_gradients(model)
         grad_norm = _clip(model, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         step += 1
-        metrics = {**_mean_metrics(parts), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+        metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                    "step_time": time.perf_counter() - started, "epoch": stream.epoch}
         result.train_losses.append(metrics["loss"])
         if step % config.logging_steps == 0 or step == steps:
             metrics_log.write(step, metrics)
-        if samples_every and step % samples_every == 0:
+        if samples_every and step % samples_every == 0 and ranks.is_main:
             for name, text in algorithm.text_samples():
                 metrics_log.write_text(step, name, text)
         bar.update(1)
         bar.set_postfix({k: f"{metrics[k]:.4g}" for k in algorithm.progress_keys if k in metrics})
         if config.eval_steps and step % config.eval_steps == 0 and step < steps:
-            metrics_log.write(step, evaluate(algorithm, eval_batches, config, device), prefix="eval")
+            metrics_log.write(step, evaluate(algorithm, eval_batches, config, device, ranks), prefix="eval")
         if config.save_steps and step % config.save_steps == 0:
-            round_state, round_tensors = updates.state()
             trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
-                             "round": round_state, "algorithm": algorithm.state()}
-            save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, round_tensors)
+                             "algorithm": algorithm.state(), "world_size": ranks.world_size}
+            save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, *updates.state(),
+                            ranks=ranks)
     bar.close()
 
     result.step = step
-    result.eval_after = evaluate(algorithm, eval_batches, config, device)
+    result.eval_after = evaluate(algorithm, eval_batches, config, device, ranks)
     if result.eval_after:
         metrics_log.write(step, result.eval_after, prefix="eval")
-    algorithm.save_final(out / "final")
-    if config.plot:
+    if ranks.is_main:
+        algorithm.save_final(out / "final")
+    ranks.barrier()
+    if config.plot and ranks.is_main:
         result.plot = plot_curves(metrics_log.records(), list(algorithm.plot_keys), out / "training_curves.png")
     metrics_log.close()
     return result

@@ -41,6 +41,7 @@ class Algorithm:
     progress_keys: tuple[str, ...] = ("loss",)
     plot_keys: tuple[str, ...] = ("loss",)
     summary_keys: tuple[str, ...] = ("loss",)
+    summed_keys: tuple[str, ...] = ()  # metrics that are counts: summed over a step's micro-batches and ranks
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device

@@ -8,13 +8,14 @@ from .base import Algorithm
 
 
 class SFT(Algorithm):
-    """``rl: sft``. Metrics: loss, mean_token_accuracy, num_tokens."""
+    """``rl: sft``. Metrics: loss, mean_token_accuracy, num_tokens (label tokens of the step, all ranks)."""
 
     data_kind = "sft"
     token_mean_loss = True
     progress_keys = ("loss", "mean_token_accuracy")
     plot_keys = ("loss", "mean_token_accuracy")
     summary_keys = ("loss", "mean_token_accuracy")
+    summed_keys = ("num_tokens",)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         weight, bias = self.head()
