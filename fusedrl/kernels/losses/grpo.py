@@ -8,7 +8,7 @@ import torch
 
 from .checks import check_batch, check_choice, check_range, check_tokens
 from .policy import token_kl
-from .sequence import masked_mean, masked_sum
+from .sequence import global_std, masked_mean, masked_sum
 
 SCALE_REWARDS = ("group", "batch", "none")
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -46,7 +46,8 @@ def grpo_advantages(
             (NaN) leaves that function out of that sample's weighted sum ``r_i``.
         num_generations: completions per prompt G >= 2; rows ``[g*G, (g+1)*G)`` form group g.
         reward_weights: one weight per function, in the mapping's order (default 1.0 each).
-        scale_rewards: ``group`` (std of the group), ``batch`` (std of the batch) or ``none``.
+        scale_rewards: ``group`` (std of the group), ``batch`` (std of the batch, every rank's rewards when
+            torch.distributed is initialised, as TRL gathers them) or ``none``.
         device: where list rewards are placed (tensors keep theirs when None).
 
     Returns:
@@ -77,7 +78,7 @@ def grpo_advantages(
     if scale_rewards == "group":
         advantages = advantages / (group_std.repeat_interleave(num_generations) + ADVANTAGE_EPS)
     elif scale_rewards == "batch":
-        advantages = advantages / (total.std() + ADVANTAGE_EPS)
+        advantages = advantages / (global_std(total) + ADVANTAGE_EPS)
     metrics = {
         "reward": total.mean(),
         "reward_std": group_std.mean(),

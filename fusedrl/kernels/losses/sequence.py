@@ -60,3 +60,12 @@ def global_sum_and_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     return total[0], total[1]
+
+
+def global_std(values: torch.Tensor) -> torch.Tensor:
+    """Unbiased fp32 standard deviation of ``values`` (detached), over every rank's values when
+    torch.distributed is initialised (GRPO's ``scale_rewards: batch`` over the whole data-parallel batch)."""
+    total, count = global_sum_and_count(values)
+    mean = total / count
+    squares, _ = global_sum_and_count((values.detach().float() - mean).square())
+    return (squares / (count - 1).clamp(min=1)).sqrt()
