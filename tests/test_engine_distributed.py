@@ -13,7 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from engine_fixtures import REPO, save_tiny_model, train_config
+from fusedrl.engine import distributed
 from fusedrl.engine.config import config_from_dict
+from fusedrl.engine.distributed import GradientSync, Ranks
 from fusedrl.engine.trainer import train
 
 
@@ -39,6 +41,57 @@ def records(out, split: str = "train") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3), torch.nn.Linear(3, 2))
+    net[3].requires_grad_(False)
+    unused = torch.nn.Linear(2, 2)  # trainable, never gets a gradient: reduced as zeros
+    return torch.nn.ModuleDict({"net": net, "unused": unused})
+
+
+def _micro_batch_loss(model, rank: int, micro: int) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 15).view(3, 5) * (1 + rank + 2 * micro)
+    return model["net"](x).square().mean()
+
+
+def _sync_worker(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        distributed.BUCKET_BYTES = 1  # a bucket per tensor
+        model = _model()
+        sync = GradientSync(model, Ranks(rank=rank, world_size=2))
+        _micro_batch_loss(model, rank, 0).backward()
+        sync.start()
+        _micro_batch_loss(model, rank, 1).backward()
+        launched_in_backward = len(sync.reductions)
+        sync.finish()
+        results[rank] = ({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                         launched_in_backward, len(sync.buckets))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gradient_sync_sums_over_ranks_during_the_backward():
+    """Two micro-batches on each of two ranks, buckets of one tensor each: the last backward launches the
+    buckets' all-reduces as their gradients become final; every rank ends with the sum over all four."""
+    port = _free_port()
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_sync_worker, args=(port, results), nprocs=2, join=True)
+    model = _model()
+    for rank in (0, 1):
+        for micro in (0, 1):
+            _micro_batch_loss(model, rank, micro).backward()
+    expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    expected.update({"unused.weight": torch.zeros(2, 2), "unused.bias": torch.zeros(2)})
+    for rank in (0, 1):
+        grads, launched_in_backward, buckets = results[rank]
+        assert buckets == 6 and launched_in_backward == 4  # the unused layer's two wait for finish()
+        assert grads.keys() == expected.keys()
+        for name, grad in expected.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-6, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
@@ -47,7 +100,8 @@ def model_dir(tmp_path_factory):
 @pytest.mark.parametrize("rl, micro, extra", [
     ("sft", 1, {}),
     ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10}),  # RPO's NLL is a token mean per micro-batch
-], ids=["sft", "dpo"])
+    ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2}),
+], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
     (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's

@@ -1,11 +1,11 @@
 """Data parallelism across the processes ``torchrun`` starts: one rank per GPU, gradients averaged.
 
 Every rank holds the whole model and draws its own slice of each global batch
-(``BatchStream`` with ``rank``/``world_size``). After the micro-batches of a step,
-the gradients are summed over ranks in flat buckets; each rank's losses are
-scaled by the step's *global* weight, so the summed gradient is the gradient of
-the global batch and the run matches one process with ``world_size`` times the
-micro-batch. A single process (no ``WORLD_SIZE`` > 1 in the environment) skips
+(``BatchStream`` with ``rank``/``world_size``). During the last backward of a step
+the gradients are summed over ranks in flat buckets (``GradientSync``); each rank's
+losses are scaled by the step's *global* weight, so the summed gradient is the
+gradient of the global batch and the run matches one process with ``world_size``
+times the micro-batch. A single process (no ``WORLD_SIZE`` > 1 in the environment) skips
 every collective.
 """
 from __future__ import annotations
@@ -65,22 +65,6 @@ class Ranks:
         dist.all_gather_object(parts, items)
         return [item for part in parts for item in part]
 
-    def sum_gradients(self, model: torch.nn.Module) -> None:
-        """Sum the gradients of ``model``'s trainable parameters over ranks (a missing one counts as zeros)."""
-        if not self.active:
-            return
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        for bucket in _buckets(params):
-            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
-            dist.all_reduce(flat)
-            offset = 0
-            for p in bucket:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-                offset += p.numel()
-
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers on every rank (random inits such as LoRA's and value heads differ)."""
         if not self.active:
@@ -90,18 +74,76 @@ class Ranks:
                 dist.broadcast(tensor.data, src=0)
 
 
-def _buckets(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Consecutive parameters of one gradient dtype, up to ``BUCKET_BYTES`` per bucket."""
-    buckets: list[list[torch.Tensor]] = []
-    size = 0
-    for p in params:
-        nbytes = p.grad.numel() * p.grad.element_size()
-        if not buckets or size + nbytes > BUCKET_BYTES or buckets[-1][0].grad.dtype != p.grad.dtype:
-            buckets.append([])
-            size = 0
-        buckets[-1].append(p)
-        size += nbytes
-    return buckets
+class GradientSync:
+    """Sums a model's gradients over ranks while the step's last backward runs.
+
+    Trainable parameters are grouped into buckets of one dtype and up to ``BUCKET_BYTES``, in reverse
+    order (the backward reaches the last layers first). After ``start``, a hook on each parameter marks
+    its gradient final; a bucket whose parameters are all final launches its all-reduce asynchronously,
+    so communication overlaps the rest of the backward. ``finish`` reduces the buckets whose parameters
+    got no gradient (as zeros), waits for all and writes the sums back. One rank: both are no-ops.
+    """
+
+    def __init__(self, model: torch.nn.Module, ranks: Ranks):
+        self.active = ranks.active
+        self.started = False
+        if not self.active:
+            return
+        self.buckets: list[list[torch.nn.Parameter]] = []
+        size = 0
+        for p in reversed([p for p in model.parameters() if p.requires_grad]):
+            nbytes = p.numel() * p.element_size()
+            if not self.buckets or size + nbytes > BUCKET_BYTES or self.buckets[-1][0].dtype != p.dtype:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += nbytes
+        self.bucket_of = {id(p): i for i, bucket in enumerate(self.buckets) for p in bucket}
+        for bucket in self.buckets:
+            for p in bucket:
+                p.register_post_accumulate_grad_hook(self._on_gradient)
+
+    def start(self) -> None:
+        """The next backward is the step's last: reduce each bucket as soon as its gradients are final."""
+        if not self.active:
+            return
+        self.started = True
+        self.ready: list[set[int]] = [set() for _ in self.buckets]
+        self.reductions: dict[int, tuple[torch.Tensor, object]] = {}
+
+    def _on_gradient(self, p: torch.nn.Parameter) -> None:
+        if not self.started:
+            return
+        i = self.bucket_of[id(p)]
+        if id(p) in self.ready[i]:
+            raise RuntimeError("a gradient was accumulated twice in one backward (reentrant checkpointing?): "
+                               "its bucket is already being summed over ranks")
+        self.ready[i].add(id(p))
+        if len(self.ready[i]) == len(self.buckets[i]):
+            self._launch(i)
+
+    def _launch(self, i: int) -> None:
+        flat = torch.cat([p.grad.reshape(-1) for p in self.buckets[i]])
+        self.reductions[i] = (flat, dist.all_reduce(flat, async_op=True))
+
+    def finish(self) -> None:
+        """Wait for every bucket's sum and write it back into ``.grad`` (all ranks end with equal gradients)."""
+        if not self.active:
+            return
+        for i, bucket in enumerate(self.buckets):
+            if i not in self.reductions:
+                for p in bucket:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                self._launch(i)
+        for i, (flat, work) in sorted(self.reductions.items()):
+            work.wait()
+            offset = 0
+            for p in self.buckets[i]:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+        self.started = False
+        self.reductions = {}
 
 
 def pick_device() -> torch.device:

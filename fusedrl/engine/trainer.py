@@ -15,7 +15,7 @@ from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
 from .checkpoint import load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint
 from .config import TrainConfig
-from .distributed import Ranks, init_ranks
+from .distributed import GradientSync, Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
 from .models import load_weights
 from .optim import build_optimizer, build_scheduler
@@ -138,6 +138,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                                 (config.adam_beta1, config.adam_beta2), config.adam_epsilon)
     scheduler = build_scheduler(optimizer, steps, warmup, config.lr_scheduler)
     updates = UpdateStream(algorithm, stream)
+    gradient_sync = GradientSync(model, ranks)
 
     step = 0
     resume = resolve_resume_path(out, config.resume_from_checkpoint)
@@ -169,12 +170,14 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         parts = []
         weights = [algorithm.batch_weight(batch) for batch in micro_batches]
         step_weight = ranks.sum(sum(weights)) or 1.0
-        for batch, weight in zip(micro_batches, weights):
+        for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+            if i == len(micro_batches) - 1:
+                gradient_sync.start()
             with autocast_context(config, device):
                 loss, metrics = algorithm.loss(batch)
             (loss * (weight / step_weight)).backward()
             parts.append((weight, metrics))
-        ranks.sum_gradients(model)
+        gradient_sync.finish()
         grad_norm = _clip(model, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
