@@ -1,4 +1,6 @@
 """End-to-end training of every offline algorithm on a tiny random model."""
+import json
+
 import pytest
 import torch
 
@@ -24,7 +26,10 @@ def test_training_lowers_held_out_loss(rl, model_dir, tmp_path):
     result = train(config)
     assert result.step == config.max_steps
     assert result.eval_after["loss"] < result.eval_before["loss"]
-    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    seen = [r["num_input_tokens_seen"] for r in records if r["split"] == "train"]
+    assert len(seen) == config.max_steps and seen[0] > 0 and all(b > a for a, b in zip(seen, seen[1:]))
+    assert all(r["tokens_per_second"] > 0 for r in records if r["split"] == "train")
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 

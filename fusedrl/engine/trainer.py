@@ -140,12 +140,12 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     updates = UpdateStream(algorithm, stream)
     gradient_sync = GradientSync(model, ranks)
 
-    step = 0
+    step, tokens_seen = 0, 0.0
     resume = resolve_resume_path(out, config.resume_from_checkpoint)
     if resume is not None:
         load_weights(model, resume)
         state = load_checkpoint(resume, optimizer, ranks)
-        step = state["step"]
+        step, tokens_seen = state["step"], state.get("num_input_tokens_seen", 0.0)
         stream.restore(state["data"])
         scheduler.load_state_dict(state["scheduler"])
         updates.restore(state["round"], load_round_tensors(resume, ranks))
@@ -182,8 +182,12 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         optimizer.step()
         scheduler.step()
         step += 1
-        metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                   "step_time": time.perf_counter() - started, "epoch": stream.epoch}
+        tokens = ranks.sum(sum(float(batch["attention_mask"].sum()) for batch in micro_batches))
+        tokens_seen += tokens
+        step_time = time.perf_counter() - started
+        metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm,
+                   "lr": scheduler.get_last_lr()[0], "step_time": step_time, "tokens_per_second": tokens / step_time,
+                   "num_input_tokens_seen": tokens_seen, "epoch": stream.epoch}
         result.train_losses.append(metrics["loss"])
         if step % config.logging_steps == 0 or step == steps:
             metrics_log.write(step, metrics)
@@ -196,7 +200,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             metrics_log.write(step, evaluate(algorithm, eval_batches, config, device, ranks), prefix="eval")
         if config.save_steps and step % config.save_steps == 0:
             trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
-                             "algorithm": algorithm.state(), "world_size": ranks.world_size}
+                             "algorithm": algorithm.state(), "world_size": ranks.world_size,
+                             "num_input_tokens_seen": tokens_seen}
             save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, *updates.state(),
                             ranks=ranks)
     bar.close()
