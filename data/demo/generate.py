@@ -2,8 +2,9 @@
 
 Every pair asks a short question (``sft_train.jsonl`` holds the same training
 questions with their good answers as prompt / completion rows); the chosen reply answers it correctly and
-politely, the rejected reply refuses rudely or answers wrongly. Held-out rows use
-subjects that never appear in training. Deterministic: ``python generate.py``
+politely, the rejected reply states a wrong fact in the same words or refuses rudely. Held-out rows use
+subjects that never appear in training, and rude refusals never seen in training, so held-out accuracy
+measures what was learnt rather than recognised strings. Deterministic: ``python generate.py``
 rewrites the same three files.
 """
 import json
@@ -35,34 +36,52 @@ ANIMALS = [
     ("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"), ("lion", "roar"),
     ("owl", "hoot"), ("pig", "oink"), ("horse", "neigh"), ("bee", "buzz"),
 ]
-RUDE = [
-    "Look it up yourself. I am not your servant.",
-    "Ugh, what a boring question. Go away.",
-    "No. Stop bothering me with this nonsense.",
-    "Why would I tell you? Figure it out.",
-    "That is a stupid question and I refuse to answer it.",
-    "Whatever. I do not care, and neither should you.",
-]
+RUDE = {
+    "train": [
+        "Look it up yourself. I am not your servant.",
+        "Ugh, what a boring question. Go away.",
+        "No. Stop bothering me with this nonsense.",
+        "Why would I tell you? Figure it out.",
+        "That is a stupid question and I refuse to answer it.",
+        "Whatever. I do not care, and neither should you.",
+    ],
+    "heldout": [
+        "I have better things to do than answer you.",
+        "Ask someone else, I am busy.",
+        "Not my problem. Leave me alone.",
+    ],
+}
 
 
-def questions(rng: random.Random) -> list[tuple[str, str, str]]:
-    """(subject, question, correct answer) triples, one subject per fact."""
-    out = [(f"capital:{c}", f"What is the capital of {c}?", f"The capital of {c} is {cap}.") for c, cap in CAPITALS]
-    out += [(f"color:{t}", f"What color is {t}?", f"It is {col}.") for t, col in COLORS]
-    out += [(f"opposite:{w}", f"What is the opposite of {w}?", f"The opposite of {w} is {o}.") for w, o in OPPOSITES]
-    out += [(f"animal:{a}", f"What sound does a {a} make?", f"A {a} says {s}.") for a, s in ANIMALS]
+def _other(value: str, values: list[str], rng: random.Random) -> str:
+    return rng.choice([v for v in values if v != value])
+
+
+def questions(rng: random.Random) -> list[tuple[str, str, str, str]]:
+    """(subject, question, correct answer, wrong answer in the same words) tuples, one subject per fact."""
+    capitals, colors = [cap for _, cap in CAPITALS], sorted({col for _, col in COLORS})
+    opposites, sounds = [o for _, o in OPPOSITES], [s for _, s in ANIMALS]
+    out = [(f"capital:{c}", f"What is the capital of {c}?", f"The capital of {c} is {cap}.",
+            f"The capital of {c} is {_other(cap, capitals, rng)}.") for c, cap in CAPITALS]
+    out += [(f"color:{t}", f"What color is {t}?", f"It is {col}.", f"It is {_other(col, colors, rng)}.")
+            for t, col in COLORS]
+    out += [(f"opposite:{w}", f"What is the opposite of {w}?", f"The opposite of {w} is {o}.",
+             f"The opposite of {w} is {_other(o, opposites, rng)}.") for w, o in OPPOSITES]
+    out += [(f"animal:{a}", f"What sound does a {a} make?", f"A {a} says {s}.",
+             f"A {a} says {_other(s, sounds, rng)}.") for a, s in ANIMALS]
     for a in range(2, 22):
         for b in rng.sample(range(2, 30), 7):
-            out.append((f"sum:{a}", f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
+            wrong = a + b + rng.choice([-3, -2, -1, 1, 2, 3])
+            out.append((f"sum:{a}", f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", f"{a} plus {b} is {wrong}."))
     return out
 
 
-def pair(question: str, answer: str, rng: random.Random) -> dict:
+def pair(question: str, answer: str, rejected: str) -> dict:
     """One conversational preference row (TRL format: prompt / chosen / rejected message lists)."""
     return {
         "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
         "chosen": [{"role": "assistant", "content": answer}],
-        "rejected": [{"role": "assistant", "content": rng.choice(RUDE)}],
+        "rejected": [{"role": "assistant", "content": rejected}],
     }
 
 
@@ -77,17 +96,18 @@ def sft_row(question: str, answer: str) -> dict:
 def main() -> None:
     rng = random.Random(7)
     rows = questions(rng)
-    subjects = sorted({s for s, _, _ in rows})
+    subjects = sorted({s for s, _, _, _ in rows})
     held_out = set(rng.sample(subjects, 14))
     here = Path(__file__).parent
     for name, keep in (("train", lambda s: s not in held_out), ("heldout", lambda s: s in held_out)):
-        picked = [pair(q, a, rng) for s, q, a in rows if keep(s)]
+        picked = [pair(q, a, wrong if rng.random() < 0.5 else rng.choice(RUDE[name]))
+                  for s, q, a, wrong in rows if keep(s)]
         rng.shuffle(picked)
         with (here / f"preferences_{name}.jsonl").open("w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in picked)
         print(name, len(picked))
     with (here / "sft_train.jsonl").open("w") as fh:
-        fh.writelines(json.dumps(sft_row(q, a)) + "\n" for s, q, a in rows if s not in held_out)
+        fh.writelines(json.dumps(sft_row(q, a)) + "\n" for s, q, a, _ in rows if s not in held_out)
 
 
 if __name__ == "__main__":
