@@ -40,6 +40,11 @@ class Ranks:
         if self.active:
             dist.barrier()
 
+    def close(self) -> None:
+        """Tear the process group down (the run's last collective has returned)."""
+        if self.active:
+            dist.destroy_process_group()
+
     @contextlib.contextmanager
     def main_first(self):
         """Rank 0 runs the block first (it fills the caches: tokenised data, downloads), then the others."""

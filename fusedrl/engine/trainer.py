@@ -216,6 +216,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     if config.plot and ranks.is_main:
         result.plot = plot_curves(metrics_log.records(), list(algorithm.plot_keys), out / "training_curves.png")
     metrics_log.close()
+    ranks.close()
     return result
 
 
