@@ -1,11 +1,13 @@
 """Precomputed reference logps: one no-grad pass of the reference over the dataset, stored as columns."""
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
 import datasets
 import torch
+import torch.distributed as dist
 
 from ..kernels import linear_logprobs
 from ..kernels.losses.sequence import completion_mask, sequence_logps
@@ -30,17 +32,25 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
     """``rows`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed over completion tokens) added.
 
     ``algorithm`` provides ``to_device`` and ``reference_forward`` (a pairwise algorithm:
-    each batch stacks its chosen rows before its rejected rows).
+    each batch stacks its chosen rows before its rejected rows). Data parallel, each rank
+    computes a contiguous share of the rows and the ranks exchange their results.
     """
-    chosen, rejected = [], []
-    for batch in fixed_batches(rows, batch_size, collate):
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    share = math.ceil(len(rows) / world_size)
+    mine = rows.select(range(rank * share, min(len(rows), (rank + 1) * share)))
+    logps: list[tuple[float, float]] = []
+    for batch in fixed_batches(mine, batch_size, collate):
         batch = algorithm.to_device(batch)
         hidden, weight, bias = algorithm.reference_forward(batch)
         with torch.no_grad():
             token_logps = linear_logprobs(hidden, weight, batch["labels"], bias=bias,
                                           backend=algorithm.config.kernel_backend)
-        logps = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
-        half = len(logps) // 2
-        chosen += logps[:half]
-        rejected += logps[half:]
-    return rows.add_column(REFERENCE_COLUMNS[0], chosen).add_column(REFERENCE_COLUMNS[1], rejected)
+        sequence = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
+        half = len(sequence) // 2
+        logps += zip(sequence[:half], sequence[half:])
+    if world_size > 1:
+        shares: list = [None] * world_size
+        dist.all_gather_object(shares, logps)
+        logps = [pair for share_logps in shares for pair in share_logps]
+    chosen, rejected = zip(*logps)
+    return rows.add_column(REFERENCE_COLUMNS[0], list(chosen)).add_column(REFERENCE_COLUMNS[1], list(rejected))
