@@ -1,0 +1,362 @@
+"""The reference of every ``fusedrl train`` config key, generated from ``TrainConfig`` so it cannot drift.
+
+``python -m fusedrl.engine.config_reference > docs/config.md`` regenerates docs/config.md; the tests check
+that every field has a description and that the file is current.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..kernels.losses import DPO_LOSS_TYPES
+from ..kernels.losses.dpo import SMOOTHED_LOSS_TYPES
+from .config import ALIASES, TrainConfig
+
+
+def _codes(values) -> str:
+    """``values`` as Markdown code spans, joined by commas."""
+    return ", ".join(f"`{value}`" for value in values)
+
+
+DESCRIPTIONS: dict[str, str] = {
+    # Model and algorithm
+    "base_model": "The model to train: a local folder or a Hugging Face hub id (the folder or repo holding "
+                  "`gguf_file` when that is set). Its tokenizer is used unless `tokenizer` is set.",
+    "rl": "The algorithm: offline `sft`, `dpo`, `ipo` (DPO with loss_type `ipo`), `cpo`, `simpo`, `orpo`, `kto`, "
+          "`rm` (reward model) and `kd` (distillation from stored teacher top-k logprobs); online `grpo` and `ppo`. "
+          "It picks the dataset row kind, the loss and the defaults of `beta`, `loss_type` and `disable_dropout`.",
+    "gguf_file": "A GGUF file inside `base_model` to load the policy from (dequantised to `model_dtype`), and its "
+                 "tokenizer unless `tokenizer` is set; not used for `ref_model` or `reward_model`.",
+    "tokenizer": "Tokenizer folder or hub id; null uses `base_model`'s. A tokenizer without a pad token pads with "
+                 "its EOS token.",
+    "trust_remote_code": "Passed to every Hugging Face `from_pretrained` (tokenizer, policy, `ref_model`, "
+                         "`reward_model`): allows custom modelling code from the model's repository.",
+    "model_dtype": "The dtype weights load in: the policy, `ref_model` and `reward_model` (PPO's value model too); "
+                   "frozen reference copies share it. Mixed-precision compute is `bf16`'s job.",
+    "attn_implementation": "Attention kernel passed to transformers for the policy and `ref_model` (null: "
+                           "transformers' default, which the reward and value models always use). "
+                           "`sample_packing` needs `flash_attention_2` or `flash_attention_3`.",
+    "chat_template": "How message-list rows are rendered: `chatml` or a Jinja string; null uses the dataset "
+                     "type's template (`chatml.*` types), else the tokenizer's own, else chatml. Plain-text "
+                     "prompts use no template.",
+    # Data and output
+    "datasets": "Training data, at least one entry: mappings with `path` (local file or folder, a builder name "
+                "with `data_files`, or a hub id) and optional `type` (row format; null detects it from the "
+                "columns), `split`, `name`, `revision`, `ds_type`, `data_files` and `columns` (renames). A relative "
+                "path is looked up from the working directory, then from the config file's folder.",
+    "test_datasets": "Held-out data, entries as in `datasets`, evaluated before training (unless resumed), every "
+                     "`eval_steps` and at the end (metrics with split `eval`). When set, `val_set_size` is ignored.",
+    "val_set_size": "Fraction of the tokenised training rows split off (shuffled with `seed`) as the held-out set "
+                    "when `test_datasets` is empty; 0 holds out nothing.",
+    "max_length": "Most tokens per tokenised sequence (prompt + completion): the prompt keeps its last "
+                  "`max_prompt_length` tokens, then the completion loses its tail; a prompt that leaves no room "
+                  "for one completion token is a bad row. For `grpo` and `ppo` it bounds the prompt alone (which "
+                  "must be shorter); with `sample_packing` it is also the length of a packed row.",
+    "max_prompt_length": "Prompts keep only their last this many tokens; null keeps whole prompts. Must be less "
+                         "than `max_length`; applies to every algorithm's prompts, GRPO and PPO generation "
+                         "prompts included.",
+    "on_bad_row": "`error`: the first unusable row (missing field, prompt too long, template failure, bad teacher "
+                  "targets) stops loading, naming its file and row; `skip`: such rows are dropped, with one "
+                  "warning per reason.",
+    "dataset_num_proc": "Worker processes for tokenising (`datasets.map(num_proc=...)`); null tokenises in the "
+                        "main process. Tokenised data is cached by a fingerprint of the data, tokenizer and "
+                        "settings.",
+    "sample_packing": "`sft` and `kd` only: the sequences of each micro-batch are concatenated into rows of at most "
+                      "`max_length` tokens with `position_ids` restarting per sequence. Needs `attn_implementation` "
+                      "`flash_attention_2` or `flash_attention_3`; other algorithms fail when the data loads.",
+    "kd_top_k": "`kd` only: cut every teacher position to its k most likely ids (needed when positions carry "
+                "different numbers of ids; a position with fewer than k is a bad row); null keeps them as stored. "
+                "Must be >= 1, checked when the data loads.",
+    "output_dir": "Where a run writes `metrics.jsonl`, `samples.jsonl`, `tensorboard/`, `checkpoint-<step>/`, "
+                  "`final/` (the trained model) and `training_curves.png`, relative to the working directory. A "
+                  "fresh (not resumed) run empties the metric logs it finds there.",
+    # Adapter and reference
+    "adapter": "`lora` trains peft LoRA adapters on the frozen base model (`final/` then holds `adapter/` and the "
+               "merged model); null trains every weight. PPO's value model is always trained in full.",
+    "lora_r": "LoRA rank (`adapter: lora`).",
+    "lora_alpha": "LoRA scale numerator: adapter updates are scaled by `lora_alpha / lora_r` (`adapter: lora`).",
+    "lora_dropout": "Dropout on the LoRA input path (`adapter: lora`); set to 0 wherever `disable_dropout` is in "
+                    "effect, which is every algorithm but `sft` by default.",
+    "lora_target_modules": "Modules to wrap with LoRA, passed to peft's `target_modules`: a list of module names, "
+                           "or `all-linear` (every linear layer but the output head).",
+    "rl_adapter_ref_model": "With `adapter: lora` and no `ref_model`: true makes the reference a separate frozen "
+                            "copy of the base model; false uses the policy with its adapters disabled (no extra "
+                            "memory). Read by the algorithms with a reference: `dpo`, `ipo`, `kto`, `ppo`, and "
+                            "`grpo` with beta > 0.",
+    "ref_model": "A separate reference model (folder or hub id, same vocabulary) for `dpo`, `ipo`, `kto`, `ppo` and "
+                 "`grpo` with beta > 0, loaded in `model_dtype` with `attn_implementation`. Null uses a frozen copy "
+                 "of the starting policy (with LoRA: see `rl_adapter_ref_model`).",
+    "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
+                                "and held-out pair once before training (in batches of `eval_batch_size`) instead "
+                                "of a reference forward pass in every step.",
+    # Losses
+    "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 "
+            "for `grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`: the β of the loss; `orpo`: λ, the "
+            "weight of the odds-ratio term (alias `orpo_alpha`); `grpo`: the weight of the k3 KL penalty, where 0 "
+            "loads no reference model. Must be > 0 (>= 0 for `grpo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) "
+            "do not read it.",
+    "loss_type": "The loss variant; null takes the algorithm's default (`effective_loss_type`). `dpo`: "
+                 f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py); `ipo`: "
+                 "`ipo` only; `grpo`: how token losses are aggregated: `grpo` (mean over completions of their token "
+                 "mean, default), `bnpo` (mean over the batch's tokens), `dr_grpo` (sum / (completions × "
+                 "`max_completion_length`)) or `dapo` (sum / completion tokens of the global batch). Any other "
+                 "`rl` rejects it.",
+    "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
+                       f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
+                       "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
+                       "type requires 0. Alias `sft_label_smoothing`.",
+    "rpo_alpha": "`dpo` and `ipo`: weight of the token-mean NLL of the chosen completions added to the preference "
+                 "loss (RPO); 0 or null gives the pure DPO / IPO loss.",
+    "cpo_alpha": "`cpo` and `simpo`: weight of the token-mean NLL of the chosen completions added to the preference "
+                 "loss; 0 gives the bare CPO term and the original SimPO.",
+    "simpo_gamma": "`simpo`: the target reward margin γ in `−logσ(β·(avg_c − avg_r) − γ)`, where avg are "
+                   "per-token average logprobs; any real number.",
+    "desirable_weight": "`kto`: λD, the weight of a desirable row's loss `λD·(1 − σ(β(Δ − KL)))`; a warning is "
+                        "logged when λD·nD / (λU·nU) over the training rows is outside [1, 4/3].",
+    "undesirable_weight": "`kto`: λU, the weight of an undesirable row's loss `λU·(1 − σ(β(KL − Δ)))` (see "
+                          "`desirable_weight` for the balance warning).",
+    "center_rewards_coefficient": "`rm`: c in `−logσ(rc − rr − margin) + c·(rc + rr)²`, pulling the reward "
+                                  "model's scores towards 0 (margin: the data's optional `margin` column, else 0).",
+    "kd_temperature": "`kd`: the distillation temperature T: the student is `log_softmax(z / T)`, the teacher's "
+                      "top-k distribution is moved from `kd_generation_temperature` to T (`p ← p^(T_gen / T)`, "
+                      "renormalised), and the KD term is scaled by T².",
+    "kd_generation_temperature": "`kd`: the temperature the teacher targets were extracted at (`fusedrl "
+                                 "kd-extract --temperature`); data written by kd-extract records it, and a "
+                                 "mismatch is an error.",
+    "kd_alpha": "`kd`: weight of the distillation term in `kd_alpha·T²·KD + kd_ce_alpha·CE`, KD averaged over the "
+                "positions with teacher targets.",
+    "kd_ce_alpha": "`kd`: weight of the token-mean cross-entropy of the data's own tokens (at temperature 1) in "
+                   "that loss; 0 learns from the teacher alone.",
+    "kd_divergence": "`kd`: the divergence over the K teacher ids: `forward_kl` Σ p(log p − log q), `reverse_kl` "
+                     "Σ q(log q − log p), or `jsd` (mixture weight `kd_beta`).",
+    "kd_beta": "`kd` with `kd_divergence: jsd`: b in `b·KL(p‖m) + (1 − b)·KL(q‖m)`, `m = b·p + (1 − b)·q`; the "
+               "loss rejects 0 and 1 there.",
+    "kd_normalize_topk": "`kd`: renormalise the student's probabilities over the K teacher ids instead of the full "
+                         "vocabulary.",
+    "z_loss": "`sft`: coefficient of the z-loss `z_loss·lse²` added per completion token (lse: log-sum-exp of the "
+              "logits), which keeps logits small; other algorithms ignore it.",
+    # Online RL (GRPO and PPO)
+    "num_generations": "`grpo`: completions sampled per prompt, the group whose rewards are normalised together; "
+                       "each update micro-batch holds `micro_batch_size × num_generations` completions. `ppo` "
+                       "samples one completion per prompt and ignores it.",
+    "temperature": "`grpo` and `ppo`: the sampling temperature; the policy, old and reference token logprobs of the "
+                   "losses are taken at it too (logits / T).",
+    "top_p": "`grpo` and `ppo`: nucleus-sampling threshold (1: off). It shapes sampling only; logprobs use the full "
+             "vocabulary.",
+    "top_k": "`grpo` and `ppo`: sample from the k most likely tokens only (null or 0: off). It shapes sampling only, "
+             "like `top_p`.",
+    "max_completion_length": "`grpo` and `ppo`: most new tokens per completion; one with no EOS by then is "
+                             "truncated (`completions/clipped_ratio`, `mask_truncated_completions`). GRPO's "
+                             "`dr_grpo` loss divides by it and the built-in `length` reward scales by it.",
+    "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`; the loss "
+               "rejects 1. PPO's clip range is `cliprange`.",
+    "epsilon_high": "`grpo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`.",
+    "delta": "`grpo`: optional cap on ρ in the unclipped term (two-sided clipping, `min(ρ, δ)·A`); must be greater "
+             "than 1 + ε_high. Null: no cap.",
+    "importance_sampling_level": "`grpo`: `token`: one ratio per token, `ρ_t = e^(L_t − L_old,t)`; `sequence` "
+                                 "(GSPO): one ratio per completion, from the mean of its token log ratios.",
+    "scale_rewards": "`grpo`: advantages are `(r − mean of the group)` divided by the group's std + 1e-4 "
+                     "(`group`), by the std of the whole batch over all ranks + 1e-4 (`batch`), or not divided "
+                     "(`none`).",
+    "num_iterations": "`grpo`: optimizer updates per rollout, each over all the rollout's micro-batches. Above 1 the "
+                      "sampling policy's logprobs are stored before the first update, so later updates see ρ ≠ 1.",
+    "mask_truncated_completions": "`grpo`: completions that reach `max_completion_length` without EOS get no loss "
+                                  "(their labels are masked); they still count in their group's reward statistics.",
+    "reward_funcs": "`grpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` (against a "
+                    "`solution` or `answer` column), `format` (`reward_format_pattern`) and `length` (−tokens / "
+                    "`max_completion_length`), or `package.module:function`, `package.module.function`, "
+                    "`path/file.py:function`, called as `f(prompts, completions, **columns) -> list[float | None]`. "
+                    "GRPO needs these or `reward_model`; `ppo` rejects them.",
+    "reward_weights": "`grpo`: one weight per reward source, the `reward_funcs` in order and then `reward_model` "
+                      "when set; null weighs each 1.0. A None reward leaves that source out of the sample's sum. "
+                      "(`ppo` accepts one number here and does not use it.)",
+    "reward_model": "A folder written by `rl: rm` (backbone + `value_head.safetensors`) that scores prompt + "
+                    "completion at its last token. `ppo`: required; the frozen scorer and the starting weights of "
+                    "the trained value model. `grpo`: an optional reward source next to `reward_funcs`.",
+    "reward_format_pattern": "`grpo`: the regular expression the built-in `format` reward searches each completion "
+                             "for (1.0 on a match, else 0.0); the default wants `<think>...</think>` then "
+                             "`<answer>...</answer>`.",
+    "kl_coef": "`ppo`: weight of the per-token KL penalty in the rewards: `r_t = −kl_coef·KL_t`, plus the reward "
+               "model's score on the last completion token (GRPO's KL weight is `beta`).",
+    "kl_estimator": "`ppo`: the per-token KL estimate of those rewards: `k1` = L − R, or `k3` = e^(R − L) − (R − L) "
+                    "− 1 (GRPO always uses k3).",
+    "cliprange": "`ppo`: the policy-ratio clip c in `max(−A·ρ, −A·clip(ρ, 1 − c, 1 + c))`; the loss rejects 1.",
+    "vf_coef": "`ppo`: weight of the value loss: `loss = pg + vf_coef·vf`.",
+    "cliprange_value": "`ppo`: the value clip cv in `0.5·mean(max((v − ret)², (clip(v, v_old ± cv) − ret)²))`.",
+    "gamma": "`ppo`: the GAE discount γ in `δ_t = r_t + γ·V_(t+1) − V_t`.",
+    "lam": "`ppo`: the GAE λ in `A_t = δ_t + γλ·A_(t+1)`; returns are A + V, and A is then whitened.",
+    "whiten_rewards": "`ppo`: scale the per-token rewards to unit variance over the completion tokens (their mean "
+                      "not shifted) before GAE.",
+    "num_ppo_epochs": "`ppo`: passes over each rollout, each over a fresh permutation of its rows.",
+    "num_mini_batches": "`ppo`: optimizer updates per pass; a rollout takes `micro_batch_size × "
+                        "gradient_accumulation_steps × num_mini_batches` prompts per device, one completion each.",
+    "num_sample_generations": "`grpo` and `ppo`: how many times, evenly spaced over the run, the first 8 prompts "
+                              "and completions of the latest rollout (with what they scored) are logged to "
+                              "`samples.jsonl` and TensorBoard; 0 logs none.",
+    "local_rollout_forward_batch_size": "`grpo` and `ppo`: rows per chunk of the no-grad forward passes over a "
+                                        "rollout (old and reference logprobs, values, reward-model scores); lower "
+                                        "it to save memory. Generation runs one micro-batch of prompts at a time.",
+    # Optimisation
+    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` needs >= 2, and "
+                        "a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` and `rm` (two "
+                        "sequences each), prompts for `grpo` (`num_generations` completions each) and `ppo`. Each "
+                        "epoch drops the tail of the shuffled rows that does not fill `micro_batch_size × ranks`.",
+    "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
+                       "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once.",
+    "gradient_accumulation_steps": "Micro-batches whose gradients make one optimizer step; the step's loss is "
+                                   "their mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` samples one "
+                                   "rollout from that many micro-batches of prompts; each `ppo` mini-batch "
+                                   "update is that many micro-batches.",
+    "num_epochs": "Passes over the training data (fractions allowed): ceil(micro-batches per epoch × num_epochs / "
+                  "micro-batches per round) × updates per round optimizer steps. Ignored when `max_steps` is set.",
+    "max_steps": "Total optimizer steps, overriding `num_epochs`; online, each rollout gives `num_iterations` "
+                 "(`grpo`) or `num_ppo_epochs × num_mini_batches` (`ppo`) steps. The schedule and `warmup_ratio` "
+                 "are computed from the total.",
+    "learning_rate": "Peak AdamW learning rate, reached after warmup.",
+    "weight_decay": "AdamW decoupled weight decay, on matrices (parameters with >= 2 dimensions) only; biases and "
+                    "norms get none.",
+    "adam_beta1": "AdamW β1, the decay of the first-moment estimate.",
+    "adam_beta2": "AdamW β2, the decay of the second-moment estimate.",
+    "adam_epsilon": "AdamW ε, added to the denominator.",
+    "lr_scheduler": "The learning-rate schedule after warmup: `cosine` or `linear` decay to 0 at the last step, or "
+                    "`constant`.",
+    "warmup_steps": "Steps of linear warmup, from `learning_rate / (warmup + 1)` up to `learning_rate`; when above "
+                    "0 it overrides `warmup_ratio`.",
+    "warmup_ratio": "Warmup as a fraction of the total steps (`int(warmup_ratio × steps)`), used when "
+                    "`warmup_steps` is 0.",
+    "max_grad_norm": "Clip the global gradient norm of the trainable parameters to this value; 0 or null: no "
+                     "clipping. The norm before clipping is logged as `grad_norm` either way.",
+    "bf16": "bfloat16 autocast of forward passes and losses: `auto` and `true` enable it on a CUDA GPU that "
+            "supports bf16 and do nothing elsewhere; `false` disables it. Weights stay in `model_dtype`.",
+    "gradient_checkpointing": "Recompute decoder-layer activations in the backward (non-reentrant) to save memory, "
+                              "in PPO's value model and the reward model's backbone too.",
+    "disable_dropout": "Set every dropout rate of the trained model (LoRA's included) to 0; null takes the default "
+                       "(`effective_disable_dropout`): false for `sft`, true for every other algorithm, so the loss's "
+                       "logprobs are computed like the old and reference ones.",
+    "seed": "Seeds Python and torch; epoch e's data order is shuffled with `seed + e`, `val_set_size` splits with "
+            "it, and under torchrun each rank samples with `seed + rank`.",
+    "kernel_backend": "The fused loss kernels: `auto` (Triton on CUDA when it imports, else `torch`), `triton`, "
+                      "`torch` (chunked PyTorch, any device, no [tokens, vocab] tensor) or `eager` (full logits, a "
+                      "reference for debugging). Every algorithm but `rm`.",
+    # Logging and checkpoints
+    "logging_steps": "Write the training metrics to `metrics.jsonl` (and TensorBoard) every this many steps and at "
+                     "the last step; other steps' metrics are not kept.",
+    "eval_steps": "Evaluate on the held-out set every this many steps, besides before training (unless resumed) "
+                  "and at the end; null or 0: only those.",
+    "save_steps": "Write a resumable checkpoint `checkpoint-<step>` (weights, optimizer, schedule, data position, "
+                  "RNG, a pending rollout) every this many steps; null or 0: none. The trained model goes to "
+                  "`final/` either way.",
+    "save_total_limit": "Keep only the newest this many checkpoints, deleting older ones after each save; null or "
+                        "0 keeps all.",
+    "resume_from_checkpoint": "`latest` (the newest complete checkpoint in `output_dir`; a fresh start when there is "
+                              "none) or a checkpoint folder: the run continues exactly where that checkpoint was "
+                              "saved, on as many ranks as wrote it. Null starts fresh.",
+    "tensorboard": "Also log metrics and text samples to `output_dir/tensorboard` (skipped with a warning when "
+                   "tensorboard is not installed).",
+    "plot": "Write `training_curves.png` of the algorithm's main metrics at the end (needs matplotlib).",
+    "progress_bar": "Show a tqdm progress bar with the algorithm's progress metrics (rank 0 only).",
+}
+
+SECTIONS: list[tuple[str, list[str]]] = [
+    ("Model and algorithm", ["base_model", "rl", "gguf_file", "tokenizer", "trust_remote_code", "model_dtype",
+                             "attn_implementation", "chat_template"]),
+    ("Data and output", ["datasets", "test_datasets", "val_set_size", "max_length", "max_prompt_length", "on_bad_row",
+                         "dataset_num_proc", "sample_packing", "kd_top_k", "output_dir"]),
+    ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                               "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs"]),
+    ("Losses", ["beta", "loss_type", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
+                "undesirable_weight", "center_rewards_coefficient", "kd_temperature", "kd_generation_temperature",
+                "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk", "z_loss"]),
+    ("Online RL (GRPO and PPO)", ["num_generations", "temperature", "top_p", "top_k", "max_completion_length",
+                                  "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
+                                  "num_iterations", "mask_truncated_completions", "reward_funcs", "reward_weights",
+                                  "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange",
+                                  "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards", "num_ppo_epochs",
+                                  "num_mini_batches", "num_sample_generations", "local_rollout_forward_batch_size"]),
+    ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
+                      "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
+                      "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
+                      "disable_dropout", "seed", "kernel_backend"]),
+    ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
+                                 "resume_from_checkpoint", "tensorboard", "plot", "progress_bar"]),
+]
+
+_INTRO = (
+    "`fusedrl train CONFIG.yaml [--key value ...]` reads the file with `yaml.safe_load`. Each `--key value` (or "
+    "`--key=value`; dashes in the key read as underscores) overrides one key, its value parsed as YAML, and replaces "
+    "the file's value of that key under any alias. Only `base_model` and `datasets` must be given. The whole config "
+    "is checked before any model loads: an unknown key is an error naming the closest valid key, and a value of the "
+    "wrong type or outside the allowed choices or range (`[`/`]` closed, `(` open) is an error naming its key; rules "
+    "that involve several keys are in the descriptions. Integers are accepted where a float is expected, and so is "
+    "YAML 1.1's dot-less `3e-4`."
+)
+
+_ALIASES_NOTE = ("Other spellings accepted for a key (axolotl's and common short names); giving a key and its alias "
+                 "different values is an error.")
+
+
+def _yaml(value) -> str:
+    """A config value as YAML spells it: ``null``, ``true``/``false``, numbers, strings and lists as they print."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def default_text(f: dataclasses.Field) -> str:
+    """The default of field ``f`` as a table cell: its value (or its factory's) in code, or ``required``."""
+    if f.default is not dataclasses.MISSING:
+        return f"`{_yaml(f.default)}`"
+    if f.default_factory is not dataclasses.MISSING:
+        return f"`{_yaml(f.default_factory())}`"
+    return "required"
+
+
+def allowed_text(f: dataclasses.Field) -> str:
+    """The values field ``f``'s metadata allows: its choices, ``>= low``, ``> low`` or ``[low, high]`` (``(`` when
+    the low end is open); empty when the metadata has neither."""
+    meta = f.metadata
+    if "choices" in meta:
+        return ", ".join(f"`{_yaml(choice)}`" for choice in meta["choices"])
+    if meta.get("low") is None:
+        return ""
+    low, high, low_open = meta["low"], meta["high"], meta["low_open"]
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+
+def markdown() -> str:
+    """The config reference as Markdown: how configs are read, one table per section, then the aliases."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    lines = [
+        "# `fusedrl train` config reference",
+        "",
+        "<!-- Generated from fusedrl/engine/config.py and config_reference.py by "
+        "`python -m fusedrl.engine.config_reference > docs/config.md`; do not edit by hand. -->",
+        "",
+        _INTRO,
+    ]
+    for title, names in SECTIONS:
+        lines += ["", f"## {title}", "", "| key | default | allowed | description |", "| --- | --- | --- | --- |"]
+        for name in names:
+            f = fields[name]
+            cells = [f"`{name}`", default_text(f), allowed_text(f), DESCRIPTIONS[name]]
+            lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines += ["", "## Aliases", "", _ALIASES_NOTE, "", "| alias | key |", "| --- | --- |"]
+    lines += [f"| `{alias}` | `{name}` |" for alias, name in ALIASES.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Print the Markdown reference (``python -m fusedrl.engine.config_reference > docs/config.md``)."""
+    print(markdown(), end="")
+
+
+if __name__ == "__main__":
+    main()
