@@ -11,7 +11,8 @@ BASE = {"base_model": "some/model", "rl": "dpo", "datasets": [{"path": "data.jso
 
 
 def test_aliases_and_defaults():
-    config = config_from_dict({**BASE, "rl_beta": 0.3, "kto_desirable_weight": 2, "rl_adapter_ref_model": True})
+    config = config_from_dict({**BASE, "rl": "kto", "rl_beta": 0.3, "kto_desirable_weight": 2,
+                               "rl_adapter_ref_model": True})
     assert config.beta == 0.3 and config.desirable_weight == 2.0 and config.rl_adapter_ref_model
     assert config_from_dict({**BASE, "rl": "simpo"}).effective_beta == 2.0
     assert config_from_dict({**BASE, "rl": "orpo", "orpo_alpha": 0.2}).effective_beta == 0.2
@@ -41,6 +42,23 @@ def test_aliases_and_defaults():
     ({"rl": "ipo", "label_smoothing": 0.1}, "label_smoothing: rl=ipo does not use it"),
     ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing: loss_type 'hinge' does not use it"),
     ({"bf16": "maybe"}, "bf16: expected one of"),
+    ({"orpo_alpha": 0.3}, "orpo_alpha: an alias for rl in \\['orpo'\\]; for rl=dpo set 'beta' itself"),
+    ({"rl": "grpo", "reward_funcs": ["accuracy"], "epsilon": 1.0}, "epsilon: expected a value < 1.0"),
+    ({"rl": "ppo", "reward_model": "rm", "cliprange": 1.0}, "cliprange: expected a value < 1.0"),
+    ({"rl": "kd", "kd_divergence": "jsd", "kd_beta": 1.0}, r"kd_beta: .* expected a value in \(0, 1\)"),
+    ({"kd_top_k": 0}, "kd_top_k: expected a value >= 1"),
+    ({"max_steps": 0}, "max_steps: expected a value >= 1"),
+    ({"save_total_limit": -1}, "save_total_limit: expected a value >= 1"),
+    ({"rl": "dpo", "sample_packing": True, "attn_implementation": "flash_attention_2"},
+     "sample_packing: only rl: sft and kd"),
+    ({"val_set_size": 0.1, "test_datasets": [{"path": "x"}]}, "val_set_size: the held-out set is test_datasets"),
+    ({"z_loss": 1e-4}, r"z_loss: rl=dpo does not read it \(only rl in \['sft'\] does\)"),
+    ({"rl": "kto", "precompute_ref_log_probs": True}, "precompute_ref_log_probs: rl=kto does not read it"),
+    ({"rl": "cpo", "rpo_alpha": 0.5}, "rpo_alpha: rl=cpo does not read it"),
+    ({"num_generations": 4}, "num_generations: rl=dpo does not read it"),
+    ({"rl": "ppo", "reward_model": "rm", "num_generations": 4}, "num_generations: rl=ppo does not read it"),
+    ({"rl": "ppo", "reward_model": "rm", "reward_weights": [1.0]}, "reward_weights: rl=ppo does not read it"),
+    ({"kl_coef": 0.1}, "kl_coef: rl=dpo does not read it"),
     ({"trust_remote_code": "yes"}, "trust_remote_code: expected"),
 ])
 def test_bad_config_names_the_key(bad, message):
@@ -100,7 +118,7 @@ def test_cli_override_wins_over_any_alias_in_the_yaml(tmp_path):
     config = load_config(path, ["--beta", "0.2", "--learning-rate", "3e-4", "--bf16", "true"])
     assert (config.beta, config.learning_rate, config.bf16) == (0.2, 3e-4, True)
     assert load_config(path, ["--rl_beta", "0.3"]).beta == 0.3
-    path.write_text(yaml.safe_dump({**BASE, "datasets": data, "rl_beta": 0.5, "orpo_alpha": 0.4}))
+    path.write_text(yaml.safe_dump({**BASE, "rl": "orpo", "datasets": data, "rl_beta": 0.5, "orpo_alpha": 0.4}))
     with pytest.raises(ConfigError, match="both set 'beta'"):
         load_config(path, [])
 

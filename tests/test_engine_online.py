@@ -415,7 +415,7 @@ def test_a_missing_reward_model_names_the_key(files, tmp_path):
 def test_lora_and_gradient_checkpointing(files, tmp_path, rl):
     """LoRA policy (reference = adapters disabled, so no copy) with gradient checkpointing: the run trains."""
     config = online_config(files, tmp_path / "run", rl, adapter="lora", lora_r=4, gradient_checkpointing=True,
-                           max_steps=2, num_ppo_epochs=1, test_datasets=[])
+                           max_steps=2, test_datasets=[], **({"num_ppo_epochs": 1} if rl == "ppo" else {}))
     result = train(config)
     assert result.step == 2 and all(torch.isfinite(torch.tensor(result.train_losses)))
     assert (tmp_path / "run" / "final" / "adapter").is_dir()
@@ -517,3 +517,9 @@ def test_bad_online_config_names_the_key(bad, message):
     rewards = {"grpo": {"reward_funcs": ["accuracy"]}, "ppo": {"reward_model": "rm"}}.get(bad["rl"], {})
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**BASE, **rewards, **bad})
+
+
+def test_attn_implementation_reaches_the_reward_and_value_models(files, tmp_path):
+    algorithm = build_algorithm(online_config(files, tmp_path, "ppo", attn_implementation="eager"), pick_device())
+    for model in (algorithm.policy, algorithm.model.value.backbone, algorithm.reward_model.backbone):
+        assert model.config._attn_implementation == "eager"

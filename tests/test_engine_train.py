@@ -65,3 +65,15 @@ def test_option_leaves_the_loss_curve_unchanged(option, model_dir, tmp_path):
     torch.testing.assert_close(torch.tensor(changed.train_losses), torch.tensor(plain.train_losses),
                                atol=1e-5, rtol=1e-5)
     assert changed.eval_after["rewards/margins"] == pytest.approx(plain.eval_after["rewards/margins"], abs=1e-5)
+
+
+def test_precomputed_reference_releases_the_reference_model(model_dir, tmp_path):
+    """Once every row carries its reference logps the reference model is dropped (as TRL): no memory kept."""
+    from fusedrl.engine.training_data import load_training_data
+
+    config = config_from_dict(train_config(model_dir, tmp_path / "run", "dpo", precompute_ref_log_probs=True))
+    algorithm = build_algorithm(config, pick_device())
+    assert algorithm.reference is not None
+    data = algorithm.prepare_data(load_training_data(config, algorithm.tokenizer, algorithm.data_kind))
+    assert algorithm.reference is None
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(data.train.column_names)

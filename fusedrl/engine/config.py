@@ -39,6 +39,31 @@ ALIASES = {
     "sft_label_smoothing": "label_smoothing",
 }
 
+# Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
+_GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
+              "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern")
+_PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
+             "num_ppo_epochs", "num_mini_batches")
+_KD_ONLY = ("kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence",
+            "kd_beta", "kd_normalize_topk")
+KEY_READERS = {
+    "z_loss": ("sft",),
+    "precompute_ref_log_probs": ("dpo", "ipo"),
+    "rpo_alpha": ("dpo", "ipo"),
+    "cpo_alpha": ("cpo", "simpo"),
+    "simpo_gamma": ("simpo",),
+    "desirable_weight": ("kto",),
+    "undesirable_weight": ("kto",),
+    "center_rewards_coefficient": ("rm",),
+    **{key: ("kd",) for key in _KD_ONLY},
+    **{key: ("grpo",) for key in _GRPO_ONLY},
+    **{key: ("ppo",) for key in _PPO_ONLY},
+    **{key: ONLINE_ALGORITHMS for key in ("temperature", "top_p", "top_k", "max_completion_length",
+                                         "local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
+}
+# Aliases that name one algorithm's parameter: under another ``rl`` they would set a different meaning.
+ALIAS_READERS = {"orpo_alpha": ("orpo",), "kto_desirable_weight": ("kto",), "kto_undesirable_weight": ("kto",)}
+
 # Attention kernels that read per-sequence ``position_ids`` and keep packed sequences apart.
 PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
@@ -57,8 +82,8 @@ def _choices(*values):
     return {"choices": values}
 
 
-def _range(low=None, high=None, low_open=False):
-    return {"low": low, "high": high, "low_open": low_open}
+def _range(low=None, high=None, low_open=False, high_open=False):
+    return {"low": low, "high": high, "low_open": low_open, "high_open": high_open}
 
 
 @dataclass
@@ -81,9 +106,9 @@ class TrainConfig:
     max_length: int = field(default=1024, metadata=_range(2))
     max_prompt_length: int | None = field(default=None, metadata=_range(1))
     on_bad_row: str = field(default="error", metadata=_choices("error", "skip"))
-    dataset_num_proc: int | None = None
+    dataset_num_proc: int | None = field(default=None, metadata=_range(1))
     sample_packing: bool = False
-    kd_top_k: int | None = None
+    kd_top_k: int | None = field(default=None, metadata=_range(1))
     output_dir: str = "outputs/run"
 
     adapter: str | None = field(default=None, metadata=_choices(None, "lora"))
@@ -119,7 +144,7 @@ class TrainConfig:
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
     top_k: int | None = field(default=None, metadata=_range(0))
     max_completion_length: int = field(default=512, metadata=_range(1))
-    epsilon: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    epsilon: float = field(default=0.2, metadata=_range(0.0, 1.0, high_open=True))
     epsilon_high: float | None = field(default=None, metadata=_range(0.0))
     delta: float | None = None
     importance_sampling_level: str = field(default="token", metadata=_choices(*IMPORTANCE_SAMPLING_LEVELS))
@@ -132,7 +157,7 @@ class TrainConfig:
     reward_format_pattern: str = DEFAULT_FORMAT_PATTERN
     kl_coef: float = field(default=0.05, metadata=_range(0.0))
     kl_estimator: str = field(default="k1", metadata=_choices(*KL_ESTIMATORS))
-    cliprange: float = field(default=0.2, metadata=_range(0.0, 1.0, low_open=True))
+    cliprange: float = field(default=0.2, metadata=_range(0.0, 1.0, low_open=True, high_open=True))
     vf_coef: float = field(default=0.1, metadata=_range(0.0))
     cliprange_value: float = field(default=0.2, metadata=_range(0.0, low_open=True))
     gamma: float = field(default=1.0, metadata=_range(0.0, 1.0))
@@ -147,7 +172,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
     num_epochs: float = field(default=1.0, metadata=_range(0.0, low_open=True))
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=_range(1))
     learning_rate: float = field(default=5e-6, metadata=_range(0.0, low_open=True))
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
     adam_beta1: float = field(default=0.9, metadata=_range(0.0, 1.0))
@@ -164,9 +189,9 @@ class TrainConfig:
     kernel_backend: str = field(default="auto", metadata=_choices("auto", "triton", "torch", "eager"))
 
     logging_steps: int = field(default=1, metadata=_range(1))
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
+    eval_steps: int | None = field(default=None, metadata=_range(0))  # 0 or null: only before and after
+    save_steps: int | None = field(default=None, metadata=_range(0))  # 0 or null: no checkpoints
+    save_total_limit: int | None = field(default=2, metadata=_range(1))  # null: keep every checkpoint
     resume_from_checkpoint: str | None = None
     tensorboard: bool = True
     plot: bool = True
@@ -225,8 +250,9 @@ def _check_field(f: dataclasses.Field, value: Any, hints: dict) -> None:
     if low is not None and (value < low or (meta.get("low_open") and value == low)):
         sign = ">" if meta.get("low_open") else ">="
         raise ConfigError(f"{f.name}: expected a value {sign} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"{f.name}: expected a value <= {high}, got {value!r}")
+    if high is not None and (value > high or (meta.get("high_open") and value == high)):
+        sign = "<" if meta.get("high_open") else "<="
+        raise ConfigError(f"{f.name}: expected a value {sign} {high}, got {value!r}")
 
 
 def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
@@ -238,14 +264,18 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = ALIASES.get(key, key)
+        rl = raw.get("rl", "sft")
+        if key in ALIAS_READERS and rl not in ALIAS_READERS[key]:
+            raise ConfigError(f"{source}: {key}: an alias for rl in {list(ALIAS_READERS[key])}; for rl={rl} "
+                              f"set {name!r} itself")
         if name not in fields:
             close = difflib.get_close_matches(key, list(fields) + list(ALIASES), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         if name in values and values[name] != value:
             raise ConfigError(f"{source}: {key!r} and another alias both set {name!r} to different values")
-        if hints[name] in (float, float | None) and (
-                isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and _FLOAT.match(value)):
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        if hints[name] in (float, float | None) and (integer or isinstance(value, str) and _FLOAT.match(value)):
             value = float(value)  # PyYAML reads 3e-4 (no dot) as a string
         try:
             _check_field(fields[name], value, hints)
@@ -281,6 +311,14 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
     if config.rl != "sft" and config.label_smoothing >= 0.5:
         raise ConfigError(f"{source}: label_smoothing: expected a value in [0, 0.5) for rl={config.rl}, "
                           f"got {config.label_smoothing!r}")
+    if config.test_datasets and config.val_set_size:
+        raise ConfigError(f"{source}: val_set_size: the held-out set is test_datasets here; set one of the two")
+    if config.sample_packing and config.rl not in ("sft", "kd"):
+        raise ConfigError(f"{source}: sample_packing: only rl: sft and kd pack sequences, got rl={config.rl}")
+    if config.rl == "kd" and config.kd_divergence == "jsd" and not 0 < config.kd_beta < 1:
+        raise ConfigError(f"{source}: kd_beta: kd_divergence jsd mixes the two distributions with weight "
+                          f"kd_beta, expected a value in (0, 1), got {config.kd_beta!r}")
+    _check_keys_read(config, source)
     _check_beta_and_loss_type(config, source)
     _check_label_smoothing(config, source)
     if config.rl in ONLINE_ALGORITHMS:
@@ -302,6 +340,18 @@ def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
     if config.loss_type not in LOSS_TYPES[config.rl]:
         raise ConfigError(f"{source}: loss_type: expected one of {list(LOSS_TYPES[config.rl])} for rl={config.rl}, "
                           f"got {config.loss_type!r}")
+
+
+def _check_keys_read(config: TrainConfig, source: str) -> None:
+    """A key that only some algorithms read, set away from its default for another algorithm, is an error
+    (it would be silently ignored)."""
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig) if f.name in KEY_READERS}
+    for key, readers in KEY_READERS.items():
+        value = getattr(config, key)
+        if config.rl not in readers and value != defaults[key]:
+            raise ConfigError(f"{source}: {key}: rl={config.rl} does not read it (only rl in {list(readers)} does); "
+                              f"remove it or leave the default {defaults[key]!r}, got {value!r}")
 
 
 def _check_label_smoothing(config: TrainConfig, source: str) -> None:

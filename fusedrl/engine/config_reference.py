@@ -32,8 +32,8 @@ DESCRIPTIONS: dict[str, str] = {
                          "`reward_model`): allows custom modelling code from the model's repository.",
     "model_dtype": "The dtype weights load in: the policy, `ref_model` and `reward_model` (PPO's value model too); "
                    "frozen reference copies share it. Mixed-precision compute is `bf16`'s job.",
-    "attn_implementation": "Attention kernel passed to transformers for the policy and `ref_model` (null: "
-                           "transformers' default, which the reward and value models always use). "
+    "attn_implementation": "Attention kernel passed to transformers for every model loaded (policy, `ref_model`, "
+                           "`reward_model` and PPO's value model); null: transformers' default. "
                            "`sample_packing` needs `flash_attention_2` or `flash_attention_3`.",
     "chat_template": "How message-list rows are rendered: `chatml` or a Jinja string; null uses the dataset "
                      "type's template (`chatml.*` types), else the tokenizer's own, else chatml. Plain-text "
@@ -44,7 +44,7 @@ DESCRIPTIONS: dict[str, str] = {
                 "columns), `split`, `name`, `revision`, `ds_type`, `data_files` and `columns` (renames). A relative "
                 "path is looked up from the working directory, then from the config file's folder.",
     "test_datasets": "Held-out data, entries as in `datasets`, evaluated before training (unless resumed), every "
-                     "`eval_steps` and at the end (metrics with split `eval`). When set, `val_set_size` is ignored.",
+                     "`eval_steps` and at the end (metrics with split `eval`). When set, `val_set_size` must stay 0.",
     "val_set_size": "Fraction of the tokenised training rows split off (shuffled with `seed`) as the held-out set "
                     "when `test_datasets` is empty; 0 holds out nothing.",
     "max_length": "Most tokens per tokenised sequence (prompt + completion): the prompt keeps its last "
@@ -74,8 +74,8 @@ DESCRIPTIONS: dict[str, str] = {
                "merged model); null trains every weight. PPO's value model is always trained in full.",
     "lora_r": "LoRA rank (`adapter: lora`).",
     "lora_alpha": "LoRA scale numerator: adapter updates are scaled by `lora_alpha / lora_r` (`adapter: lora`).",
-    "lora_dropout": "Dropout on the LoRA input path (`adapter: lora`); set to 0 wherever `disable_dropout` is in "
-                    "effect, which is every algorithm but `sft` by default.",
+    "lora_dropout": "Dropout on the LoRA input path (`adapter: lora`); set to 0, with a warning, wherever "
+                    "`disable_dropout` is in effect, which is every algorithm but `sft` by default.",
     "lora_target_modules": "Modules to wrap with LoRA, passed to peft's `target_modules`: a list of module names, "
                            "or `all-linear` (every linear layer but the output head).",
     "rl_adapter_ref_model": "With `adapter: lora` and no `ref_model`: true makes the reference a separate frozen "
@@ -87,7 +87,8 @@ DESCRIPTIONS: dict[str, str] = {
                  "of the starting policy (with LoRA: see `rl_adapter_ref_model`).",
     "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
                                 "and held-out pair once before training (in batches of `eval_batch_size`) instead "
-                                "of a reference forward pass in every step.",
+                                "of a reference forward pass in every step; the reference model is then released "
+                                "(as TRL), so it costs no memory during training. Split across data-parallel ranks.",
     # Losses
     "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 "
             "for `grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`: the β of the loss; `orpo`: λ, the "
@@ -129,15 +130,15 @@ DESCRIPTIONS: dict[str, str] = {
     "kd_divergence": "`kd`: the divergence over the K teacher ids: `forward_kl` Σ p(log p − log q), `reverse_kl` "
                      "Σ q(log q − log p), or `jsd` (mixture weight `kd_beta`).",
     "kd_beta": "`kd` with `kd_divergence: jsd`: b in `b·KL(p‖m) + (1 − b)·KL(q‖m)`, `m = b·p + (1 − b)·q`; the "
-               "loss rejects 0 and 1 there.",
+               "value must lie in (0, 1) there.",
     "kd_normalize_topk": "`kd`: renormalise the student's probabilities over the K teacher ids instead of the full "
                          "vocabulary.",
     "z_loss": "`sft`: coefficient of the z-loss `z_loss·lse²` added per completion token (lse: log-sum-exp of the "
-              "logits), which keeps logits small; other algorithms ignore it.",
+              "logits), which keeps logits small.",
     # Online RL (GRPO and PPO)
     "num_generations": "`grpo`: completions sampled per prompt, the group whose rewards are normalised together; "
                        "each update micro-batch holds `micro_batch_size × num_generations` completions. `ppo` "
-                       "samples one completion per prompt and ignores it.",
+                       "samples one completion per prompt.",
     "temperature": "`grpo` and `ppo`: the sampling temperature; the policy, old and reference token logprobs of the "
                    "losses are taken at it too (logits / T).",
     "top_p": "`grpo` and `ppo`: nucleus-sampling threshold (1: off). It shapes sampling only; logprobs use the full "
@@ -147,8 +148,8 @@ DESCRIPTIONS: dict[str, str] = {
     "max_completion_length": "`grpo` and `ppo`: most new tokens per completion; one with no EOS by then is "
                              "truncated (`completions/clipped_ratio`, `mask_truncated_completions`). GRPO's "
                              "`dr_grpo` loss divides by it and the built-in `length` reward scales by it.",
-    "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`; the loss "
-               "rejects 1. PPO's clip range is `cliprange`.",
+    "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`. PPO's clip "
+               "range is `cliprange`.",
     "epsilon_high": "`grpo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`.",
     "delta": "`grpo`: optional cap on ρ in the unclipped term (two-sided clipping, `min(ρ, δ)·A`); must be greater "
              "than 1 + ε_high. Null: no cap.",
@@ -179,7 +180,7 @@ DESCRIPTIONS: dict[str, str] = {
                "model's score on the last completion token (GRPO's KL weight is `beta`).",
     "kl_estimator": "`ppo`: the per-token KL estimate of those rewards: `k1` = L − R, or `k3` = e^(R − L) − (R − L) "
                     "− 1 (GRPO always uses k3).",
-    "cliprange": "`ppo`: the policy-ratio clip c in `max(−A·ρ, −A·clip(ρ, 1 − c, 1 + c))`; the loss rejects 1.",
+    "cliprange": "`ppo`: the policy-ratio clip c in `max(−A·ρ, −A·clip(ρ, 1 − c, 1 + c))`.",
     "vf_coef": "`ppo`: weight of the value loss: `loss = pg + vf_coef·vf`.",
     "cliprange_value": "`ppo`: the value clip cv in `0.5·mean(max((v − ret)², (clip(v, v_old ± cv) − ret)²))`.",
     "gamma": "`ppo`: the GAE discount γ in `δ_t = r_t + γ·V_(t+1) − V_t`.",
@@ -286,8 +287,9 @@ _INTRO = (
     "the file's value of that key under any alias. Only `base_model` and `datasets` must be given. The whole config "
     "is checked before any model loads: an unknown key is an error naming the closest valid key, and a value of the "
     "wrong type or outside the allowed choices or range (`[`/`]` closed, `(` open) is an error naming its key; rules "
-    "that involve several keys are in the descriptions. Integers are accepted where a float is expected, and so is "
-    "YAML 1.1's dot-less `3e-4`."
+    "that involve several keys are in the descriptions. A key that only some algorithms read (the descriptions start "
+    "with them), set away from its default under another `rl`, is an error rather than silently unused. Integers "
+    "are accepted where a float is expected, and so is YAML 1.1's dot-less `3e-4`."
 )
 
 _ALIASES_NOTE = ("Other spellings accepted for a key (axolotl's and common short names); giving a key and its alias "
@@ -318,8 +320,8 @@ def default_text(f: dataclasses.Field) -> str:
 
 
 def allowed_text(f: dataclasses.Field) -> str:
-    """The values field ``f``'s metadata allows: its choices, ``>= low``, ``> low`` or ``[low, high]`` (``(`` when
-    the low end is open); empty when the metadata has neither."""
+    """The values field ``f``'s metadata allows: its choices, ``>= low``, ``> low`` or ``[low, high]`` (``(`` or
+    ``)`` at an open end); empty when the metadata has neither."""
     meta = f.metadata
     if "choices" in meta:
         return ", ".join(f"`{_yaml(choice)}`" for choice in meta["choices"])
@@ -328,7 +330,7 @@ def allowed_text(f: dataclasses.Field) -> str:
     low, high, low_open = meta["low"], meta["high"], meta["low_open"]
     if high is None:
         return f"{'>' if low_open else '>='} {low:g}"
-    return f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if meta['high_open'] else ']'}"
 
 
 def markdown() -> str:

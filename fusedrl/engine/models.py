@@ -199,9 +199,10 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
-                        trust_remote_code: bool = False, key: str = "reward_model") -> "RewardModel":
+                        trust_remote_code: bool = False, attn_implementation: str | None = None,
+                        key: str = "reward_model") -> "RewardModel":
         """Backbone from ``name_or_path``; the value head from its ``value_head.safetensors`` when present."""
-        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code, key=key))
+        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code, attn_implementation, key=key))
         head = Path(name_or_path) / VALUE_HEAD_FILE
         if head.is_file():
             model.value_head.load_state_dict(load_file(str(head)))

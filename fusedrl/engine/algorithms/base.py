@@ -51,6 +51,9 @@ class Algorithm:
         self.model = self.build_model().to(device)
         if config.effective_disable_dropout and (changed := disable_dropout(self.model)):
             log.info("disable_dropout: %d dropout rates of the model set to 0", changed)
+            if config.adapter == "lora" and config.lora_dropout:
+                log.warning("lora_dropout=%g has no effect: disable_dropout is on for rl=%s (set disable_dropout: "
+                            "false to keep it)", config.lora_dropout, config.rl)
         self.reference = self._build_reference() if self.needs_reference else None
 
     @property

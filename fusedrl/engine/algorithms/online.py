@@ -80,7 +80,8 @@ class OnlineAlgorithm(Algorithm):
         """``reward_model`` as a ``RewardModel`` (frozen and in eval mode unless ``trainable``), same tokenizer."""
         cfg = self.config
         try:
-            model = RewardModel.from_pretrained(cfg.reward_model, cfg.model_dtype, None, cfg.trust_remote_code)
+            model = RewardModel.from_pretrained(cfg.reward_model, cfg.model_dtype, None, cfg.trust_remote_code,
+                                                cfg.attn_implementation)
         except ValueError as err:
             raise ValueError(f"{err} (reward_model is a folder written by rl: rm, e.g. outputs/rm/final after "
                              "configs/rm.yaml)") from None
