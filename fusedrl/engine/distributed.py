@@ -1,4 +1,4 @@
-"""Data parallelism across the processes ``torchrun`` starts: one rank per GPU, gradients averaged.
+"""Data parallelism across the processes ``torchrun`` starts: one rank per GPU, gradients summed over ranks.
 
 Every rank holds the whole model and draws its own slice of each global batch
 (``BatchStream`` with ``rank``/``world_size``). During the last backward of a step
