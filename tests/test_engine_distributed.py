@@ -42,16 +42,18 @@ def records(out, split: str = "train") -> list[dict]:
 
 
 def _model() -> torch.nn.Module:
+    """Buckets in reverse order: rank0_only (a gradient on rank 0 only), net's 4 trainable tensors, unused."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3), torch.nn.Linear(3, 2))
     net[3].requires_grad_(False)
     unused = torch.nn.Linear(2, 2)  # trainable, never gets a gradient: reduced as zeros
-    return torch.nn.ModuleDict({"net": net, "unused": unused})
+    return torch.nn.ModuleDict({"unused": unused, "net": net, "rank0_only": torch.nn.Linear(5, 1)})
 
 
 def _micro_batch_loss(model, rank: int, micro: int) -> torch.Tensor:
     x = torch.linspace(-1, 1, 15).view(3, 5) * (1 + rank + 2 * micro)
-    return model["net"](x).square().mean()
+    loss = model["net"](x).square().mean()
+    return loss + model["rank0_only"](x).mean() if rank == 0 else loss
 
 
 def _sync_worker(rank: int, port: int, results) -> None:
@@ -73,8 +75,10 @@ def _sync_worker(rank: int, port: int, results) -> None:
 
 
 def test_gradient_sync_sums_over_ranks_during_the_backward():
-    """Two micro-batches on each of two ranks, buckets of one tensor each: the last backward launches the
-    buckets' all-reduces as their gradients become final; every rank ends with the sum over all four."""
+    """Two micro-batches on each of two ranks, a bucket per tensor: the last backward launches the buckets'
+    all-reduces in bucket order as they become final (rank 0: all but the unused layer's; rank 1: none,
+    as its first bucket, rank0_only, gets no gradient there), so both ranks issue them in the same order;
+    every rank ends with the sum over all four micro-batches, zeros where no rank had a gradient."""
     port = _free_port()
     results = torch.multiprocessing.Manager().dict()
     torch.multiprocessing.spawn(_sync_worker, args=(port, results), nprocs=2, join=True)
@@ -84,9 +88,9 @@ def test_gradient_sync_sums_over_ranks_during_the_backward():
             _micro_batch_loss(model, rank, micro).backward()
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     expected.update({"unused.weight": torch.zeros(2, 2), "unused.bias": torch.zeros(2)})
-    for rank in (0, 1):
+    for rank, launched in ((0, 6), (1, 0)):
         grads, launched_in_backward, buckets = results[rank]
-        assert buckets == 6 and launched_in_backward == 4  # the unused layer's two wait for finish()
+        assert buckets == 8 and launched_in_backward == launched
         assert grads.keys() == expected.keys()
         for name, grad in expected.items():
             torch.testing.assert_close(grads[name], grad, rtol=1e-6, atol=1e-7)

@@ -84,9 +84,11 @@ class GradientSync:
 
     Trainable parameters are grouped into buckets of one dtype and up to ``BUCKET_BYTES``, in reverse
     order (the backward reaches the last layers first). After ``start``, a hook on each parameter marks
-    its gradient final; a bucket whose parameters are all final launches its all-reduce asynchronously,
-    so communication overlaps the rest of the backward. ``finish`` reduces the buckets whose parameters
-    got no gradient (as zeros), waits for all and writes the sums back. One rank: both are no-ops.
+    its gradient final; buckets launch their all-reduce asynchronously, strictly in bucket order, as soon
+    as they and every bucket before them are final, so communication overlaps the rest of the backward and
+    every rank issues the same collectives in the same order even when a parameter gets a gradient on one
+    rank and none on another. ``finish`` launches the rest (a missing gradient counts as zeros), waits for
+    all and writes the sums back. One rank: both are no-ops.
     """
 
     def __init__(self, model: torch.nn.Module, ranks: Ranks):
@@ -114,7 +116,7 @@ class GradientSync:
             return
         self.started = True
         self.ready: list[set[int]] = [set() for _ in self.buckets]
-        self.reductions: dict[int, tuple[torch.Tensor, object]] = {}
+        self.reductions: list[tuple[torch.Tensor, object]] = []  # one per launched bucket, in bucket order
 
     def _on_gradient(self, p: torch.nn.Parameter) -> None:
         if not self.started:
@@ -124,31 +126,34 @@ class GradientSync:
             raise RuntimeError("a gradient was accumulated twice in one backward (reentrant checkpointing?): "
                                "its bucket is already being summed over ranks")
         self.ready[i].add(id(p))
-        if len(self.ready[i]) == len(self.buckets[i]):
-            self._launch(i)
+        while len(self.reductions) < len(self.buckets) and self._final(len(self.reductions)):
+            self._launch_next()
 
-    def _launch(self, i: int) -> None:
-        flat = torch.cat([p.grad.reshape(-1) for p in self.buckets[i]])
-        self.reductions[i] = (flat, dist.all_reduce(flat, async_op=True))
+    def _final(self, i: int) -> bool:
+        return len(self.ready[i]) == len(self.buckets[i])
+
+    def _launch_next(self) -> None:
+        bucket = self.buckets[len(self.reductions)]
+        for p in bucket:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        self.reductions.append((flat, dist.all_reduce(flat, async_op=True)))
 
     def finish(self) -> None:
         """Wait for every bucket's sum and write it back into ``.grad`` (all ranks end with equal gradients)."""
         if not self.active:
             return
-        for i, bucket in enumerate(self.buckets):
-            if i not in self.reductions:
-                for p in bucket:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                self._launch(i)
-        for i, (flat, work) in sorted(self.reductions.items()):
+        while len(self.reductions) < len(self.buckets):
+            self._launch_next()
+        for bucket, (flat, work) in zip(self.buckets, self.reductions):
             work.wait()
             offset = 0
-            for p in self.buckets[i]:
+            for p in bucket:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
                 offset += p.numel()
         self.started = False
-        self.reductions = {}
+        self.reductions = []
 
 
 def pick_device() -> torch.device:
