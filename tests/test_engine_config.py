@@ -59,6 +59,8 @@ def test_aliases_and_defaults():
     ({"rl": "ppo", "reward_model": "rm", "num_generations": 4}, "num_generations: rl=ppo does not read it"),
     ({"rl": "ppo", "reward_model": "rm", "reward_weights": [1.0]}, "reward_weights: rl=ppo does not read it"),
     ({"kl_coef": 0.1}, "kl_coef: rl=dpo does not read it"),
+    ({"eval_batch_size": 0}, "eval_batch_size: expected a value >= 1"),
+    ({"rl": "kto", "eval_batch_size": 1}, "eval_batch_size: KTO needs >= 2"),
     ({"trust_remote_code": "yes"}, "trust_remote_code: expected"),
 ])
 def test_bad_config_names_the_key(bad, message):

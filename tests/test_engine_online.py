@@ -523,3 +523,23 @@ def test_attn_implementation_reaches_the_reward_and_value_models(files, tmp_path
     algorithm = build_algorithm(online_config(files, tmp_path, "ppo", attn_implementation="eager"), pick_device())
     for model in (algorithm.policy, algorithm.model.value.backbone, algorithm.reward_model.backbone):
         assert model.config._attn_implementation == "eager"
+
+
+def test_evaluation_rollouts_are_not_logged_as_training_samples(files, tmp_path):
+    """``samples.jsonl`` shows the latest *training* rollout; an evaluation rollout in between leaves it."""
+    algorithm, batch = build(online_config(files, tmp_path, "grpo"))
+    algorithm.model.train()
+    algorithm.updates([batch])
+    logged = list(algorithm.latest)
+    algorithm.model.eval()
+    algorithm.evaluation_batches(batch)
+    algorithm.model.train()
+    assert logged and algorithm.latest == logged
+
+
+def test_ppo_evaluation_scores_each_held_out_row_once(files, tmp_path):
+    """PPO's updates repeat the rollout num_ppo_epochs times in num_mini_batches slices; evaluation takes one pass."""
+    algorithm, batch = build(online_config(files, tmp_path, "ppo", micro_batch_size=4, num_mini_batches=2,
+                                           num_ppo_epochs=3))
+    micro_batches = algorithm.evaluation_batches(batch)
+    assert sum(m["input_ids"].shape[0] for m in micro_batches) == batch["prompt_input_ids"].shape[0]

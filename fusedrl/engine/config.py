@@ -169,7 +169,7 @@ class TrainConfig:
     local_rollout_forward_batch_size: int = field(default=64, metadata=_range(1))
 
     micro_batch_size: int = field(default=2, metadata=_range(1))
-    eval_batch_size: int | None = None
+    eval_batch_size: int | None = field(default=None, metadata=_range(1))
     gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
     num_epochs: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     max_steps: int | None = field(default=None, metadata=_range(1))
@@ -308,6 +308,8 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
                 raise ConfigError(f"{source}: {key}[{i}]: expected a mapping with a 'path' key, got {entry!r}")
     if config.rl == "kto" and config.micro_batch_size < 2:
         raise ConfigError(f"{source}: micro_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
+    if config.rl == "kto" and config.eval_batch_size is not None and config.eval_batch_size < 2:
+        raise ConfigError(f"{source}: eval_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
     if config.rl != "sft" and config.label_smoothing >= 0.5:
         raise ConfigError(f"{source}: label_smoothing: expected a value in [0, 0.5) for rl={config.rl}, "
                           f"got {config.label_smoothing!r}")

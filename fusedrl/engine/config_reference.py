@@ -202,7 +202,8 @@ DESCRIPTIONS: dict[str, str] = {
                         "sequences each), prompts for `grpo` (`num_generations` completions each) and `ppo`. Each "
                         "epoch drops the tail of the shuffled rows that does not fill `micro_batch_size × ranks`.",
     "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
-                       "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once.",
+                       "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once; "
+                       "`kto` needs >= 2.",
     "gradient_accumulation_steps": "Micro-batches whose gradients make one optimizer step; the step's loss is "
                                    "their mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` samples one "
                                    "rollout from that many micro-batches of prompts; each `ppo` mini-batch "

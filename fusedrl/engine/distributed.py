@@ -11,6 +11,7 @@ every collective.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -88,7 +89,8 @@ class GradientSync:
     as they and every bucket before them are final, so communication overlaps the rest of the backward and
     every rank issues the same collectives in the same order even when a parameter gets a gradient on one
     rank and none on another. ``finish`` launches the rest (a missing gradient counts as zeros), waits for
-    all and writes the sums back. One rank: both are no-ops.
+    all and writes the sums back; a parameter no rank had a gradient for is left without one, as a single
+    process leaves it (AdamW then skips it). One rank: both are no-ops.
     """
 
     def __init__(self, model: torch.nn.Module, ranks: Ranks):
@@ -115,6 +117,7 @@ class GradientSync:
         if not self.active:
             return
         self.started = True
+        self.missing: set[int] = set()  # parameters this rank had no gradient for (reduced as zeros)
         self.ready: list[set[int]] = [set() for _ in self.buckets]
         self.reductions: list[tuple[torch.Tensor, object]] = []  # one per launched bucket, in bucket order
 
@@ -136,6 +139,7 @@ class GradientSync:
         bucket = self.buckets[len(self.reductions)]
         for p in bucket:
             if p.grad is None:
+                self.missing.add(id(p))
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in bucket])
         self.reductions.append((flat, dist.all_reduce(flat, async_op=True)))
@@ -146,12 +150,19 @@ class GradientSync:
             return
         while len(self.reductions) < len(self.buckets):
             self._launch_next()
+        params = [p for bucket in self.buckets for p in bucket]
+        had_gradient = torch.tensor([id(p) not in self.missing for p in params], dtype=torch.float32,
+                                    device=params[0].device)
+        dist.all_reduce(had_gradient)
         for bucket, (flat, work) in zip(self.buckets, self.reductions):
             work.wait()
             offset = 0
             for p in bucket:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
                 offset += p.numel()
+        for p, count in zip(params, had_gradient.tolist()):
+            if not count:
+                p.grad = None
         self.started = False
         self.reductions = []
 
@@ -170,7 +181,7 @@ def init_ranks() -> Ranks:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+    if not dist.is_initialized():  # rank 0 saves checkpoints while the others wait: allow it half an hour
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return Ranks(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)

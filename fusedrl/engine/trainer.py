@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.losses.sequence import stand_in
 from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
 from .checkpoint import load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint
@@ -84,7 +85,8 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
     """Mean metrics over the held-out batches, without gradients (online: over a rollout of them).
 
     Data parallel, rank ``r`` evaluates batches ``r, r + world_size, ...``; a rank with one batch fewer
-    evaluates a stand-in and drops its metrics, so every rank makes the same collective calls (KTO's KL)."""
+    evaluates a stand-in inside ``stand_in()`` and drops its metrics, so every rank makes the same collective
+    calls (KTO's KL, BCO's mean, GRPO's batch statistics) and the stand-in adds nothing to them."""
     if not batches:
         return {}
     ranks = ranks or Ranks()
@@ -93,11 +95,12 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
     parts = []
     with torch.no_grad(), autocast_context(config, device):
         for i in range(math.ceil(len(batches) / ranks.world_size)):
-            batch = mine[i] if i < len(mine) else batches[0]
-            for micro_batch in algorithm.updates([algorithm.to_device(batch)])[0]:
-                _, metrics = algorithm.loss(micro_batch)
-                if i < len(mine):
-                    parts.append((algorithm.batch_weight(micro_batch), metrics))
+            real = i < len(mine)
+            with contextlib.nullcontext() if real else stand_in():
+                for micro_batch in algorithm.evaluation_batches(algorithm.to_device(mine[i] if real else batches[0])):
+                    _, metrics = algorithm.loss(micro_batch)
+                    if real:
+                        parts.append((algorithm.batch_weight(micro_batch), metrics))
     algorithm.model.train()
     return _mean_metrics(ranks.gather(parts), algorithm.summed_keys)
 

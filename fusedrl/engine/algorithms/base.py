@@ -95,6 +95,10 @@ class Algorithm:
         """Move the batch's tensors to the training device (other values pass through)."""
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    def evaluation_batches(self, batch: dict) -> list[dict]:
+        """The micro-batches that evaluate a held-out ``batch`` (online: its rollout, each row once)."""
+        return self.updates([batch])[0]
+
     def batch_rows(self, batch: dict) -> int:
         """Examples in a batch (pairs count once)."""
         return int(batch["input_ids"].shape[0])

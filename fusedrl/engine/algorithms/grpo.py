@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ...kernels.losses import fused_linear_grpo_loss, grpo_advantages
+from ...kernels.losses.sequence import global_sum_and_count
 from ..data import IGNORE_INDEX
 from ..rewards import call_reward_function, load_reward_functions
 from .base import as_floats, float_metrics
@@ -73,8 +74,8 @@ class GRPO(OnlineAlgorithm):
         if self.needs_reference:
             tensors["ref_logps"] = self.reference_logps(sequences)
         rows = torch.arange(rollout.rows, device=self.device).split(cfg.micro_batch_size * self.num_generations)
-        tokens = float((sequences["labels"] != IGNORE_INDEX).sum().clamp(min=1)) / len(rows)
-        shared = {"rollout_metrics": as_floats(metrics), "num_items_in_batch": tokens}
+        shared = {"rollout_metrics": as_floats(metrics),
+                  "num_items_in_batch": tokens_per_micro_batch(sequences["labels"], len(rows))}
         micro_batches = [{**select_rows(tensors, index), **shared} for index in rows]
         self.remember(sampled, lambda row: _note(rewards, advantages, row))
         return [micro_batches] * cfg.num_iterations
@@ -91,6 +92,14 @@ class GRPO(OnlineAlgorithm):
             temperature=cfg.temperature, backend=cfg.kernel_backend,
         )
         return loss, {**float_metrics(loss, metrics), **batch["rollout_metrics"]}
+
+
+def tokens_per_micro_batch(labels: torch.Tensor, micro_batches: int) -> float:
+    """``num_items_in_batch`` of each micro-batch of a rollout with ``labels [N, T]``: the completion tokens of
+    the global batch (every data-parallel rank's) over the micro-batches of all ranks. The trainer weighs the
+    ``micro_batches x ranks`` micro-batch losses equally (rows), so ``dapo`` sums to Σ / global tokens."""
+    total, ranks = global_sum_and_count((labels != IGNORE_INDEX).sum())
+    return float(total.clamp(min=1)) / (micro_batches * float(ranks))
 
 
 def _note(rewards: dict, advantages: torch.Tensor, row: int) -> str:

@@ -140,7 +140,10 @@ class OnlineAlgorithm(Algorithm):
         return values.gather(1, last[:, None]).squeeze(1)
 
     def remember(self, sampled: Sampled, note: Callable[[int], str]) -> None:
-        """Keep the first rows of the latest rollout: prompt, completion and ``note(row)`` (what it scored)."""
+        """Keep the first rows of the latest training rollout: prompt, completion and ``note(row)`` (what it
+        scored); evaluation rollouts (model in eval mode) are not logged as training samples."""
+        if not self.model.training:
+            return
         rows = min(TEXT_SAMPLES, len(sampled.completions))
         self.latest = [(prompt_text(sampled.prompts[i]), completion_text(sampled.completions[i]), note(i))
                        for i in range(rows)]

@@ -48,6 +48,12 @@ class PPO(OnlineAlgorithm):
     def updates_per_round(self) -> int:
         return self.config.num_ppo_epochs * self.config.num_mini_batches
 
+    def evaluation_batches(self, batch: dict) -> list[dict]:
+        """The first epoch's mini-batches of the held-out rollout: each row once."""
+        updates = self.updates([batch])
+        return [micro_batch for update in updates[:len(updates) // self.config.num_ppo_epochs]
+                for micro_batch in update]
+
     def updates(self, batches: list[dict]) -> list[list[dict]]:
         """Sample and score one rollout of ``batches``; return its ``num_ppo_epochs x num_mini_batches`` updates."""
         cfg = self.config

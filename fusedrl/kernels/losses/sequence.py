@@ -6,8 +6,12 @@ whatever the masked-out entries hold.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
+
+_STAND_IN = False  # inside ``stand_in()``: this rank's values count as nothing in cross-rank sums
 
 
 def completion_mask(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -54,9 +58,24 @@ def token_mean_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return -masked_mean(token_logps, mask)
 
 
+@contextlib.contextmanager
+def stand_in():
+    """Losses computed inside only keep a rank's collective calls in step with the others (a data-parallel rank
+    with no evaluation batch left): their values add nothing to the sums ``global_sum_and_count`` takes."""
+    global _STAND_IN
+    _STAND_IN = True
+    try:
+        yield
+    finally:
+        _STAND_IN = False
+
+
 def global_sum_and_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``(sum, count)`` of ``values`` (detached), summed over ranks when torch.distributed is initialised."""
+    """fp32 ``(sum, count)`` of ``values`` (detached), summed over ranks when torch.distributed is initialised
+    (zeros from this rank inside ``stand_in``)."""
     total = torch.stack([values.detach().float().sum(), values.new_tensor(values.numel(), dtype=torch.float32)])
+    if _STAND_IN:
+        total = torch.zeros_like(total)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     return total[0], total[1]
