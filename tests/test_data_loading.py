@@ -133,3 +133,9 @@ def test_truncated_records_are_counted_in_the_log(tmp_path, caplog, name, algori
         assert f"truncated {len(ds)} of {len(ds)} records" in caplog.text
     else:
         assert "truncated" not in caplog.text
+
+
+def test_malformed_json_lines_name_the_file(tmp_path):
+    (tmp_path / "cut.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "compl\n')
+    with pytest.raises(ValueError, match=r"cut.jsonl: cannot read the file: "):
+        _rows({"path": str(tmp_path / "cut.jsonl")}, tmp_path)

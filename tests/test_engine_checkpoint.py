@@ -75,3 +75,25 @@ def test_interrupted_save_keeps_previous_checkpoint(model_dir, tmp_path):
     assert checkpoint.resolve_resume_path(out, "latest") == out / "checkpoint-2"
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         checkpoint.resolve_resume_path(out, str(out / ".tmp-checkpoint-4"))
+
+
+def test_resume_from_a_missing_checkpoint_says_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-2 not found \(checkpoints in .*: none\)"):
+        checkpoint.resolve_resume_path(tmp_path, str(tmp_path / "checkpoint-2"))
+
+
+def test_final_model_folder_is_replaced_atomically(tmp_path):
+    """``final/`` is written beside and renamed into place: an interrupted write keeps the previous one."""
+    final = tmp_path / "final"
+    checkpoint.write_folder_atomically(final, lambda folder: (folder.mkdir(), (folder / "a.txt").write_text("1")))
+
+    def interrupted(folder):
+        folder.mkdir()
+        (folder / "a.txt").write_text("2")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_folder_atomically(final, interrupted)
+    assert (final / "a.txt").read_text() == "1"
+    checkpoint.write_folder_atomically(final, lambda folder: (folder.mkdir(), (folder / "b.txt").write_text("3")))
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]

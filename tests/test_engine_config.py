@@ -11,7 +11,7 @@ BASE = {"base_model": "some/model", "rl": "dpo", "datasets": [{"path": "data.jso
 
 
 def test_aliases_and_defaults():
-    config = config_from_dict({**BASE, "rl": "kto", "rl_beta": 0.3, "kto_desirable_weight": 2,
+    config = config_from_dict({**BASE, "rl": "kto", "rl_beta": 0.3, "kto_desirable_weight": 2, "adapter": "lora",
                                "rl_adapter_ref_model": True})
     assert config.beta == 0.3 and config.desirable_weight == 2.0 and config.rl_adapter_ref_model
     assert config_from_dict({**BASE, "rl": "simpo"}).effective_beta == 2.0
@@ -32,7 +32,7 @@ def test_aliases_and_defaults():
     ({"datasets": []}, "datasets: expected at least one"),
     ({"datasets": ["data.jsonl"]}, r"datasets\[0\]: expected a mapping"),
     ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: KTO needs >= 2"),
-    ({"rl_beta": 0.1, "beta": 0.2}, "both set 'beta'"),
+    ({"rl_beta": 0.1, "beta": 0.2}, r"'rl_beta' \(0.1\) and 'beta' \(0.2\) both set 'beta'"),
     ({"rl": "sft", "sample_packing": True}, "sample_packing: needs attn_implementation"),
     ({"attn_implementation": "flash"}, "attn_implementation: expected one of"),
     ({"max_grad_norm": -1.0}, "max_grad_norm: expected a value >= 0"),
@@ -60,6 +60,10 @@ def test_aliases_and_defaults():
     ({"rl": "ppo", "reward_model": "rm", "reward_weights": [1.0]}, "reward_weights: rl=ppo does not read it"),
     ({"kl_coef": 0.1}, "kl_coef: rl=dpo does not read it"),
     ({"eval_batch_size": 0}, "eval_batch_size: expected a value >= 1"),
+    ({"rl": "sft", "beta": 0.3}, "beta: rl=sft does not read it"),
+    ({"lora_r": 8}, "lora_r: only read with adapter: lora"),
+    ({"lr": 1e-5, "learning_rate": 2e-5}, r"'lr' \(1e-05\) and 'learning_rate' \(2e-05\) both set 'learning_rate'"),
+    ({"datasets": "data.jsonl"}, r"datasets: expected list, got 'data.jsonl' \(str\)"),
     ({"rl": "kto", "eval_batch_size": 1}, "eval_batch_size: KTO needs >= 2"),
     ({"trust_remote_code": "yes"}, "trust_remote_code: expected"),
 ])
@@ -150,3 +154,12 @@ def test_label_smoothing_changes_the_sft_loss(tmp_path):
         raw = train_config(model_dir, tmp_path / f"out{i}", "sft", max_steps=1, label_smoothing=smoothing)
         losses.append(train(config_from_dict(raw)).eval_before["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-6) and abs(losses[2] - losses[0]) > 1e-3
+
+
+def test_cli_names_missing_kd_targets_before_loading_a_model(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "rl": "kd", "base_model": "some/hub-model",
+                                    "datasets": [{"path": "outputs/kd_targets"}]}))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets[0].path: teacher targets not found: 'outputs/kd_targets'" in err and "kd-extract" in err

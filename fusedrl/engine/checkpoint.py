@@ -48,6 +48,9 @@ def resolve_resume_path(output_dir: str | Path, resume: str | None) -> Path | No
         found = list_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"resume_from_checkpoint: {path} not found (checkpoints in {output_dir}: "
+                                f"{[p.name for p in list_checkpoints(output_dir)] or 'none'})")
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"resume_from_checkpoint: {path} is not a complete checkpoint (no trainer_state.json)")
     return path
@@ -139,6 +142,18 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer
                 shutil.rmtree(old, ignore_errors=True)
     ranks.barrier()
     return final
+
+
+def write_folder_atomically(folder: Path, write) -> None:
+    """``write(tmp)`` fills a temporary sibling of ``folder``, which then replaces ``folder``: an interrupted
+    write leaves the previous contents (or nothing), never a half-written folder (the final model)."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    _fsync_tree(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def _fsync_tree(folder: Path) -> None:

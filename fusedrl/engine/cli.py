@@ -32,11 +32,16 @@ def summary_table(before: dict, after: dict, keys: tuple[str, ...]) -> str:
 
 
 def _check_model_paths(config) -> None:
-    """A model path that looks local (``looks_local``) but is missing fails here, naming its key."""
+    """Before any model loads: a model path that looks local (``looks_local``) but is missing fails, naming
+    its key, and so do missing KD teacher targets (always local: ``fusedrl kd-extract`` writes them)."""
     for key in ("base_model", "tokenizer", "ref_model", "reward_model"):
         value = getattr(config, key)
         if value is not None and looks_local(value) and not Path(value).exists():
             raise ValueError(f"{key}: local model folder not found: {value!r}")
+    for i, entry in enumerate(config.datasets if config.rl == "kd" else []):
+        if not Path(entry["path"]).exists():
+            raise ValueError(f"datasets[{i}].path: teacher targets not found: {entry['path']!r} (write them with "
+                             "`fusedrl kd-extract --output ...` first)")
 
 
 def _is_main_rank() -> bool:
@@ -85,14 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fusedrl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train with a YAML config; any key can be overridden with --key value")
+    p_train = sub.add_parser("train", help="train with a YAML config; any key can be overridden with --key value",
+                             description="Train with a YAML config. Any key can be overridden with --key value "
+                             "(or --key=value); docs/config.md lists every key.")
     p_train.add_argument("config")
     add_arguments(sub.add_parser("kd-extract", help="teacher top-k logprobs as Parquet shards for rl: kd"))
     sub.add_parser("bench", help="kernel benchmarks (bench/; see bench/README.md)", add_help=False)
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if _is_main_rank() else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "datasets", "transformers"):
+    for noisy in ("httpx", "urllib3", "datasets", "transformers", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 

@@ -47,6 +47,7 @@ _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value
 _KD_ONLY = ("kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence",
             "kd_beta", "kd_normalize_topk")
 KEY_READERS = {
+    "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
     "z_loss": ("sft",),
     "precompute_ref_log_probs": ("dpo", "ipo"),
     "rpo_alpha": ("dpo", "ipo"),
@@ -240,7 +241,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 def _check_field(f: dataclasses.Field, value: Any, hints: dict) -> None:
     if not _type_ok(value, hints[f.name]):
-        raise ConfigError(f"{f.name}: expected {hints[f.name]}, got {value!r} ({type(value).__name__})")
+        hint = hints[f.name]
+        raise ConfigError(f"{f.name}: expected {getattr(hint, '__name__', hint)}, got {value!r} "
+                          f"({type(value).__name__})")
     meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{f.name}: expected one of {list(meta['choices'])}, got {value!r}")
@@ -273,7 +276,9 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         if name in values and values[name] != value:
-            raise ConfigError(f"{source}: {key!r} and another alias both set {name!r} to different values")
+            other = next(k for k in raw if k != key and ALIASES.get(k, k) == name)
+            raise ConfigError(f"{source}: {other!r} ({raw[other]!r}) and {key!r} ({value!r}) both set {name!r}; "
+                              "keep one")
         integer = isinstance(value, int) and not isinstance(value, bool)
         if hints[name] in (float, float | None) and (integer or isinstance(value, str) and _FLOAT.match(value)):
             value = float(value)  # PyYAML reads 3e-4 (no dot) as a string
@@ -344,9 +349,17 @@ def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
                           f"got {config.loss_type!r}")
 
 
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "rl_adapter_ref_model")
+
+
 def _check_keys_read(config: TrainConfig, source: str) -> None:
     """A key that only some algorithms read, set away from its default for another algorithm, is an error
-    (it would be silently ignored)."""
+    (it would be silently ignored); so are the LoRA keys without ``adapter: lora``."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key in LORA_KEYS if config.adapter is None else ():
+        if getattr(config, key) != fields[key].default:
+            raise ConfigError(f"{source}: {key}: only read with adapter: lora (adapter is null here), "
+                              f"got {getattr(config, key)!r}")
     defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
                 for f in dataclasses.fields(TrainConfig) if f.name in KEY_READERS}
     for key, readers in KEY_READERS.items():

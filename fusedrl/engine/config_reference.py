@@ -247,8 +247,8 @@ DESCRIPTIONS: dict[str, str] = {
     "save_steps": "Write a resumable checkpoint `checkpoint-<step>` (weights, optimizer, schedule, data position, "
                   "RNG, a pending rollout) every this many steps; null or 0: none. The trained model goes to "
                   "`final/` either way.",
-    "save_total_limit": "Keep only the newest this many checkpoints, deleting older ones after each save; null or "
-                        "0 keeps all.",
+    "save_total_limit": "Keep only the newest this many checkpoints, deleting older ones after each save; null "
+                        "keeps all.",
     "resume_from_checkpoint": "`latest` (the newest complete checkpoint in `output_dir`; a fresh start when there is "
                               "none) or a checkpoint folder: the run continues exactly where that checkpoint was "
                               "saved, on as many ranks as wrote it. Null starts fresh.",

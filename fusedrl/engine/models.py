@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,8 @@ def _from_pretrained(auto_class, name_or_path: str, key: str, **kwargs):
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{key}: cannot load {name_or_path!r} (a local folder or a hub id): {err}") from None
+        offline = "" if os.environ.get("HF_HUB_OFFLINE") else "; without network, HF_HUB_OFFLINE=1 fails fast"
+        raise ValueError(f"{key}: cannot load {name_or_path!r} (a local folder or a hub id{offline}): {err}") from None
 
 
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False,
@@ -119,7 +121,7 @@ def adapters_disabled(model):
 
 def enable_activation_checkpointing(model) -> None:
     """Recompute ``model``'s decoder-layer activations in the backward (non-reentrant checkpointing);
-    transformers >= 5.23 names it ``activation_checkpointing_enable``, older versions ``gradient_checkpointing_enable``."""
+    recent transformers name it ``activation_checkpointing_enable``, older ``gradient_checkpointing_enable``."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

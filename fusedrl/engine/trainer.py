@@ -14,7 +14,8 @@ import torch
 from ..kernels.losses.sequence import stand_in
 from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
-from .checkpoint import load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint
+from .checkpoint import (load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint,
+                         write_folder_atomically)
 from .config import TrainConfig
 from .distributed import GradientSync, Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
@@ -190,7 +191,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         step_time = time.perf_counter() - started
         metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm,
                    "lr": scheduler.get_last_lr()[0], "step_time": step_time, "tokens_per_second": tokens / step_time,
-                   "num_input_tokens_seen": tokens_seen, "epoch": stream.epoch}
+                   "num_input_tokens_seen": tokens_seen, "epoch": stream.epoch + stream.index / len(stream.rows)}
         result.train_losses.append(metrics["loss"])
         if step % config.logging_steps == 0 or step == steps:
             metrics_log.write(step, metrics)
@@ -214,7 +215,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     if result.eval_after:
         metrics_log.write(step, result.eval_after, prefix="eval")
     if ranks.is_main:
-        algorithm.save_final(out / "final")
+        write_folder_atomically(out / "final", algorithm.save_final)
     ranks.barrier()
     if config.plot and ranks.is_main:
         result.plot = plot_curves(metrics_log.records(), list(algorithm.plot_keys), out / "training_curves.png")

@@ -55,6 +55,9 @@ def _read(read, file: Path, cache_dir: str | None) -> datasets.Dataset:
         except (StopIteration, ValueError) as err:  # datasets' ways of saying the file holds no rows
             if not isinstance(err, StopIteration) and "corresponds to no data" not in str(err):
                 raise
+        except datasets.exceptions.DatasetGenerationError as err:
+            cause = err.__cause__ or err
+            raise ValueError(f"{file}: cannot read the file: {str(cause).splitlines()[0]}") from None
     if ds is None or len(ds) == 0:
         raise ValueError(f"{file}: the data file has no rows")
     return ds
@@ -117,9 +120,12 @@ def load_rows(spec: DatasetSpec, cache_dir: str | None = None) -> tuple[datasets
     elif looks_local(spec.path):
         raise ValueError(f"{spec.path}: local data file or folder not found")
     else:
-        ds = datasets.load_dataset(
-            spec.path, spec.name, split=spec.split, revision=spec.revision, data_files=spec.data_files, cache_dir=cache_dir
-        )
+        try:
+            ds = datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision,
+                                       data_files=spec.data_files, cache_dir=cache_dir)
+        except (ConnectionError, FileNotFoundError) as err:
+            raise ValueError(f"{spec.path}: not a local file or folder, and no hub dataset could be loaded under "
+                             f"that name ({type(err).__name__}: {str(err).splitlines()[0]})") from None
         provenance = Provenance((f"{spec.path} [{spec.split}]",), (0,))
     if spec.columns:
         ds = ds.rename_columns(spec.columns)
