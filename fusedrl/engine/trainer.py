@@ -114,6 +114,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     set_seed(config.seed)
     device = ranks.device
     out = Path(config.output_dir)
+    resume = resolve_resume_path(out, config.resume_from_checkpoint)  # a wrong path fails before models load
     algorithm = build_algorithm(config, device)
     with ranks.main_first():
         raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
@@ -145,7 +146,6 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     gradient_sync = GradientSync(model, ranks)
 
     step, tokens_seen = 0, 0.0
-    resume = resolve_resume_path(out, config.resume_from_checkpoint)
     if resume is not None:
         load_weights(model, resume)
         state = load_checkpoint(resume, optimizer, ranks)
