@@ -355,13 +355,12 @@ LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "rl_
 def _check_keys_read(config: TrainConfig, source: str) -> None:
     """A key that only some algorithms read, set away from its default for another algorithm, is an error
     (it would be silently ignored); so are the LoRA keys without ``adapter: lora``."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig) if f.name != "base_model"}
     for key in LORA_KEYS if config.adapter is None else ():
-        if getattr(config, key) != fields[key].default:
+        if getattr(config, key) != defaults[key]:
             raise ConfigError(f"{source}: {key}: only read with adapter: lora (adapter is null here), "
                               f"got {getattr(config, key)!r}")
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-                for f in dataclasses.fields(TrainConfig) if f.name in KEY_READERS}
     for key, readers in KEY_READERS.items():
         value = getattr(config, key)
         if config.rl not in readers and value != defaults[key]:
