@@ -133,10 +133,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _replace_folder(tmp, final)
         if save_total_limit:
             for old in list_checkpoints(root)[:-save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -150,6 +147,11 @@ def write_folder_atomically(folder: Path, write) -> None:
     tmp = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
+    _replace_folder(tmp, folder)
+
+
+def _replace_folder(tmp: Path, folder: Path) -> None:
+    """Flush ``tmp`` to disk, then put it in ``folder``'s place (a previous ``folder`` goes)."""
     _fsync_tree(tmp)
     if folder.exists():
         shutil.rmtree(folder)

@@ -50,7 +50,7 @@ COLUMNS = {
     "kto": {**_SEQUENCE, "label": datasets.Value("bool")},
     "prompt": {"prompt_ids": _IDS, "prompt_json": datasets.Value("string")},
 }
-# ``_cut``: the record lost tokens to truncation (counted in the log, then dropped with the other two).
+# ``_cut``: the record lost tokens to truncation (counted in the log, then removed like the other two).
 _BOOKKEEPING = {"_bad": datasets.Value("string"), "_row": datasets.Value("int64"), "_cut": datasets.Value("bool")}
 _NEEDS = {
     "completion": "a completion to train on (an assistant reply, or completion text)",
