@@ -97,3 +97,17 @@ def test_final_model_folder_is_replaced_atomically(tmp_path):
     assert (final / "a.txt").read_text() == "1"
     checkpoint.write_folder_atomically(final, lambda folder: (folder.mkdir(), (folder / "b.txt").write_text("3")))
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+
+
+def test_a_checkpoint_resumes_only_with_its_fsdp_setting(model_dir, tmp_path, caplog):
+    """``fsdp`` in a single process trains unsharded (and says so); a checkpoint records the setting it was
+    written with, and resuming it with the other one is refused before any state is touched."""
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        train(config_from_dict(train_config(model_dir, out, "sft", max_steps=1, save_steps=1, fsdp=True)))
+    assert "fsdp: a single process has nothing to shard" in caplog.text
+    state = (out / "checkpoint-1" / "trainer_state.json")
+    assert '"fsdp": false' in state.read_text()
+    state.write_text(state.read_text().replace('"fsdp": false', '"fsdp": true'))
+    with pytest.raises(ValueError, match="written with fsdp: True; resume it with the same setting"):
+        train(config_from_dict(train_config(model_dir, out, "sft", max_steps=2, resume_from_checkpoint="latest")))

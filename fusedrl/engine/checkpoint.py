@@ -7,9 +7,11 @@ plus ``optimizer.json`` (AdamW moments and param groups), ``trainer_state.json``
 own state: ``rng.safetensors`` (torch CPU/CUDA generator states), ``rank_state.json``
 (python RNG, the round's pending updates without their tensors) and, when taken
 inside a round, ``round.safetensors`` (those updates' tensors: the rollout still to
-train on). Rank 0's lie in the folder itself, rank ``r``'s in ``rank-<r>/``. It is
-written to a temporary sibling folder and renamed into place, so an interrupted
-save leaves the previous checkpoint intact.
+train on). Rank 0's lie in the folder itself, rank ``r``'s in ``rank-<r>/``. Under
+``fsdp: true`` every rank writes its own shards of the model (``model_shard.safetensors``)
+and of the optimizer into its folder instead, with no gathering (the final model is
+written whole). It is written to a temporary sibling folder and renamed into place, so
+an interrupted save leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -24,10 +26,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .distributed import Ranks
+from .models import load_weights
+from .sharding import like_parameter, load_local_tensors, local_tensors
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 ROUND_FILE = "round.safetensors"
+MODEL_SHARD_FILE = "model_shard.safetensors"
 RANK_STATE_FILE = "rank_state.json"
 
 
@@ -56,26 +61,29 @@ def resolve_resume_path(output_dir: str | Path, resume: str | None) -> Path | No
     return path
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """AdamW state as ``optimizer.safetensors`` (this rank's shards under FSDP) plus ``optimizer.json``."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, entry in state["state"].items():
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{idx}.{name}"] = value
             else:
                 scalars[f"{idx}.{name}"] = value
-    meta = {"param_groups": state["param_groups"], "scalars": scalars}
-    return tensors, meta
+    save_file(local_tensors(tensors), str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     tensors = load_file(str(folder / "optimizer.safetensors"))
     meta = json.loads((folder / "optimizer.json").read_text())
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state dict's numbering
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        state.setdefault(int(idx), {})[name] = like_parameter(value, params[int(idx)]) \
+            if isinstance(value, torch.Tensor) else value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -103,11 +111,12 @@ def _rank_folder(folder: Path, ranks: Ranks) -> Path:
 
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer_state: dict,
                     save_total_limit: int | None = None, round_state: dict | None = None,
-                    round_tensors: dict | None = None, ranks: Ranks | None = None) -> Path:
+                    round_tensors: dict | None = None, ranks: Ranks | None = None, sharded: bool = False) -> Path:
     """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones.
 
     Every rank calls it: each writes its own state (``round_state`` json, ``round_tensors`` name -> CPU
-    tensor when not empty, its RNG); rank 0 writes the shared files and renames the folder into place.
+    tensor when not empty, its RNG, and when ``sharded`` its model and optimizer shards); rank 0 writes the
+    shared files and renames the folder into place.
     """
     ranks = ranks or Ranks()
     root = Path(output_dir)
@@ -126,13 +135,15 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer
         save_file(round_tensors, str(own / ROUND_FILE))
     rank_state = {"round": round_state or {}, "python_rng": random.getstate()}
     (own / RANK_STATE_FILE).write_text(json.dumps(rank_state))
+    if sharded:
+        save_file(local_tensors(model.state_dict()), str(own / MODEL_SHARD_FILE))
+        _save_optimizer(optimizer, own)
     ranks.barrier()
     if ranks.is_main:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tensors, meta = _optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(meta))
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        if not sharded:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            _save_optimizer(optimizer, tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "fsdp": sharded}, indent=1))
         _replace_folder(tmp, final)
         if save_total_limit:
             for old in list_checkpoints(root)[:-save_total_limit]:
@@ -165,17 +176,25 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def load_checkpoint(folder: Path, optimizer, ranks: Ranks | None = None) -> dict:
-    """Restore optimizer and this rank's RNG states from ``folder``; return its trainer state with this
-    rank's pending ``round`` (weights load separately)."""
+def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, sharded: bool = False) -> dict:
+    """Restore the model's weights, the optimizer and this rank's RNG states from ``folder``; return its
+    trainer state with this rank's pending ``round``."""
     ranks = ranks or Ranks()
     state = json.loads((folder / "trainer_state.json").read_text())
     if state.get("world_size", 1) != ranks.world_size:
         raise ValueError(f"resume_from_checkpoint: {folder} was written by {state.get('world_size', 1)} ranks; "
                          f"resume it with as many (this run has {ranks.world_size})")
+    if state.get("fsdp", False) != sharded:
+        raise ValueError(f"resume_from_checkpoint: {folder} was written with fsdp: {state.get('fsdp', False)}; "
+                         f"resume it with the same setting (this run has fsdp: {sharded})")
     own = _rank_folder(folder, ranks)
     rank_state = json.loads((own / RANK_STATE_FILE).read_text())
-    _load_optimizer(optimizer, folder)
+    if sharded:
+        load_local_tensors(model, load_file(str(own / MODEL_SHARD_FILE)), str(own / MODEL_SHARD_FILE))
+        _load_optimizer(optimizer, own)
+    else:
+        load_weights(model, folder)
+        _load_optimizer(optimizer, folder)
     _restore_rng(own, rank_state["python_rng"])
     return {**state, "round": rank_state["round"]}
 

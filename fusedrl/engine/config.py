@@ -185,6 +185,7 @@ class TrainConfig:
     max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0))  # 0 or null: no clipping
     bf16: str | bool = field(default="auto", metadata=_choices("auto", True, False))
     gradient_checkpointing: bool = False
+    fsdp: bool = False
     disable_dropout: bool | None = None  # null: true for every algorithm but sft (see effective_disable_dropout)
     seed: int = 42
     kernel_backend: str = field(default="auto", metadata=_choices("auto", "triton", "torch", "eager"))

@@ -231,6 +231,10 @@ DESCRIPTIONS: dict[str, str] = {
             "supports bf16 and do nothing elsewhere; `false` disables it. Weights stay in `model_dtype`.",
     "gradient_checkpointing": "Recompute decoder-layer activations in the backward (non-reentrant) to save memory, "
                               "in PPO's value model and the reward model's backbone too.",
+    "fsdp": "Under torchrun, shard parameters, gradients and AdamW state over the ranks (PyTorch FSDP2, one unit per "
+            "decoder layer) instead of keeping a whole copy on each; the reference model is sharded too. Checkpoints "
+            "then hold each rank's shards (resume with as many ranks); `final/` is gathered and written whole. "
+            "Sampling (GRPO, PPO) steps all ranks in lockstep. Ignored by a single process.",
     "disable_dropout": "Set every dropout rate of the trained model (LoRA's included) to 0; null takes the default "
                        "(`effective_disable_dropout`): false for `sft`, true for every other algorithm, so the loss's "
                        "logprobs are computed like the old and reference ones.",
@@ -277,7 +281,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
                       "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
-                      "disable_dropout", "seed", "kernel_backend"]),
+                      "fsdp", "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
                                  "resume_from_checkpoint", "tensorboard", "plot", "progress_bar"]),
 ]

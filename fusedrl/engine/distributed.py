@@ -90,11 +90,11 @@ class GradientSync:
     every rank issues the same collectives in the same order even when a parameter gets a gradient on one
     rank and none on another. ``finish`` launches the rest (a missing gradient counts as zeros), waits for
     all and writes the sums back; a parameter no rank had a gradient for is left without one, as a single
-    process leaves it (AdamW then skips it). One rank: both are no-ops.
+    process leaves it (AdamW then skips it). One rank, or not ``enabled`` (FSDP): both are no-ops.
     """
 
-    def __init__(self, model: torch.nn.Module, ranks: Ranks):
-        self.active = ranks.active
+    def __init__(self, model: torch.nn.Module, ranks: Ranks, enabled: bool = True):
+        self.active = ranks.active and enabled
         self.started = False
         if not self.active:
             return

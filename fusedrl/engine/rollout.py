@@ -100,11 +100,15 @@ class Generator:
 
 
 class HFGenerator(Generator):
-    """Sampling with ``model.generate`` on the live policy (no weight sync needed), under ``torch.no_grad``."""
+    """Sampling with ``model.generate`` on the live policy (no weight sync needed), under ``torch.no_grad``.
+
+    ``synced_gpus``: every rank keeps stepping until all ranks' completions have ended (a sharded policy
+    gathers each layer from all ranks, so every rank must run the same number of forwards)."""
 
     def __init__(self, model, sampling: SamplingParams, eos_token_ids: list[int], pad_token_id: int):
         self.model, self.sampling = model, sampling
         self.eos_token_ids, self.pad_token_id = eos_token_ids, pad_token_id
+        self.synced_gpus = False
 
     def generation_config(self):
         """Every sampling setting given explicitly, so the model's own generation defaults never leak in."""
@@ -121,7 +125,7 @@ class HFGenerator(Generator):
         prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
         with torch.no_grad(), generation_mode(self.model):
             out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                      generation_config=self.generation_config())
+                                      generation_config=self.generation_config(), synced_gpus=self.synced_gpus)
         completion_ids = out[:, prompt_ids.shape[1]:]
         mask, truncated = completion_masks(completion_ids, self.eos_token_ids)
         completion_ids = torch.where(mask, completion_ids, self.pad_token_id)

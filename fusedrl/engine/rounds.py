@@ -24,7 +24,7 @@ class UpdateStream:
         """The next update's micro-batches; a new round (data, rollout) when the last one's are used up."""
         while not self.pending:
             batches = [self.algorithm.to_device(self.stream.next()) for _ in range(self.algorithm.batches_per_round)]
-            self.pending = self.algorithm.updates(batches)
+            self.pending = self.algorithm.run(self.algorithm.updates, batches)
         return self.pending.pop(0)
 
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..kernels.losses.sequence import stand_in
 from .algorithms import build_algorithm
@@ -19,9 +20,9 @@ from .checkpoint import (load_checkpoint, load_round_tensors, resolve_resume_pat
 from .config import TrainConfig
 from .distributed import GradientSync, Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
-from .models import load_weights
 from .optim import build_optimizer, build_scheduler
 from .rounds import UpdateStream
+from .sharding import loss_scale
 from .training_data import load_training_data
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,9 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
         for i in range(math.ceil(len(batches) / ranks.world_size)):
             real = i < len(mine)
             with contextlib.nullcontext() if real else stand_in():
-                for micro_batch in algorithm.evaluation_batches(algorithm.to_device(mine[i] if real else batches[0])):
-                    _, metrics = algorithm.loss(micro_batch)
+                batch = algorithm.to_device(mine[i] if real else batches[0])
+                for micro_batch in algorithm.run(algorithm.evaluation_batches, batch):
+                    _, metrics = algorithm.run(algorithm.loss, micro_batch)
                     if real:
                         parts.append((algorithm.batch_weight(micro_batch), metrics))
     algorithm.model.train()
@@ -125,6 +127,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
     if config.gradient_checkpointing:
         algorithm.enable_gradient_checkpointing()
+    sharded = config.fsdp and ranks.active
+    if sharded:
+        algorithm.shard(ranks)
+    elif config.fsdp:
+        log.info("fsdp: a single process has nothing to shard; training unsharded")
 
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed, rank=ranks.rank,
                          world_size=ranks.world_size)
@@ -143,12 +150,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                                 (config.adam_beta1, config.adam_beta2), config.adam_epsilon)
     scheduler = build_scheduler(optimizer, steps, warmup, config.lr_scheduler)
     updates = UpdateStream(algorithm, stream)
-    gradient_sync = GradientSync(model, ranks)
+    gradient_sync = GradientSync(model, ranks, enabled=not sharded)  # FSDP reduces gradients itself
 
     step, tokens_seen = 0, 0.0
     if resume is not None:
-        load_weights(model, resume)
-        state = load_checkpoint(resume, optimizer, ranks)
+        state = load_checkpoint(resume, model, optimizer, ranks, sharded)
         step, tokens_seen = state["step"], state.get("num_input_tokens_seen", 0.0)
         stream.restore(state["data"])
         scheduler.load_state_dict(state["scheduler"])
@@ -173,13 +179,13 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         parts = []
         weights = [algorithm.batch_weight(batch) for batch in micro_batches]
-        step_weight = ranks.sum(sum(weights)) or 1.0
+        scale = loss_scale(sharded, ranks) / (ranks.sum(sum(weights)) or 1.0)  # of the step's global weight
         for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
             if i == len(micro_batches) - 1:
                 gradient_sync.start()
             with autocast_context(config, device):
-                loss, metrics = algorithm.loss(batch)
-            (loss * (weight / step_weight)).backward()
+                loss, metrics = algorithm.run(algorithm.loss, batch)
+            (loss * (weight * scale)).backward()
             parts.append((weight, metrics))
         gradient_sync.finish()
         grad_norm = _clip(model, config.max_grad_norm)
@@ -207,15 +213,16 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                              "algorithm": algorithm.state(), "world_size": ranks.world_size,
                              "num_input_tokens_seen": tokens_seen}
             save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, *updates.state(),
-                            ranks=ranks)
+                            ranks=ranks, sharded=sharded)
     bar.close()
 
     result.step = step
     result.eval_after = evaluate(algorithm, eval_batches, config, device, ranks)
     if result.eval_after:
         metrics_log.write(step, result.eval_after, prefix="eval")
+    whole = algorithm.whole_model(ranks)
     if ranks.is_main:
-        write_folder_atomically(out / "final", algorithm.save_final)
+        write_folder_atomically(out / "final", lambda folder: algorithm.save_final(folder, whole))
     ranks.barrier()
     if config.plot and ranks.is_main:
         result.plot = plot_curves(metrics_log.records(), list(algorithm.plot_keys), out / "training_curves.png")
@@ -225,12 +232,12 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
+    """Clip the gradients' global norm to ``max_norm`` (None: only measure it); return the norm before."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    if max_norm is None:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = torch.nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
+from ..distributed import Ranks
 from ..models import (adapters_disabled, apply_lora, disable_dropout, enable_activation_checkpointing, final_hidden,
                       frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
+from ..sharding import ShardedModels, gather_state, shard
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Algorithm:
                 log.warning("lora_dropout=%g has no effect: disable_dropout is on for rl=%s (set disable_dropout: "
                             "false to keep it)", config.lora_dropout, config.rl)
         self.reference = self._build_reference() if self.needs_reference else None
+        self.sharded: ShardedModels | None = None
 
     @property
     def policy(self):
@@ -90,6 +93,27 @@ class Algorithm:
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
             return None
         return frozen_copy(self.policy).to(self.device)
+
+    def shard(self, ranks: Ranks) -> None:
+        """Shard the trained model and the reference over ``ranks`` (``fsdp: true``; see sharding.py)."""
+        self.sharded = shard([m for m in (self.model, self.reference) if m is not None], ranks)
+
+    def run(self, fn, *args):
+        """``fn(*args)``; under FSDP inside the root's forward, where every sharded weight is reachable.
+        The trainer calls ``loss``, ``updates`` and ``evaluation_batches`` through it."""
+        return self.sharded(fn, *args) if self.sharded is not None else fn(*args)
+
+    def whole_model(self, ranks: Ranks):
+        """The trained module with whole weights on the main rank (None on the others): ``model`` itself, or
+        under FSDP a CPU copy from ``build_model`` loaded with the gathered shards (every rank must call it)."""
+        if self.sharded is None:
+            return self.model if ranks.is_main else None
+        state = gather_state(self.model, keep=ranks.is_main)
+        if not ranks.is_main:
+            return None
+        model = self.build_model()
+        model.load_state_dict(state)
+        return model
 
     def to_device(self, batch: dict) -> dict:
         """Move the batch's tensors to the training device (other values pass through)."""
@@ -164,12 +188,13 @@ class Algorithm:
         if hasattr(self.policy, "enable_input_require_grads"):
             self.policy.enable_input_require_grads()
 
-    def save_final(self, folder: Path) -> None:
-        """Save the trained model in Hugging Face format (LoRA: the adapter, plus the merged model)."""
+    def save_final(self, folder: Path, model) -> None:
+        """Save ``model`` (``whole_model``'s trained policy) in Hugging Face format (LoRA: the adapter, plus the
+        merged model); merging changes ``model``, so this is the run's last use of it."""
         folder.mkdir(parents=True, exist_ok=True)
-        if hasattr(self.policy, "merge_and_unload"):
-            self.policy.save_pretrained(str(folder / "adapter"), safe_serialization=True)
-            self.policy.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
+        if hasattr(model, "merge_and_unload"):
+            model.save_pretrained(str(folder / "adapter"), safe_serialization=True)
+            model.merge_and_unload().save_pretrained(str(folder), safe_serialization=True)
         else:
-            self.policy.save_pretrained(str(folder), safe_serialization=True)
+            model.save_pretrained(str(folder), safe_serialization=True)
         self.tokenizer.save_pretrained(str(folder))

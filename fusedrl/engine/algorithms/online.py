@@ -66,6 +66,11 @@ class OnlineAlgorithm(Algorithm):
         self.reward_model = self.load_reward_model() if config.reward_model else None
         self.latest: list[tuple[str, str, str]] = []
 
+    def shard(self, ranks) -> None:
+        """Shard as ``Algorithm.shard``; sampling then steps in lockstep on every rank."""
+        super().shard(ranks)
+        self.generator.synced_gpus = True
+
     def eos_token_ids(self) -> list[int]:
         """Ids that end a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
         ids = {self.tokenizer.eos_token_id}

@@ -97,7 +97,7 @@ class PPO(OnlineAlgorithm):
         super().enable_gradient_checkpointing()
         enable_activation_checkpointing(self.model.value.backbone)
 
-    def save_final(self, folder: Path) -> None:
+    def save_final(self, folder: Path, model: PolicyWithValue) -> None:
         """The policy as ``Algorithm.save_final`` writes it, and the value model in ``folder/value_model``."""
-        super().save_final(folder)
-        self.model.value.save_pretrained(str(folder / VALUE_MODEL_FOLDER))
+        super().save_final(folder, model.policy)
+        model.value.save_pretrained(str(folder / VALUE_MODEL_FOLDER))

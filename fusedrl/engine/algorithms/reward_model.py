@@ -37,7 +37,8 @@ class RewardModelling(Pairwise):
     def enable_gradient_checkpointing(self) -> None:
         enable_activation_checkpointing(self.model.backbone)
 
-    def save_final(self, folder: Path) -> None:
+    def save_final(self, folder: Path, model) -> None:
+        """``model`` (a ``RewardModel``): the backbone's Hugging Face files and ``value_head.safetensors``."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(folder))
+        model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))

@@ -1,0 +1,108 @@
+"""Fully sharded data parallelism (``fsdp: true``, PyTorch FSDP2): each rank keeps 1/world of every
+parameter, gradient and AdamW moment, and gathers a decoder layer's weights only while that layer runs.
+
+The fused loss reads the lm_head weight outside the model's forward, where FSDP would not gather it.
+So the models of a run sit under one root module, ``ShardedModels``, whose forward simply calls a
+function: the trainer runs everything that touches the models (a loss, a rollout, an evaluation)
+through ``ShardedModels(fn, *args)``. Each decoder layer is its own FSDP unit; the rest (embeddings,
+final norm, lm_head, value heads) belongs to the root unit, which stays gathered from the first forward
+of a step until its backward has reduced the gradients. Frozen models (the reference) live under the
+same root; their layers are gathered for their forward and freed right after.
+
+FSDP averages gradients over ranks; the trainer's losses are scaled for a sum (``GradientSync``), so
+under FSDP each loss is multiplied by the world size (``loss_scale``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from .distributed import Ranks
+
+
+class ShardedModels(nn.Module):
+    """The FSDP root over a run's models: ``self(fn, *args)`` runs ``fn(*args)`` inside its forward."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, fn, *args):
+        return fn(*args)
+
+
+def layer_class_names(models: list[nn.Module]) -> set[str]:
+    """Class names of the decoder layers to shard one by one: every Hugging Face model's ``_no_split_modules``."""
+    names: set[str] = set()
+    for model in models:
+        for module in model.modules():
+            names.update(getattr(module, "_no_split_modules", None) or ())
+    return names
+
+
+def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
+    """Shard ``models`` (on ``ranks.device``, equal on every rank) over all ranks; return their root.
+
+    Parameters become ``DTensor`` shards in place, so optimizers must be built after this call."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    names = layer_class_names(models)
+    layers = [m for model in models for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        kinds = sorted({type(m).__name__ for m in models})
+        raise ValueError(f"fsdp: found no decoder layers to shard in {kinds} (expected a Hugging Face model "
+                         "whose _no_split_modules names its layer class)")
+    mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
+    root = ShardedModels(models)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(root, mesh=mesh, reshard_after_forward=False)
+    return root
+
+
+def loss_scale(sharded: bool, ranks: Ranks) -> float:
+    """Factor on each loss so that the reduced gradient is the sum over ranks: FSDP averages (x world size)."""
+    return float(ranks.world_size) if sharded else 1.0
+
+
+def local_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This rank's shards of a state dict, as contiguous CPU tensors that share no memory (safetensors-ready)."""
+    return {k: (v.to_local() if isinstance(v, DTensor) else v).detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, v in state.items()}
+
+
+def load_local_tensors(module: nn.Module, shards: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``shards`` (``local_tensors`` of the same module on the same rank) into ``module`` in place."""
+    state = module.state_dict()
+    if set(state) != set(shards):
+        missing, unexpected = sorted(set(state) - set(shards)), sorted(set(shards) - set(state))
+        raise ValueError(f"{source}: weights do not match the model (missing {missing}, unexpected {unexpected})")
+    with torch.no_grad():
+        for name, value in state.items():
+            target = value.to_local() if isinstance(value, DTensor) else value
+            if target.shape != shards[name].shape:
+                raise ValueError(f"{source}: {name} has shape {tuple(shards[name].shape)} here, the model's shard "
+                                 f"is {tuple(target.shape)} (was it written with another world size?)")
+            target.copy_(shards[name])
+
+
+def like_parameter(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (a local shard, or a whole tensor) placed like ``param``: a ``DTensor`` shard when the
+    parameter is sharded and the shapes match, the plain tensor otherwise (AdamW's step count)."""
+    if isinstance(param, DTensor) and tuple(tensor.shape) == tuple(param.to_local().shape):
+        return DTensor.from_local(tensor.to(param.device), param.device_mesh, param.placements, run_check=False,
+                                  shape=param.shape, stride=param.stride())
+    return tensor
+
+
+def gather_state(module: nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """``module``'s whole state dict gathered from every rank's shards (every rank must call it); CPU tensors
+    on the ranks that ``keep`` them, an empty dict elsewhere."""
+    state = {}
+    for name, value in module.state_dict().items():
+        whole = value.full_tensor() if isinstance(value, DTensor) else value
+        if keep:
+            state[name] = whole.detach().cpu()
+    return state
