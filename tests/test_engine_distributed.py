@@ -97,6 +97,37 @@ def test_gradient_sync_sums_over_ranks_during_the_backward():
             torch.testing.assert_close(grads[name], grad, rtol=1e-6, atol=1e-7)
 
 
+def _gather_worker(rank: int, port: int, model_dir: str, results) -> None:
+    """Shard the tiny model over two gloo ranks; record layer 0's weight type after each of its forwards."""
+    from torch.distributed.tensor import DTensor
+
+    from fusedrl.engine.models import load_causal_lm
+    from fusedrl.engine.sharding import gathered, shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = load_causal_lm(model_dir)
+        root = shard([model], Ranks(rank=rank, world_size=2))
+        layer = model.model.layers[0]
+        seen = []
+        layer.register_forward_hook(lambda *_: seen.append(isinstance(layer.mlp.up_proj.weight, DTensor)))
+        prompt = torch.tensor([[5, 6, 7]])
+        sample = {"max_new_tokens": 4, "do_sample": False, "synced_gpus": True}
+
+        def generate_gathered():
+            with gathered(model):
+                return model.generate(input_ids=prompt, **sample)
+
+        with torch.no_grad():
+            tokens = root(generate_gathered)
+            during, seen[:] = list(seen), []
+            assert torch.equal(root(lambda: model.generate(input_ids=prompt, **sample)), tokens)
+        results[rank] = (during, list(seen), isinstance(layer.mlp.up_proj.weight, DTensor))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
@@ -217,3 +248,17 @@ def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):
         have = load_file(str(tmp_path / "fsdp" / "final" / part))
         for name, value in want.items():
             torch.testing.assert_close(have[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_gathers_each_sharded_layer_once(model_dir):
+    """Under ``gathered`` a sharded layer stays whole between its forwards (a per-token forward would
+    otherwise gather it from every rank each time), and is sharded again after the block; greedy
+    sampling gives the same tokens either way."""
+    port = _free_port()
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_gather_worker, args=(port, str(model_dir), results), nprocs=2, join=True)
+    for rank in (0, 1):
+        during, per_forward, sharded_after = results[rank]
+        assert len(during) == 4 and not any(during)  # the prompt's forward, then one per new token
+        assert len(per_forward) == 4 and all(per_forward)
+        assert sharded_after

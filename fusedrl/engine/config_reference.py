@@ -234,7 +234,8 @@ DESCRIPTIONS: dict[str, str] = {
     "fsdp": "Under torchrun, shard parameters, gradients and AdamW state over the ranks (PyTorch FSDP2, one unit per "
             "decoder layer) instead of keeping a whole copy on each; the reference model is sharded too. Checkpoints "
             "then hold each rank's shards (resume with as many ranks); `final/` is gathered and written whole. "
-            "Sampling (GRPO, PPO) steps all ranks in lockstep. Ignored by a single process.",
+            "Sampling (GRPO, PPO) gathers the policy whole for the rollout and steps all ranks in lockstep. "
+            "Ignored by a single process.",
     "disable_dropout": "Set every dropout rate of the trained model (LoRA's included) to 0; null takes the default "
                        "(`effective_disable_dropout`): false for `sft`, true for every other algorithm, so the loss's "
                        "logprobs are computed like the old and reference ones.",

@@ -14,6 +14,8 @@ under FSDP each loss is multiplied by the world size (``loss_scale``).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -60,6 +62,26 @@ def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
         fully_shard(layer, mesh=mesh)
     fully_shard(root, mesh=mesh, reshard_after_forward=False)
     return root
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module):
+    """Inside the block the sharded ``model`` (under a ``ShardedModels`` root whose forward is running)
+    keeps every layer whole: one all-gather per layer up front instead of one per layer and forward.
+    Sampling runs a forward per new token, so this is how it runs (as TRL's ``ds3_gather_for_generation``);
+    it holds the model's whole weights on every device meanwhile."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
 
 
 def loss_scale(sharded: bool, ranks: Ranks) -> float:

@@ -8,6 +8,7 @@ labels shifted once (``Rollout.sequences``), never from full logits.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +19,7 @@ from ..data import pad_token_id
 from ..models import RewardModel
 from ..rollout import HFGenerator, Rollout, SamplingParams
 from ..rewards import completion_text
+from ..sharding import gathered
 from .base import Algorithm
 
 PROMPT_KEYS = ("prompt_input_ids", "prompt_attention_mask", "prompts")
@@ -67,7 +69,8 @@ class OnlineAlgorithm(Algorithm):
         self.latest: list[tuple[str, str, str]] = []
 
     def shard(self, ranks) -> None:
-        """Shard as ``Algorithm.shard``; sampling then steps in lockstep on every rank."""
+        """Shard as ``Algorithm.shard``; sampling then gathers the policy whole (``gathered``) and steps in
+        lockstep on every rank."""
         super().shard(ranks)
         self.generator.synced_gpus = True
 
@@ -101,8 +104,9 @@ class OnlineAlgorithm(Algorithm):
     def sample(self, batches: list[dict]) -> Sampled:
         """Generate ``num_generations`` completions per prompt of every batch and decode them."""
         g = self.num_generations
-        rollout = Rollout.cat([self.generator.generate(b["prompt_input_ids"], b["prompt_attention_mask"], g)
-                               for b in batches], self.pad_token_id)
+        with gathered(self.policy) if self.sharded is not None else contextlib.nullcontext():
+            rollout = Rollout.cat([self.generator.generate(b["prompt_input_ids"], b["prompt_attention_mask"], g)
+                                   for b in batches], self.pad_token_id)
         prompts = [p for b in batches for p in b["prompts"] for _ in range(g)]
         columns = {k: [v for b in batches for v in b[k] for _ in range(g)] for k in batches[0] if k not in PROMPT_KEYS}
         ids = [row[mask].tolist() for row, mask in zip(rollout.completion_ids, rollout.completion_mask)]
