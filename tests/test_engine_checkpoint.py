@@ -111,3 +111,15 @@ def test_a_checkpoint_resumes_only_with_its_fsdp_setting(model_dir, tmp_path, ca
     state.write_text(state.read_text().replace('"fsdp": false', '"fsdp": true'))
     with pytest.raises(ValueError, match="written with fsdp: True; resume it with the same setting"):
         train(config_from_dict(train_config(model_dir, out, "sft", max_steps=2, resume_from_checkpoint="latest")))
+
+
+def test_resuming_into_a_longer_run_says_the_schedule_changes(model_dir, tmp_path, caplog, capsys):
+    """A resumed run with another ``max_steps`` lays the learning-rate schedule over the new total: the log
+    says so. The progress bars (training, and each evaluation pass) go to stderr."""
+    raw = train_config(model_dir, tmp_path / "run", "sft", max_steps=2, save_steps=2)
+    train(config_from_dict(raw))
+    with caplog.at_level("WARNING"):
+        train(config_from_dict({**raw, "max_steps": 4, "resume_from_checkpoint": "latest"}), progress=True)
+    assert "this run has 4 optimizer steps, the checkpoint's run had 2" in caplog.text
+    bars = capsys.readouterr().err
+    assert "train: 100%" in bars and "eval: " in bars

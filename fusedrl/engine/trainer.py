@@ -83,8 +83,9 @@ def _mean_metrics(parts: list[tuple[float, dict]], summed: tuple[str, ...] = ())
 
 
 def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.device,
-             ranks: Ranks | None = None) -> dict:
-    """Mean metrics over the held-out batches, without gradients (online: over a rollout of them).
+             ranks: Ranks | None = None, progress: bool = False) -> dict:
+    """Mean metrics over the held-out batches, without gradients (online: over a rollout of them); a
+    progress bar of the batches when ``progress``.
 
     Data parallel, rank ``r`` evaluates batches ``r, r + world_size, ...``; a rank with one batch fewer
     evaluates a stand-in inside ``stand_in()`` and drops its metrics, so every rank makes the same collective
@@ -95,8 +96,9 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
     mine = batches[ranks.rank::ranks.world_size]
     algorithm.model.eval()
     parts = []
+    rounds = math.ceil(len(batches) / ranks.world_size)
     with torch.no_grad(), autocast_context(config, device):
-        for i in range(math.ceil(len(batches) / ranks.world_size)):
+        for i in _progress_bar(range(rounds), rounds, 0, progress, "eval", leave=False):
             real = i < len(mine)
             with contextlib.nullcontext() if real else stand_in():
                 batch = algorithm.to_device(mine[i] if real else batches[0])
@@ -161,15 +163,19 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         updates.restore(state["round"], load_round_tensors(resume, ranks))
         algorithm.restore(state.get("algorithm", {}))
         log.info("resumed from %s at step %d", resume, step)
+        if state.get("total_steps", steps) != steps:
+            log.warning("resume: this run has %d optimizer steps, the checkpoint's run had %d; the learning-rate "
+                        "schedule (warmup %d, %s) is laid over the new total from step %d on", steps,
+                        state["total_steps"], warmup, config.lr_scheduler, step)
     metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step if resume is not None else None,
                              enabled=ranks.is_main)
     result = TrainResult(step=step, output_dir=out)
-    result.eval_before = evaluate(algorithm, eval_batches, config, device, ranks) if step == 0 else {}
+    show = (config.progress_bar if progress is None else progress) and ranks.is_main
+    result.eval_before = evaluate(algorithm, eval_batches, config, device, ranks, show) if step == 0 else {}
     if result.eval_before:
         metrics_log.write(step, result.eval_before, prefix="eval")
 
-    show = (config.progress_bar if progress is None else progress) and ranks.is_main
-    bar = _progress_bar(steps, step, show)
+    bar = _progress_bar(None, steps, step, show, "train")
     samples_every = max(1, steps // config.num_sample_generations) if config.num_sample_generations else 0
     model.train()
     while step < steps:
@@ -207,17 +213,17 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         bar.update(1)
         bar.set_postfix({k: f"{metrics[k]:.4g}" for k in algorithm.progress_keys if k in metrics})
         if config.eval_steps and step % config.eval_steps == 0 and step < steps:
-            metrics_log.write(step, evaluate(algorithm, eval_batches, config, device, ranks), prefix="eval")
+            metrics_log.write(step, evaluate(algorithm, eval_batches, config, device, ranks, show), prefix="eval")
         if config.save_steps and step % config.save_steps == 0:
             trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
-                             "algorithm": algorithm.state(), "world_size": ranks.world_size,
+                             "algorithm": algorithm.state(), "world_size": ranks.world_size, "total_steps": steps,
                              "num_input_tokens_seen": tokens_seen}
             save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, *updates.state(),
                             ranks=ranks, sharded=sharded)
     bar.close()
 
     result.step = step
-    result.eval_after = evaluate(algorithm, eval_batches, config, device, ranks)
+    result.eval_after = evaluate(algorithm, eval_batches, config, device, ranks, show)
     if result.eval_after:
         metrics_log.write(step, result.eval_after, prefix="eval")
     whole = algorithm.whole_model(ranks)
@@ -240,7 +246,9 @@ def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
     return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def _progress_bar(items, total: int, initial: int, enabled: bool, desc: str, leave: bool = True):
+    """A tqdm bar (over ``items`` when given) that shows only when ``enabled``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+    return tqdm(items, total=total, initial=initial, disable=not enabled, desc=desc, leave=leave,
+                dynamic_ncols=True)
