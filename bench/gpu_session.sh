@@ -7,6 +7,7 @@
 #   profile        python -m bench.profile at the target shape (ce, logprobs, grpo, dpo, kd), one Chrome trace each
 #   sweep-n        every op at N 1k..32k, H=4096, V=128256 bf16 (torch.compile off, 1 warm-up + 5 calls)
 #   sweep-shape    every op at N=8192 bf16 over V 32000/128256/256000, then over H 1024..8192 (likewise)
+#   train-step     python -m bench.train_step: a Llama-1B training step with each loss, then Llama-8B's
 #   bench          python -m bench $BENCH_ARGS (anything else)
 #   smoke          a CPU dry run of the same paths on tiny shapes (bench smoke tests, cpu-smoke, a tiny profile)
 #
@@ -140,6 +141,15 @@ stage_sweep_shape() {
     return "$rc"
 }
 
+stage_train_step() {
+    run "$R/train_step.log" "$PY" -m bench.train_step --out "$R/llama-1b"
+    local rc=$?
+    run "$R/train_step.log" "$PY" -m bench.train_step --model llama-8b --impls fusedrl,liger,cce --warmup 2 \
+        --steps 5 --out "$R/llama-8b" || rc=$?
+    cat "$R"/llama-*/train_step.md >"$R/summary.txt" 2>/dev/null
+    return "$rc"
+}
+
 stage_bench() {
     # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
     run "$R/bench.log" "$PY" -m bench ${BENCH_ARGS:-} --out "$R/bench"
@@ -168,7 +178,7 @@ pack() {
 }
 
 usage="usage: bash bench/gpu_session.sh STAGE [STAGE...]
-stages: tests bench-targets bench-compile profile sweep-n sweep-shape bench smoke"
+stages: tests bench-targets bench-compile profile sweep-n sweep-shape train-step bench smoke"
 if [ $# -lt 1 ] || [ $# -gt 7 ]; then  # one tarball per stage; $OUT returns 8 files at most
     echo "$usage" >&2
     exit 2

@@ -156,3 +156,24 @@ def test_profile_tool_on_cpu(tmp_path):
     markdown = (tmp_path / "profile.md").read_text()
     assert "## ce / fusedrl" in markdown and " more |" in markdown  # --top 3 of more kernels
     assert (tmp_path / "trace-ce-fusedrl.json.gz").stat().st_size > 0
+
+
+def test_train_step_rows_on_cpu(tmp_path):
+    """The training-step benchmark on the tiny Llama: fusedrl's step computes the model's own loss, the
+    CUDA-only rows say why they did not run, and the three outputs are written."""
+    from bench import train_step
+
+    assert train_step.main(["--device", "cpu", "--impls", "fusedrl,fusedrl-torch,liger", "--steps", "2",
+                            "--seq", "33", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / train_step.JSON_NAME).read_text())
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert list(rows) == ["hf", "fusedrl", "fusedrl-torch", "liger"]
+    for name in ("hf", "fusedrl", "fusedrl-torch"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["step_ms"] > 0 and row["peak_mib"] > 0 and row["state_mib"] > 0, name
+        assert row["loss_vs_hf"] < 1e-5 and row["tokens"] == 2 * 33, name
+    assert rows["liger"]["status"] == "unavailable: needs a CUDA device"
+    assert result["environment"]["memory_method"] and result["environment"]["steps"] == 2
+    assert "| fusedrl | ok |" in (tmp_path / train_step.MD_NAME).read_text()
+    with (tmp_path / train_step.CSV_NAME).open() as f:
+        assert len(list(csv.DictReader(f))) == 4
