@@ -85,7 +85,8 @@ class OnlineAlgorithm(Algorithm):
         return sorted(ids)
 
     def load_reward_model(self, trainable: bool = False) -> RewardModel:
-        """``reward_model`` as a ``RewardModel`` (frozen and in eval mode unless ``trainable``), same tokenizer."""
+        """``reward_model`` as a ``RewardModel`` (frozen, in eval mode and on the training device unless
+        ``trainable``: then on the CPU, as ``build_model`` returns it), same tokenizer."""
         cfg = self.config
         try:
             model = RewardModel.from_pretrained(cfg.reward_model, cfg.model_dtype, None, cfg.trust_remote_code,
@@ -93,9 +94,9 @@ class OnlineAlgorithm(Algorithm):
         except ValueError as err:
             raise ValueError(f"{err} (reward_model is a folder written by rl: rm, e.g. outputs/rm/final after "
                              "configs/rm.yaml)") from None
-        if not trainable:
-            model.eval().requires_grad_(False)
-        return model.to(self.device)
+        if trainable:
+            return model
+        return model.eval().requires_grad_(False).to(self.device)
 
     def batch_rows(self, batch: dict) -> int:
         """Rows of an update micro-batch (completions) or of a prompt batch (prompts)."""
