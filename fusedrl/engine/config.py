@@ -186,6 +186,7 @@ class TrainConfig:
     bf16: str | bool = field(default="auto", metadata=_choices("auto", True, False))
     gradient_checkpointing: bool = False
     fsdp: bool = False
+    torch_compile: bool = False
     disable_dropout: bool | None = None  # null: true for every algorithm but sft (see effective_disable_dropout)
     seed: int = 42
     kernel_backend: str = field(default="auto", metadata=_choices("auto", "triton", "torch", "eager"))

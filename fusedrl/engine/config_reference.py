@@ -236,6 +236,10 @@ DESCRIPTIONS: dict[str, str] = {
             "then hold each rank's shards (resume with as many ranks); `final/` is gathered and written whole. "
             "Sampling (GRPO, PPO) gathers the policy whole for the rollout and steps all ranks in lockstep. "
             "Ignored by a single process.",
+    "torch_compile": "`torch.compile` each decoder layer of the trained and the reference model (regional "
+                     "compilation: one compile serves every layer; names and checkpoints unchanged). The fused "
+                     "loss kernels stay as they are; sampling runs the layers eagerly. Each new batch shape "
+                     "costs a compile at first (a dynamic one from the second shape on).",
     "disable_dropout": "Set every dropout rate of the trained model (LoRA's included) to 0; null takes the default "
                        "(`effective_disable_dropout`): false for `sft`, true for every other algorithm, so the loss's "
                        "logprobs are computed like the old and reference ones.",
@@ -282,7 +286,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
                       "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
-                      "fsdp", "disable_dropout", "seed", "kernel_backend"]),
+                      "fsdp", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
                                  "resume_from_checkpoint", "tensorboard", "plot", "progress_bar"]),
 ]

@@ -101,6 +101,33 @@ def lm_head_of(model) -> nn.Linear:
     return unwrap_peft(model).get_output_embeddings()
 
 
+def decoder_layers(models: list[nn.Module]) -> list[nn.Module]:
+    """The decoder layers of ``models``: modules of the classes Hugging Face models name in ``_no_split_modules``."""
+    names = {name for model in models for module in model.modules()
+             for name in getattr(module, "_no_split_modules", None) or ()}
+    return [m for model in models for m in model.modules() if type(m).__name__ in names]
+
+
+COMPILE_RECOMPILE_LIMIT = 64
+
+
+def compile_layers(models: list[nn.Module]) -> int:
+    """``torch.compile`` each decoder layer of ``models`` in place, with dynamic shapes (batches vary in length);
+    the same code compiles once for all layers, and names and checkpoints are unchanged. Returns how many.
+
+    A run needs a graph per combination of grad mode (training, no-grad logps), padding (a mask or none)
+    and a batch of one row or more, so dynamo's recompile limit (8 by default) is raised to
+    ``COMPILE_RECOMPILE_LIMIT``: past it, a layer would silently run eagerly."""
+    from torch._dynamo import config
+
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    setattr(config, limit, max(getattr(config, limit), COMPILE_RECOMPILE_LIMIT))
+    layers = decoder_layers(models)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Last hidden states ``[B, T, H]`` of ``input_ids [B, T]``; no logits are computed."""

@@ -134,13 +134,15 @@ class HFGenerator(Generator):
 
 @contextlib.contextmanager
 def generation_mode(model):
-    """Eval mode and the KV cache on inside the block (models load with ``use_cache=False``); restored after."""
+    """Eval mode and the KV cache on inside the block (models load with ``use_cache=False``), and compiled
+    layers (``torch_compile``) run eagerly, as each new token is a new shape; restored after."""
     config = model.config
     was_training, had_cache = model.training, config.use_cache
     model.eval()
     config.use_cache = True
     try:
-        yield model
+        with torch.compiler.set_stance("force_eager"):
+            yield model
     finally:
         config.use_cache = had_cache
         model.train(was_training)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .distributed import Ranks
+from .models import decoder_layers
 
 
 class ShardedModels(nn.Module):
@@ -34,15 +35,6 @@ class ShardedModels(nn.Module):
         return fn(*args)
 
 
-def layer_class_names(models: list[nn.Module]) -> set[str]:
-    """Class names of the decoder layers to shard one by one: every Hugging Face model's ``_no_split_modules``."""
-    names: set[str] = set()
-    for model in models:
-        for module in model.modules():
-            names.update(getattr(module, "_no_split_modules", None) or ())
-    return names
-
-
 def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
     """Shard ``models`` (on ``ranks.device``, equal on every rank) over all ranks; return their root.
 
@@ -50,8 +42,7 @@ def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    names = layer_class_names(models)
-    layers = [m for model in models for m in model.modules() if type(m).__name__ in names]
+    layers = decoder_layers(models)
     if not layers:
         kinds = sorted({type(m).__name__ for m in models})
         raise ValueError(f"fsdp: found no decoder layers to shard in {kinds} (expected a Hugging Face model "

@@ -129,6 +129,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
     if config.gradient_checkpointing:
         algorithm.enable_gradient_checkpointing()
+    if config.torch_compile:
+        algorithm.compile()
     sharded = config.fsdp and ranks.active
     if sharded:
         algorithm.shard(ranks)

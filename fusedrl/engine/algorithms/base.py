@@ -8,8 +8,8 @@ import torch
 
 from ..config import TrainConfig
 from ..distributed import Ranks
-from ..models import (adapters_disabled, apply_lora, disable_dropout, enable_activation_checkpointing, final_hidden,
-                      frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
+from ..models import (adapters_disabled, apply_lora, compile_layers, disable_dropout, enable_activation_checkpointing,
+                      final_hidden, frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
 from ..sharding import ShardedModels, gather_state, shard
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,18 @@ class Algorithm:
             return None
         return frozen_copy(self.policy).to(self.device)
 
+    def models(self) -> list[torch.nn.Module]:
+        """The trained module and the reference model (when it is a separate one)."""
+        return [m for m in (self.model, self.reference) if m is not None]
+
+    def compile(self) -> None:
+        """``torch.compile`` the decoder layers of ``models()`` (``torch_compile: true``)."""
+        log.info("torch_compile: compiling %d decoder layers (the first steps of each new shape take longer)",
+                 compile_layers(self.models()))
+
     def shard(self, ranks: Ranks) -> None:
         """Shard the trained model and the reference over ``ranks`` (``fsdp: true``; see sharding.py)."""
-        self.sharded = shard([m for m in (self.model, self.reference) if m is not None], ranks)
+        self.sharded = shard(self.models(), ranks)
 
     def run(self, fn, *args):
         """``fn(*args)``; under FSDP inside the root's forward, where every sharded weight is reachable.
