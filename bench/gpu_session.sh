@@ -7,7 +7,8 @@
 #   profile        python -m bench.profile at the target shape (ce, logprobs, grpo, dpo, kd), one Chrome trace each
 #   sweep-n        every op at N 1k..32k, H=4096, V=128256 bf16 (torch.compile off, 1 warm-up + 5 calls)
 #   sweep-shape    every op at N=8192 bf16 over V 32000/128256/256000, then over H 1024..8192 (likewise)
-#   train-step     python -m bench.train_step: a Llama-1B training step with each loss, then Llama-8B's
+#   train-step     python -m bench.train_step: a Llama-1B training step with each loss (eager, then compiled
+#                  layers), then Llama-8B's
 #   bench          python -m bench $BENCH_ARGS (anything else)
 #   smoke          a CPU dry run of the same paths on tiny shapes (bench smoke tests, cpu-smoke, a tiny profile)
 #
@@ -144,6 +145,8 @@ stage_sweep_shape() {
 stage_train_step() {
     run "$R/train_step.log" "$PY" -m bench.train_step --out "$R/llama-1b"
     local rc=$?
+    run "$R/train_step.log" "$PY" -m bench.train_step --compile-layers --impls fusedrl,liger,cce \
+        --out "$R/llama-1b-compiled" || rc=$?
     run "$R/train_step.log" "$PY" -m bench.train_step --model llama-8b --impls fusedrl,liger,cce --warmup 2 \
         --steps 5 --out "$R/llama-8b" || rc=$?
     cat "$R"/llama-*/train_step.md >"$R/summary.txt" 2>/dev/null

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fusedrl.engine.models import enable_activation_checkpointing
+from fusedrl.engine.models import compile_layers, enable_activation_checkpointing
 
 from . import memory
 from .competitors import import_error
@@ -64,6 +64,7 @@ class StepRow:
     tokens: int
     dtype: str
     checkpointing: bool
+    compiled_layers: bool
     step_ms: float | None = None
     step_p20_ms: float | None = None
     step_p80_ms: float | None = None
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checkpointing", action="store_true",
                    help="keep every layer's activations (default: activation checkpointing, so the loss's "
                         "memory is what differs)")
+    p.add_argument("--compile-layers", action="store_true",
+                   help="torch.compile each decoder layer, as the trainer's torch_compile does (the warm-up "
+                        "steps absorb the compiles)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3 on CUDA, 1 on CPU)")
     p.add_argument("--steps", type=int, help="timed steps (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -100,7 +104,7 @@ def make_batch(rows: int, seq: int, vocab: int, device: torch.device) -> dict[st
     return {"input_ids": ids, "labels": labels}
 
 
-def build_model(name: str, dtype: torch.dtype, device: torch.device, checkpointing: bool, seq: int):
+def build_model(name: str, dtype: torch.dtype, device: torch.device, checkpointing: bool, compiled: bool, seq: int):
     """The randomly initialised Llama of shape ``name`` (seed 0, so every row starts from the same weights)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -116,6 +120,8 @@ def build_model(name: str, dtype: torch.dtype, device: torch.device, checkpointi
         torch.set_default_dtype(saved)
     if checkpointing:
         enable_activation_checkpointing(model)
+    if compiled:
+        compile_layers([model])
     return model.train()
 
 
@@ -154,9 +160,9 @@ def run_impl(name: str, args: argparse.Namespace, device: torch.device) -> StepR
 def _run_steps(name: str, args: argparse.Namespace, device: torch.device) -> StepRow:
     """Build the model, take ``warmup`` steps (the first one's loss is reported), then time ``steps``."""
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    model = build_model(args.model, dtype, device, not args.no_checkpointing, args.seq)
+    model = build_model(args.model, dtype, device, not args.no_checkpointing, args.compile_layers, args.seq)
     row = StepRow(name, "ok", args.model, sum(p.numel() for p in model.parameters()) / 1e6,
-                  args.batch * args.seq, args.dtype, not args.no_checkpointing)
+                  args.batch * args.seq, args.dtype, not args.no_checkpointing, args.compile_layers)
     loss_fn = loss_function(name, device)
     if isinstance(loss_fn, str):
         row.status = loss_fn
@@ -189,7 +195,8 @@ def _run_steps(name: str, args: argparse.Namespace, device: torch.device) -> Ste
 def markdown(rows: list[StepRow], env: dict) -> str:
     """The rows as a Markdown table under a one-line header of the setup."""
     head = (f"Training step of {rows[0].model} ({rows[0].params_m:,.1f}M parameters), {rows[0].tokens} tokens, "
-            f"{rows[0].dtype}, activation checkpointing {'on' if rows[0].checkpointing else 'off'}, on "
+            f"{rows[0].dtype}, activation checkpointing {'on' if rows[0].checkpointing else 'off'}, compiled layers "
+            f"{'on' if rows[0].compiled_layers else 'off'}, on "
             f"{env['device']} (torch {env['torch']}, triton {env['triton']}).")
     lines = [head, "", "| impl | status | step ms (p20-p80) | tokens/s | peak MiB above state | loss vs hf |",
              "| --- | --- | --- | --- | --- | --- |"]
