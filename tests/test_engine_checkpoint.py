@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from engine_fixtures import save_tiny_model, train_config
@@ -123,3 +124,24 @@ def test_resuming_into_a_longer_run_says_the_schedule_changes(model_dir, tmp_pat
     assert "this run has 4 optimizer steps, the checkpoint's run had 2" in caplog.text
     bars = capsys.readouterr().err
     assert "train: 100%" in bars and "eval: " in bars
+
+
+def test_export_writes_a_lora_checkpoint_as_the_final_model(model_dir, tmp_path):
+    """A LoRA checkpoint holds the adapter only; `fusedrl export` writes it as final/ is written (adapter and
+    merged model), and at the last step that is final/ itself."""
+    from safetensors.torch import load_file
+
+    from fusedrl.engine.cli import main as cli_main
+
+    raw = train_config(model_dir, tmp_path / "run", "sft", max_steps=2, save_steps=2, adapter="lora", lora_r=4)
+    train(config_from_dict(raw))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert cli_main(["export", str(config), str(tmp_path / "run" / "checkpoint-2"), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert exported.keys() == final.keys()
+    for name, value in final.items():
+        torch.testing.assert_close(exported[name], value)
+    assert cli_main(["export", str(config), str(tmp_path / "run" / "checkpoint-9"), str(tmp_path / "x")]) == 2

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from engine_fixtures import REPO, save_tiny_model, train_config
 from fusedrl.engine import distributed
+from fusedrl.engine.cli import main as cli_main
 from fusedrl.engine.config import config_from_dict
 from fusedrl.engine.distributed import GradientSync, Ranks
 from fusedrl.engine.trainer import train
@@ -219,6 +220,13 @@ def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
     expected = load_file(str(full / "final" / "model.safetensors"))
     got = load_file(str(resumed / "final" / "model.safetensors"))
     assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
+    if fsdp:  # the last checkpoint, its shards joined by `fusedrl export`, is the final model
+        config = tmp_path / "export.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        assert cli_main(["export", str(config), "latest", str(tmp_path / "exported")]) == 0
+        exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+        assert exported.keys() == expected.keys()
+        assert [name for name in expected if not torch.equal(exported[name], expected[name])] == []
 
 
 def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):

@@ -199,6 +199,22 @@ def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, 
     return {**state, "round": rank_state["round"]}
 
 
+def whole_weights(folder: Path, model) -> dict[str, torch.Tensor]:
+    """The whole state dict of ``model`` (built like the run's, on any device) from a sharded checkpoint:
+    each tensor is its ranks' ``model_shard.safetensors`` pieces joined along dim 0 in rank order (FSDP
+    shards dim 0), or rank 0's copy when the pieces are whole already (buffers every rank holds)."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    world = state.get("world_size", 1)
+    pieces = [load_file(str(_rank_folder(folder, Ranks(rank=r, world_size=world)) / MODEL_SHARD_FILE))
+              for r in range(world)]
+    whole = {}
+    for name, target in model.state_dict().items():
+        parts = [piece[name] for piece in pieces]
+        joined = sum(p.shape[0] for p in parts) == target.shape[0] if target.dim() else False
+        whole[name] = torch.cat(parts) if joined and world > 1 else parts[0]
+    return whole
+
+
 def load_round_tensors(folder: Path, ranks: Ranks | None = None) -> dict[str, torch.Tensor]:
     """The tensors of this rank's pending updates saved in ``folder`` (empty at a round boundary)."""
     path = _rank_folder(folder, ranks or Ranks()) / ROUND_FILE

@@ -2,6 +2,7 @@
 
 - ``fusedrl train CONFIG.yaml [--key value ...]``: train (any config key can be overridden).
 - ``fusedrl kd-extract --teacher M --dataset D --top-k 64 --output DIR``: teacher top-k targets for ``rl: kd``.
+- ``fusedrl export CONFIG.yaml CHECKPOINT OUT [--key value ...]``: a checkpoint as a Hugging Face model folder.
 - ``fusedrl bench [...]``: the kernel benchmarks of ``bench/`` (run from a checkout).
 """
 from __future__ import annotations
@@ -65,6 +66,15 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .export import export_checkpoint
+
+    config = load_config(args.config, overrides)
+    _check_model_paths(config)
+    print(f"{args.checkpoint} exported to {export_checkpoint(config, Path(args.checkpoint), Path(args.out))}")
+    return 0
+
+
 def _kd_extract(args: argparse.Namespace, extra: list[str]) -> int:
     from .kd_extract import config_from_args, extract
 
@@ -94,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                              description="Train with a YAML config. Any key can be overridden with --key value "
                              "(or --key=value); docs/config.md lists every key.")
     p_train.add_argument("config")
+    p_export = sub.add_parser(
+        "export", help="a training checkpoint as a Hugging Face model folder, as final/ would be at its step",
+        description="Write a checkpoint of the run CONFIG describes (the same config and overrides as its "
+        "`fusedrl train`) as a Hugging Face model folder, as final/ is written: sharded (fsdp) checkpoints are "
+        "joined, LoRA adapters also merged. Runs on the CPU and loads the run's models (the reference too).")
+    p_export.add_argument("config")
+    p_export.add_argument("checkpoint", help="a checkpoint-<step> folder, or `latest` in the config's output_dir")
+    p_export.add_argument("out", help="the folder to write (replaced if it exists)")
     add_arguments(sub.add_parser("kd-extract", help="teacher top-k logprobs as Parquet shards for rl: kd"))
     sub.add_parser("bench", help="kernel benchmarks (bench/; see bench/README.md)", add_help=False)
     args, extra = parser.parse_known_args(argv)
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-    commands = {"train": _train, "kd-extract": _kd_extract, "bench": _bench}
+    commands = {"train": _train, "export": _export, "kd-extract": _kd_extract, "bench": _bench}
     try:
         return commands[args.command](args, extra)
     except (ConfigError, FileNotFoundError, ValueError, RewardFunctionError) as err:
