@@ -49,7 +49,7 @@ def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
                          "whose _no_split_modules names its layer class)")
     mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
     root = ShardedModels(models)
-    for layer in layers:
+    for layer in reversed(layers):  # inner modules before the ones holding them, as FSDP requires
         fully_shard(layer, mesh=mesh)
     fully_shard(root, mesh=mesh, reshard_after_forward=False)
     return root
