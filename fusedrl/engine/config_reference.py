@@ -232,8 +232,9 @@ DESCRIPTIONS: dict[str, str] = {
     "gradient_checkpointing": "Recompute decoder-layer activations in the backward (non-reentrant) to save memory, "
                               "in PPO's value model and the reward model's backbone too.",
     "fsdp": "Under torchrun, shard parameters, gradients and AdamW state over the ranks (PyTorch FSDP2, one unit per "
-            "decoder layer) instead of keeping a whole copy on each; the reference model is sharded too. Checkpoints "
-            "then hold each rank's shards (resume with as many ranks); `final/` is gathered and written whole. "
+            "decoder layer) instead of keeping a whole copy on each; the reference and reward models are sharded "
+            "too. Checkpoints then hold each rank's shards (resume with as many ranks; `fusedrl export` joins "
+            "them); `final/` is gathered and written whole. "
             "Sampling (GRPO, PPO) gathers the policy whole for the rollout and steps all ranks in lockstep. "
             "Ignored by a single process.",
     "torch_compile": "`torch.compile` each decoder layer of the trained and the reference model (regional "

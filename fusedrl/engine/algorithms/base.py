@@ -95,7 +95,8 @@ class Algorithm:
         return frozen_copy(self.policy).to(self.device)
 
     def models(self) -> list[torch.nn.Module]:
-        """The trained module and the reference model (when it is a separate one)."""
+        """The modules a run computes with: the trained one and the reference (when it is a separate model);
+        ``compile`` and ``shard`` act on these."""
         return [m for m in (self.model, self.reference) if m is not None]
 
     def compile(self) -> None:
@@ -104,7 +105,7 @@ class Algorithm:
                  compile_layers(self.models()))
 
     def shard(self, ranks: Ranks) -> None:
-        """Shard the trained model and the reference over ``ranks`` (``fsdp: true``; see sharding.py)."""
+        """Shard ``models()`` over ``ranks`` (``fsdp: true``; see sharding.py)."""
         self.sharded = shard(self.models(), ranks)
 
     def run(self, fn, *args):

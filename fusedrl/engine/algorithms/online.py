@@ -68,6 +68,10 @@ class OnlineAlgorithm(Algorithm):
         self.reward_model = self.load_reward_model() if config.reward_model else None
         self.latest: list[tuple[str, str, str]] = []
 
+    def models(self) -> list[torch.nn.Module]:
+        """The trained module, the reference and the frozen reward model (when there is one)."""
+        return super().models() + ([self.reward_model] if self.reward_model is not None else [])
+
     def shard(self, ranks) -> None:
         """Shard as ``Algorithm.shard``; sampling then gathers the policy whole (``gathered``) and steps in
         lockstep on every rank."""
