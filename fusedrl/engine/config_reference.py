@@ -237,10 +237,10 @@ DESCRIPTIONS: dict[str, str] = {
             "them); `final/` is gathered and written whole. "
             "Sampling (GRPO, PPO) gathers the policy whole for the rollout and steps all ranks in lockstep. "
             "Ignored by a single process.",
-    "torch_compile": "`torch.compile` each decoder layer of the trained and the reference model (regional "
-                     "compilation: one compile serves every layer; names and checkpoints unchanged). The fused "
-                     "loss kernels stay as they are; sampling runs the layers eagerly. Each new batch shape "
-                     "costs a compile at first (a dynamic one from the second shape on).",
+    "torch_compile": "`torch.compile` each decoder layer of the trained, reference and reward models (regional "
+                     "compilation with dynamic shapes: one compile serves every layer and length; names and "
+                     "checkpoints unchanged). The fused loss kernels stay as they are; sampling runs the layers "
+                     "eagerly. The first steps compile a graph per grad mode and padding (a few, each once).",
     "disable_dropout": "Set every dropout rate of the trained model (LoRA's included) to 0; null takes the default "
                        "(`effective_disable_dropout`): false for `sft`, true for every other algorithm, so the loss's "
                        "logprobs are computed like the old and reference ones.",
