@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig
 
 from engine_fixtures import save_tiny_model, train_config
@@ -115,3 +116,13 @@ def test_dropout_is_disabled_by_default_outside_sft(rl, overrides, dropout_left,
     rates = [m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout)]
     assert bool(rates) == ("adapter" in overrides)  # LoRA dropout modules on every linear layer
     assert not any(rates)
+
+
+def test_fsdp_refuses_a_model_without_decoder_layers():
+    """Sharding needs the layer classes a Hugging Face model names in ``_no_split_modules``; a model without
+    them is refused before any process group is touched."""
+    from fusedrl.engine.distributed import Ranks
+    from fusedrl.engine.sharding import shard
+
+    with pytest.raises(ValueError, match=r"fsdp: found no decoder layers to shard in \['Linear'\]"):
+        shard([torch.nn.Linear(2, 2)], Ranks(world_size=2))
