@@ -3,6 +3,7 @@ global batch, and an exact resume."""
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,8 +27,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(raw: dict, folder, ranks: int = 2) -> None:
-    """``torchrun --nproc_per_node ranks -m fusedrl train`` on a YAML of ``raw``; fails with its output."""
+def torchrun(raw: dict, folder, ranks: int = 2) -> str:
+    """``torchrun --nproc_per_node ranks -m fusedrl train`` on a YAML of ``raw``; fails with its output, else
+    returns its log (stderr)."""
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -35,6 +37,7 @@ def torchrun(raw: dict, folder, ranks: int = 2) -> None:
            f"--master_port={_free_port()}", "-m", "fusedrl", "train", str(path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done.stderr
 
 
 def records(out, split: str = "train") -> list[dict]:
@@ -157,7 +160,10 @@ def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, mod
     one = train_config(model_dir, tmp_path / "one", rl, micro_batch_size=2 * micro, max_steps=3, eval_steps=0,
                        **extra)
     train(config_from_dict({**one, "fsdp": False}))
-    torchrun({**one, "output_dir": str(tmp_path / "two"), "micro_batch_size": micro}, tmp_path)
+    log = torchrun({**one, "output_dir": str(tmp_path / "two"), "micro_batch_size": micro}, tmp_path)
+    if extra.get("fsdp"):
+        local, whole = map(float, re.search(r"each holds ([\d.]+) MiB of the ([\d.]+) MiB", log).groups())
+        assert 0.45 * whole < local < 0.55 * whole
 
     for split in ("train", "eval"):
         expected, got = records(tmp_path / "one", split), records(tmp_path / "two", split)

@@ -75,6 +75,16 @@ def gathered(model: nn.Module):
             unit.reshard()
 
 
+def shard_sizes(module: nn.Module) -> tuple[int, int]:
+    """Bytes of ``module``'s parameters this rank holds, and of the whole parameters."""
+    local = whole = 0
+    for p in module.parameters():
+        shard_ = p.to_local() if isinstance(p, DTensor) else p
+        local += shard_.numel() * shard_.element_size()
+        whole += p.numel() * p.element_size()
+    return local, whole
+
+
 def loss_scale(sharded: bool, ranks: Ranks) -> float:
     """Factor on each loss so that the reduced gradient is the sum over ranks: FSDP averages (x world size)."""
     return float(ranks.world_size) if sharded else 1.0

@@ -10,7 +10,7 @@ from ..config import TrainConfig
 from ..distributed import Ranks
 from ..models import (adapters_disabled, apply_lora, compile_layers, disable_dropout, enable_activation_checkpointing,
                       final_hidden, frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
-from ..sharding import ShardedModels, gather_state, shard
+from ..sharding import ShardedModels, gather_state, shard, shard_sizes
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class Algorithm:
     def shard(self, ranks: Ranks) -> None:
         """Shard ``models()`` over ``ranks`` (``fsdp: true``; see sharding.py)."""
         self.sharded = shard(self.models(), ranks)
+        local, whole = shard_sizes(self.sharded)
+        log.info("fsdp: %d ranks; each holds %.4g MiB of the %.4g MiB of weights (trained and frozen models), "
+                 "and gradients and AdamW moments alike", ranks.world_size, local / 2**20, whole / 2**20)
 
     def run(self, fn, *args):
         """``fn(*args)``; under FSDP inside the root's forward, where every sharded weight is reachable.
