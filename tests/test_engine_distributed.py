@@ -132,6 +132,62 @@ def _gather_worker(rank: int, port: int, model_dir: str, results) -> None:
         torch.distributed.destroy_process_group()
 
 
+def _tokens() -> torch.Tensor:
+    return torch.arange(4 * 11).view(4, 11) * 7 % 50 + 3
+
+
+def _sft_loss(model, ids: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of ``ids`` with the fused kernel, times ``scale`` (an fp32 loss input)."""
+    from fusedrl.kernels import linear_cross_entropy
+
+    hidden = model.model(input_ids=ids).last_hidden_state
+    return linear_cross_entropy(hidden[:, :-1].flatten(0, 1), model.lm_head.weight, ids[:, 1:].flatten(),
+                                reduction="sum") * scale
+
+
+def _mixed_precision_worker(rank: int, port: int, model_dir: str, results) -> None:
+    """Two gloo ranks shard the tiny model with bf16 compute; each backpropagates its half of the rows."""
+    from fusedrl.engine.models import load_causal_lm
+    from fusedrl.engine.sharding import shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = load_causal_lm(model_dir)
+        root = shard([model], Ranks(rank=rank, world_size=2), torch.bfloat16)
+        seen = {}
+
+        def loss(ids, scale):
+            seen.update(weight=model.lm_head.weight.dtype, scale=scale.dtype)
+            return _sft_loss(model, ids, scale)
+
+        root(loss, _tokens()[rank::2], torch.tensor(0.01 * 2)).backward()  # x2: FSDP averages over ranks
+        grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+        results[rank] = (seen, {n: p.dtype for n, p in model.named_parameters()}, grads)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_fsdp_mixed_precision_computes_in_bf16_and_reduces_in_fp32(model_dir):
+    """With a bf16 compute dtype (the trainer's choice under bf16 autocast) the layers and the lm_head the
+    fused loss reads are gathered in bf16, the loss's own float inputs are not cast, and the fp32
+    parameters get fp32 gradients that match an unsharded fp32 backward within bf16 tolerance."""
+    from fusedrl.engine.models import load_causal_lm
+
+    port = _free_port()
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_mixed_precision_worker, args=(port, str(model_dir), results), nprocs=2, join=True)
+    model = load_causal_lm(str(model_dir))
+    _sft_loss(model, _tokens(), torch.tensor(0.01)).backward()
+    for rank in (0, 1):
+        seen, dtypes, grads = results[rank]
+        assert seen == {"weight": torch.bfloat16, "scale": torch.float32}
+        assert set(dtypes.values()) == {torch.float32}
+        for name, param in model.named_parameters():
+            assert grads[name].dtype == torch.float32
+            torch.testing.assert_close(grads[name], param.grad, atol=1e-2, rtol=2e-2)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")

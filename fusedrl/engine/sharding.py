@@ -35,12 +35,15 @@ class ShardedModels(nn.Module):
         return fn(*args)
 
 
-def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
+def shard(models: list[nn.Module], ranks: Ranks, compute_dtype: torch.dtype | None = None) -> ShardedModels:
     """Shard ``models`` (on ``ranks.device``, equal on every rank) over all ranks; return their root.
 
-    Parameters become ``DTensor`` shards in place, so optimizers must be built after this call."""
+    Parameters become ``DTensor`` shards in place, so optimizers must be built after this call.
+    ``compute_dtype`` (bf16 under autocast): weights are gathered and used in it, and gradients are
+    reduced in fp32 into shards of the parameters' own dtype (FSDP's mixed precision); None keeps the
+    parameters' dtype throughout."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     layers = decoder_layers(models)
     if not layers:
@@ -48,10 +51,14 @@ def shard(models: list[nn.Module], ranks: Ranks) -> ShardedModels:
         raise ValueError(f"fsdp: found no decoder layers to shard in {kinds} (expected a Hugging Face model "
                          "whose _no_split_modules names its layer class)")
     mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
+    reduce_dtype = torch.float32 if compute_dtype is not None else None
+    layer_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=reduce_dtype)
+    # the root's inputs are the loss's (advantages, reference logps, teacher logprobs): never cast them
+    root_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
     root = ShardedModels(models)
     for layer in reversed(layers):  # inner modules before the ones holding them, as FSDP requires
-        fully_shard(layer, mesh=mesh)
-    fully_shard(root, mesh=mesh, reshard_after_forward=False)
+        fully_shard(layer, mesh=mesh, mp_policy=layer_policy)
+    fully_shard(root, mesh=mesh, reshard_after_forward=False, mp_policy=root_policy)
     return root
 
 

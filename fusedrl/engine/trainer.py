@@ -46,10 +46,15 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_context(config: TrainConfig, device: torch.device):
-    """bf16 autocast on a GPU that supports it (``bf16: auto``/``true``); a no-op elsewhere."""
+def uses_bf16_autocast(config: TrainConfig, device: torch.device) -> bool:
+    """True on a GPU that supports bf16 when ``bf16`` is ``auto`` or ``true``."""
     wanted = config.bf16 is True or (config.bf16 == "auto" and device.type == "cuda")
-    if wanted and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    return wanted and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast_context(config: TrainConfig, device: torch.device):
+    """bf16 autocast where ``uses_bf16_autocast``; a no-op elsewhere."""
+    if uses_bf16_autocast(config, device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -132,8 +137,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     if config.torch_compile:
         algorithm.compile()
     sharded = config.fsdp and ranks.active
-    if sharded:
-        algorithm.shard(ranks)
+    if sharded:  # under bf16 autocast the layers compute in bf16 anyway: gather them in bf16
+        algorithm.shard(ranks, torch.bfloat16 if uses_bf16_autocast(config, device) else None)
     elif config.fsdp:
         log.info("fsdp: a single process has nothing to shard; training unsharded")
 

@@ -104,9 +104,9 @@ class Algorithm:
         log.info("torch_compile: compiling %d decoder layers (the first steps of each new shape take longer)",
                  compile_layers(self.models()))
 
-    def shard(self, ranks: Ranks) -> None:
-        """Shard ``models()`` over ``ranks`` (``fsdp: true``; see sharding.py)."""
-        self.sharded = shard(self.models(), ranks)
+    def shard(self, ranks: Ranks, compute_dtype: torch.dtype | None = None) -> None:
+        """Shard ``models()`` over ``ranks`` (``fsdp: true``; ``compute_dtype``: see ``sharding.shard``)."""
+        self.sharded = shard(self.models(), ranks, compute_dtype)
         local, whole = shard_sizes(self.sharded)
         log.info("fsdp: %d ranks; each holds %.4g MiB of the %.4g MiB of weights (trained and frozen models), "
                  "and gradients and AdamW moments alike", ranks.world_size, local / 2**20, whole / 2**20)

@@ -72,10 +72,10 @@ class OnlineAlgorithm(Algorithm):
         """The trained module, the reference and the frozen reward model (when there is one)."""
         return super().models() + ([self.reward_model] if self.reward_model is not None else [])
 
-    def shard(self, ranks) -> None:
+    def shard(self, ranks, compute_dtype=None) -> None:
         """Shard as ``Algorithm.shard``; sampling then gathers the policy whole (``gathered``) and steps in
         lockstep on every rank."""
-        super().shard(ranks)
+        super().shard(ranks, compute_dtype)
         self.generator.synced_gpus = True
 
     def eos_token_ids(self) -> list[int]:
