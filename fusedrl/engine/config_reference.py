@@ -233,7 +233,8 @@ DESCRIPTIONS: dict[str, str] = {
                               "in PPO's value model and the reward model's backbone too.",
     "fsdp": "Under torchrun, shard parameters, gradients and AdamW state over the ranks (PyTorch FSDP2, one unit per "
             "decoder layer) instead of keeping a whole copy on each; the reference and reward models are sharded "
-            "too. Checkpoints then hold each rank's shards (resume with as many ranks; `fusedrl export` joins "
+            "too; under bf16 autocast weights are gathered in bf16 and gradients reduced in fp32. Checkpoints "
+            "then hold each rank's shards (resume with as many ranks; `fusedrl export` joins "
             "them); `final/` is gathered and written whole. "
             "Sampling (GRPO, PPO) gathers the policy whole for the rollout and steps all ranks in lockstep. "
             "Ignored by a single process.",
