@@ -99,8 +99,8 @@ def loss_scale(sharded: bool, ranks: Ranks) -> float:
 
 def local_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """This rank's shards of a state dict, as contiguous CPU tensors that share no memory (safetensors-ready)."""
-    return {k: (v.to_local() if isinstance(v, DTensor) else v).detach().cpu().clone(memory_format=torch.contiguous_format)
-            for k, v in state.items()}
+    local = {k: v.to_local() if isinstance(v, DTensor) else v for k, v in state.items()}
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in local.items()}
 
 
 def load_local_tensors(module: nn.Module, shards: dict[str, torch.Tensor], source: str) -> None:
