@@ -129,3 +129,35 @@ def test_cli_kd_extract_lists_the_dtypes(tmp_path, capsys):
         cli_main(["kd-extract", "--teacher", "t", "--dataset", "d", "--output", str(tmp_path), "--dtype", "fp16"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "argument --dtype: invalid choice: 'fp16'" in err and "'bfloat16'" in err
+
+
+def test_kd_extract_on_two_ranks_writes_the_same_shards(models, extracted, tmp_path):
+    """Under torchrun each rank writes every other shard (rank 0: 0 and 2, rank 1: 1); together they are the
+    single-process extraction."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import datasets
+
+    cfg, single = extracted
+    out = tmp_path / "two-ranks"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "-m", "fusedrl", "kd-extract", "--teacher", cfg.teacher, "--dataset", cfg.dataset,
+         "--output", str(out), "--top-k", "16", "--max-length", "160", "--batch-size", "16", "--shard-size", "64",
+         "--backend", "torch"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("teacher top-k targets written to") == 1
+    assert read_metadata(out) == read_metadata(single)
+    names = sorted(p.name for p in single.glob("*.parquet"))
+    assert sorted(p.name for p in out.glob("*.parquet")) == names
+    for name in names:
+        want = datasets.Dataset.from_parquet(str(single / name)).to_dict()
+        got = datasets.Dataset.from_parquet(str(out / name)).to_dict()
+        assert got == want, name

@@ -80,7 +80,9 @@ def _kd_extract(args: argparse.Namespace, extra: list[str]) -> int:
 
     if extra:
         raise ConfigError(f"kd-extract: unknown arguments {extra}")
-    print(f"teacher top-k targets written to {extract(config_from_args(args))}")
+    out = extract(config_from_args(args))
+    if _is_main_rank():
+        print(f"teacher top-k targets written to {out}")
     return 0
 
 

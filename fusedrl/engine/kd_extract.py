@@ -11,6 +11,7 @@ Alignment, stated once: ``target_token_ids[i]`` is the teacher's distribution of
 token ``i`` given tokens ``< i`` (the teacher's output at position ``i - 1``); it is
 empty at position 0 and on prompt tokens. The batch builder shifts it like the labels.
 Shards are written atomically and skipped when present, so an interrupted run resumes.
+Under ``torchrun`` each rank (one GPU each) writes shards ``rank, rank + world_size, ...``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import yaml
 from ..kernels import linear_topk
 from .data import DataConfig, prepare_dataset
 from .data.collate import pad
+from .distributed import init_ranks
 from .models import DTYPES, final_hidden, lm_head_of, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -118,18 +120,21 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
         raise ValueError(f"--top-k: expected >= 1, got {cfg.top_k}")
     if not cfg.temperature > 0:
         raise ValueError(f"--temperature: expected > 0, got {cfg.temperature}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = init_ranks()
+    device = ranks.device
     tokenizer = load_tokenizer(cfg.teacher, trust_remote_code=cfg.trust_remote_code, key="teacher")
     data_config = DataConfig(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                              chat_template=cfg.chat_template, on_bad_row=cfg.on_bad_row)
-    rows = prepare_dataset([{"path": cfg.dataset}], tokenizer, "sft", data_config)
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_or_write_metadata(out, _metadata(cfg, tokenizer, len(rows)))
+    with ranks.main_first():  # rank 0 tokenises (the others read its cache) and writes the metadata
+        rows = prepare_dataset([{"path": cfg.dataset}], tokenizer, "sft", data_config)
+        out.mkdir(parents=True, exist_ok=True)
+        _check_or_write_metadata(out, _metadata(cfg, tokenizer, len(rows)))
     model = load_causal_lm(cfg.teacher, cfg.dtype, trust_remote_code=cfg.trust_remote_code, key="teacher")
     model = model.to(device).eval()
     shards = math.ceil(len(rows) / cfg.shard_size)
-    for shard in tqdm(range(shards), desc="kd-extract shards", disable=not progress):
+    mine = range(ranks.rank, shards, ranks.world_size)
+    for shard in tqdm(mine, desc="kd-extract shards", disable=not (progress and ranks.is_main)):
         path = out / f"shard-{shard:05d}.parquet"
         if path.is_file():
             continue
@@ -141,7 +146,10 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
         tmp = path.with_name(path.name + ".tmp")
         datasets.Dataset.from_list(records).to_parquet(str(tmp))
         os.replace(tmp, path)
-    log.info("wrote %d rows in %d shards to %s", len(rows), shards, out)
+    ranks.barrier()
+    ranks.close()
+    if ranks.is_main:
+        log.info("wrote %d rows in %d shards to %s", len(rows), shards, out)
     return out
 
 
