@@ -210,8 +210,8 @@ def whole_weights(folder: Path, model) -> dict[str, torch.Tensor]:
     whole = {}
     for name, target in model.state_dict().items():
         parts = [piece[name] for piece in pieces]
-        joined = sum(p.shape[0] for p in parts) == target.shape[0] if target.dim() else False
-        whole[name] = torch.cat(parts) if joined and world > 1 else parts[0]
+        split = target.dim() > 0 and sum(part.shape[0] for part in parts) == target.shape[0]
+        whole[name] = torch.cat(parts) if split else parts[0]
     return whole
 
 
