@@ -77,3 +77,12 @@ def test_precomputed_reference_releases_the_reference_model(model_dir, tmp_path)
     data = algorithm.prepare_data(load_training_data(config, algorithm.tokenizer, algorithm.data_kind))
     assert algorithm.reference is None
     assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(data.train.column_names)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_steps_log_their_peak_memory(model_dir, tmp_path):
+    """On a GPU every step logs ``max_memory_gib``, the step's peak allocation on any rank."""
+    train(config_from_dict(train_config(model_dir, tmp_path / "run", "sft", max_steps=2)))
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    peaks = [r["max_memory_gib"] for r in steps if r["split"] == "train"]
+    assert len(peaks) == 2 and all(p > 0 for p in peaks)

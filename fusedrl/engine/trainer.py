@@ -210,7 +210,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         step_time = time.perf_counter() - started
         metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm,
                    "lr": scheduler.get_last_lr()[0], "step_time": step_time, "tokens_per_second": tokens / step_time,
-                   "num_input_tokens_seen": tokens_seen, "epoch": stream.epoch + stream.index / len(stream.rows)}
+                   "num_input_tokens_seen": tokens_seen, "epoch": stream.epoch + stream.index / len(stream.rows),
+                   **_peak_memory(device, ranks)}
         result.train_losses.append(metrics["loss"])
         if step % config.logging_steps == 0 or step == steps:
             metrics_log.write(step, metrics)
@@ -242,6 +243,15 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     metrics_log.close()
     ranks.close()
     return result
+
+
+def _peak_memory(device: torch.device, ranks: Ranks) -> dict[str, float]:
+    """On a GPU, ``max_memory_gib``: the most memory allocated during the step on any rank (then reset)."""
+    if device.type != "cuda":
+        return {}
+    peak = max(ranks.gather([torch.cuda.max_memory_allocated(device) / 2**30]))
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"max_memory_gib": peak}
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
