@@ -115,6 +115,24 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
     return _mean_metrics(ranks.gather(parts), algorithm.summed_keys)
 
 
+def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> bool:
+    """Make the models the same on every rank, then apply gradient checkpointing, ``torch_compile`` and
+    ``fsdp`` (in that order); returns whether they are sharded."""
+    ranks.broadcast_parameters(algorithm.model)
+    if ranks.active:
+        set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
+    if config.gradient_checkpointing:
+        algorithm.enable_gradient_checkpointing()
+    if config.torch_compile:
+        algorithm.compile()
+    if config.fsdp and not ranks.active:
+        log.info("fsdp: a single process has nothing to shard; training unsharded")
+    if config.fsdp and ranks.active:  # under bf16 autocast the layers compute in bf16 anyway: gather them so
+        algorithm.shard(ranks, torch.bfloat16 if uses_bf16_autocast(config, ranks.device) else None)
+        return True
+    return False
+
+
 def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     """Run ``config`` to completion (resuming when asked); return the run's summary.
 
@@ -129,18 +147,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
     data = algorithm.prepare_data(raw_data)
     model = algorithm.model
-    ranks.broadcast_parameters(model)
-    if ranks.active:
-        set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
-    if config.gradient_checkpointing:
-        algorithm.enable_gradient_checkpointing()
-    if config.torch_compile:
-        algorithm.compile()
-    sharded = config.fsdp and ranks.active
-    if sharded:  # under bf16 autocast the layers compute in bf16 anyway: gather them in bf16
-        algorithm.shard(ranks, torch.bfloat16 if uses_bf16_autocast(config, device) else None)
-    elif config.fsdp:
-        log.info("fsdp: a single process has nothing to shard; training unsharded")
+    sharded = _prepare_models(algorithm, config, ranks)
 
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed, rank=ranks.rank,
                          world_size=ranks.world_size)
