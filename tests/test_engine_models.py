@@ -126,3 +126,18 @@ def test_fsdp_refuses_a_model_without_decoder_layers():
 
     with pytest.raises(ValueError, match=r"fsdp: found no decoder layers to shard in \['Linear'\]"):
         shard([torch.nn.Linear(2, 2)], Ranks(world_size=2))
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_models_to_be_sharded_load_on_the_cpu(fsdp, monkeypatch, tmp_path):
+    """Under torchrun with ``fsdp`` the trained and reference models wait on the CPU (sharding moves each
+    rank's share to the device, so the device never holds them whole); otherwise they go to the device
+    (here the meta device stands in for a GPU)."""
+    from fusedrl.engine.algorithms import build_algorithm
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model_dir = save_tiny_model(tmp_path / "model")
+    config = config_from_dict(train_config(model_dir, tmp_path / "run", "dpo", fsdp=fsdp))
+    algorithm = build_algorithm(config, torch.device("meta"))
+    expected = "cpu" if fsdp else "meta"
+    assert {p.device.type for m in (algorithm.model, algorithm.reference) for p in m.parameters()} == {expected}

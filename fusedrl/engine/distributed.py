@@ -72,12 +72,16 @@ class Ranks:
         return [item for part in parts for item in part]
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
-        """Rank 0's parameters and buffers on every rank (random inits such as LoRA's and value heads differ)."""
+        """Rank 0's parameters and buffers on every rank (random inits such as LoRA's and value heads differ).
+        Tensors held elsewhere than ``device`` (CPU weights waiting to be sharded) pass through it one by one."""
         if not self.active:
             return
         with torch.no_grad():
             for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor.data, src=0)
+                staged = tensor.data.to(self.device)
+                dist.broadcast(staged, src=0)
+                if staged is not tensor.data:
+                    tensor.data.copy_(staged)
 
 
 class GradientSync:
@@ -172,9 +176,14 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def launched_world_size() -> int:
+    """How many ranks ``torchrun`` started (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_ranks() -> Ranks:
     """The process group from ``torchrun``'s environment (NCCL on GPUs, gloo on CPU), or a single rank."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size == 1:
         return Ranks(device=pick_device())
     cuda = torch.cuda.is_available()

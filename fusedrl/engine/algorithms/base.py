@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..distributed import Ranks
+from ..distributed import Ranks, launched_world_size
 from ..models import (adapters_disabled, apply_lora, compile_layers, disable_dropout, enable_activation_checkpointing,
                       final_hidden, frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
 from ..sharding import ShardedModels, gather_state, shard, shard_sizes
@@ -47,10 +47,12 @@ class Algorithm:
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device
+        # models to be sharded wait on the CPU: sharding moves each rank's share to the device, layer by layer
+        self.load_device = torch.device("cpu") if config.fsdp and launched_world_size() > 1 else device
         self.tokenizer = load_tokenizer(config.tokenizer or config.base_model,
                                         None if config.tokenizer else config.gguf_file, config.trust_remote_code,
                                         key="tokenizer" if config.tokenizer else "base_model")
-        self.model = self.build_model().to(device)
+        self.model = self.build_model().to(self.load_device)
         if config.effective_disable_dropout and (changed := disable_dropout(self.model)):
             log.info("disable_dropout: %d dropout rates of the model set to 0", changed)
             if config.adapter == "lora" and config.lora_dropout:
@@ -89,10 +91,10 @@ class Algorithm:
             ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation,
                                  key="ref_model")
             ref.requires_grad_(False)
-            return ref.eval().to(self.device)
+            return ref.eval().to(self.load_device)
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
             return None
-        return frozen_copy(self.policy).to(self.device)
+        return frozen_copy(self.policy).to(self.load_device)
 
     def models(self) -> list[torch.nn.Module]:
         """The modules a run computes with: the trained one and the reference (when it is a separate model);

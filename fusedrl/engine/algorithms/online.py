@@ -89,7 +89,7 @@ class OnlineAlgorithm(Algorithm):
         return sorted(ids)
 
     def load_reward_model(self, trainable: bool = False) -> RewardModel:
-        """``reward_model`` as a ``RewardModel`` (frozen, in eval mode and on the training device unless
+        """``reward_model`` as a ``RewardModel`` (frozen, in eval mode and on ``load_device`` unless
         ``trainable``: then on the CPU, as ``build_model`` returns it), same tokenizer."""
         cfg = self.config
         try:
@@ -100,7 +100,7 @@ class OnlineAlgorithm(Algorithm):
                              "configs/rm.yaml)") from None
         if trainable:
             return model
-        return model.eval().requires_grad_(False).to(self.device)
+        return model.eval().requires_grad_(False).to(self.load_device)
 
     def batch_rows(self, batch: dict) -> int:
         """Rows of an update micro-batch (completions) or of a prompt batch (prompts)."""

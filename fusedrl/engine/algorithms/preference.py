@@ -45,6 +45,7 @@ class DPO(Pairwise):
         if not self.config.precompute_ref_log_probs:
             return data
         size = self.config.eval_batch_size or self.config.micro_batch_size
+        (self.reference if self.reference is not None else self.model).to(self.device)  # fsdp: still on the CPU
         train = add_reference_logps(self, data.train, data.collate, size)
         held_out = add_reference_logps(self, data.eval, data.collate, size) if len(data.eval) else data.eval
         self.reference = None  # every batch now carries its reference logps: free the model (as TRL)
