@@ -203,8 +203,9 @@ def model_dir(tmp_path_factory):
     ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2,
                 "fsdp": True}),
     ("rm", 2, {"fsdp": True, "eval_batch_size": 10}),
+    ("dpo", 2, {"rpo_alpha": None, "adapter": "lora", "lora_r": 4, "precompute_ref_log_probs": True, "fsdp": True}),
 ], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation", "dpo-precomputed-reference", "fsdp-sft", "fsdp-dpo",
-        "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm"])
+        "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
     (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's
