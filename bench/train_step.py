@@ -2,12 +2,13 @@
 
 The model (a randomly initialised Llama of a named shape), the batch and AdamW are the same for every row;
 only the loss differs. ``hf`` is the model's own ``forward(labels=...)`` (full logits, the loss in fp32);
-every other row runs the decoder, then the linear cross-entropy implementation of that name from the
-``ce`` op (fusedrl and its fixed backends, eager, Liger-Kernel, Cut Cross-Entropy) on the final hidden
-states and the lm_head weight, shifted as Hugging Face shifts them. Each row: the time of a whole step
-(forward, backward, AdamW; median and p20/p80 after warm-up), tokens per second, peak memory above what
-the model, its gradients and the optimizer state hold between steps, and the first step's loss relative
-to ``hf``'s (the same weights and batch, so it checks the implementation too).
+``hf-fused`` the same call after ``fusedrl.hf.use_fused_loss(model)`` (how a training loop fusedrl does not
+own gets the kernel); every other row runs the decoder, then the linear cross-entropy implementation of that
+name from the ``ce`` op (fusedrl and its fixed backends, eager, Liger-Kernel, Cut Cross-Entropy) on the final
+hidden states and the lm_head weight, shifted as Hugging Face shifts them. Each row: the time of a whole step
+(forward, backward, AdamW; median and p20/p80 after warm-up), tokens per second, peak memory above what the
+model, its gradients and the optimizer state hold between steps, and the first step's loss relative to
+``hf``'s (the same weights and batch, so it checks the implementation too).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fusedrl.engine.models import compile_layers, enable_activation_checkpointing
+from fusedrl.hf import use_fused_loss
 
 from . import memory
 from .competitors import import_error
@@ -47,9 +49,9 @@ DEFAULTS = {  # device type -> (model, batch rows, tokens per row, warm-up steps
     "cuda": ("llama-1b", 8, 2048, 3, 10),
     "cpu": ("tiny", 2, 65, 1, 3),
 }
-HF = "hf"
+HF, HF_FUSED = "hf", "hf-fused"
 CE_IMPLS = {spec.name: spec for spec in cross_entropy.OP.impls if spec.name != "torch.compile"}
-IMPL_NAMES = (HF, *CE_IMPLS)
+IMPL_NAMES = (HF, HF_FUSED, *CE_IMPLS)
 CSV_NAME, JSON_NAME, MD_NAME = "train_step.csv", "train_step.json", "train_step.md"
 
 
@@ -125,10 +127,12 @@ def build_model(name: str, dtype: torch.dtype, device: torch.device, checkpointi
     return model.train()
 
 
-def loss_function(name: str, device: torch.device):
-    """``(model, batch) -> scalar loss`` of implementation ``name``, or a string saying why it cannot run."""
-    if name == HF:
-        return lambda model, batch: model(**batch).loss
+def loss_function(name: str, model, device: torch.device):
+    """``batch -> scalar loss`` of implementation ``name`` on ``model`` (``hf-fused`` patches it), or a string
+    saying why it cannot run."""
+    if name in (HF, HF_FUSED):
+        model = use_fused_loss(model) if name == HF_FUSED else model
+        return lambda batch: model(**batch).loss
     spec: ImplSpec = CE_IMPLS[name]
     if spec.cuda_only and device.type != "cuda":
         return "unavailable: needs a CUDA device"
@@ -136,7 +140,7 @@ def loss_function(name: str, device: torch.device):
         return f"unavailable: {reason}"
     head_loss = spec.build(BuildOptions(device=device))
 
-    def loss(model, batch):
+    def loss(batch):
         hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state
         return head_loss({"hidden": hidden[:, :-1].flatten(0, 1), "weight": model.lm_head.weight,
                           "labels": batch["labels"][:, 1:].flatten()})
@@ -163,7 +167,7 @@ def _run_steps(name: str, args: argparse.Namespace, device: torch.device) -> Ste
     model = build_model(args.model, dtype, device, not args.no_checkpointing, args.compile_layers, args.seq)
     row = StepRow(name, "ok", args.model, sum(p.numel() for p in model.parameters()) / 1e6,
                   args.batch * args.seq, args.dtype, not args.no_checkpointing, args.compile_layers)
-    loss_fn = loss_function(name, device)
+    loss_fn = loss_function(name, model, device)
     if isinstance(loss_fn, str):
         row.status = loss_fn
         return row
@@ -171,7 +175,7 @@ def _run_steps(name: str, args: argparse.Namespace, device: torch.device) -> Ste
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda" or None)
 
     def step(_=None) -> torch.Tensor:
-        loss = loss_fn(model, batch)
+        loss = loss_fn(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -163,12 +163,12 @@ def test_train_step_rows_on_cpu(tmp_path):
     CUDA-only rows say why they did not run, and the three outputs are written."""
     from bench import train_step
 
-    assert train_step.main(["--device", "cpu", "--impls", "fusedrl,fusedrl-torch,liger", "--steps", "2",
+    assert train_step.main(["--device", "cpu", "--impls", "hf-fused,fusedrl,fusedrl-torch,liger", "--steps", "2",
                             "--seq", "33", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / train_step.JSON_NAME).read_text())
     rows = {r["impl"]: r for r in result["rows"]}
-    assert list(rows) == ["hf", "fusedrl", "fusedrl-torch", "liger"]
-    for name in ("hf", "fusedrl", "fusedrl-torch"):
+    assert list(rows) == ["hf", "hf-fused", "fusedrl", "fusedrl-torch", "liger"]
+    for name in ("hf", "hf-fused", "fusedrl", "fusedrl-torch"):
         row = rows[name]
         assert row["status"] == "ok" and row["step_ms"] > 0 and row["peak_mib"] > 0 and row["state_mib"] > 0, name
         assert row["loss_vs_hf"] < 1e-5 and row["tokens"] == 2 * 33, name
@@ -176,4 +176,4 @@ def test_train_step_rows_on_cpu(tmp_path):
     assert result["environment"]["memory_method"] and result["environment"]["steps"] == 2
     assert "| fusedrl | ok |" in (tmp_path / train_step.MD_NAME).read_text()
     with (tmp_path / train_step.CSV_NAME).open() as f:
-        assert len(list(csv.DictReader(f))) == 4
+        assert len(list(csv.DictReader(f))) == 5
