@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import inspect
 from dataclasses import dataclass
 
 import torch
+
+from fusedrl.engine.env_report import package_version
 
 from .eager import IGNORE_INDEX
 
@@ -36,11 +37,8 @@ def import_error(name: str) -> str | None:
 
 
 def version(name: str) -> str:
-    """The installed version of library ``name``, or ``unavailable``."""
-    try:
-        return importlib.metadata.version(LIBRARIES[name].dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unavailable"
+    """The installed version of library ``name``, or ``not installed``."""
+    return package_version(LIBRARIES[name].dist)
 
 
 def supported_kwargs(cls: type, **kwargs) -> dict:

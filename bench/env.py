@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import platform
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 import fusedrl
+from fusedrl.engine.env_report import package_version
 from fusedrl.kernels.triton.backward_launch import BACKWARD_ENV
 
 from . import competitors
@@ -50,13 +50,6 @@ def device_slug(device: torch.device) -> str:
     return slug if device.type == "cuda" else f"cpu-{slug}"
 
 
-def _dist_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unavailable"
-
-
 def _driver() -> str | None:
     out = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     return out.splitlines()[0] if out else None
@@ -71,7 +64,7 @@ def environment(device: torch.device, settings: dict) -> dict:
         "driver": _driver() if cuda else None,
         "cuda_runtime": torch.version.cuda,
         "torch": torch.__version__,
-        "triton": _dist_version("triton"),
+        "triton": package_version("triton"),
         "liger-kernel": competitors.version("liger"),
         "cut-cross-entropy": competitors.version("cce"),
         "fusedrl": fusedrl.__version__,

@@ -163,3 +163,17 @@ def test_cli_names_missing_kd_targets_before_loading_a_model(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "datasets[0].path: teacher targets not found: 'outputs/kd_targets'" in err and "kd-extract" in err
+
+
+def test_fusedrl_env_reports_versions_devices_and_kernel_paths(capsys):
+    """``fusedrl env`` prints one line per fact a bug report needs, including the backend ``auto`` takes."""
+    import torch
+
+    assert main(["env"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    report = {name: value.strip() for name, value in lines.items()}
+    assert report["torch"] == torch.__version__ and report["fusedrl"] == "0.1.0"
+    assert report["transformers"] != "not installed" and report["liger-kernel"]
+    expected = "triton (on cuda tensors)" if torch.cuda.is_available() else "torch (on cpu tensors)"
+    assert report["kernel_backend auto"] == expected
+    assert main(["env", "--verbose"]) == 2

@@ -3,6 +3,7 @@
 - ``fusedrl train CONFIG.yaml [--key value ...]``: train (any config key can be overridden).
 - ``fusedrl kd-extract --teacher M --dataset D --top-k 64 --output DIR``: teacher top-k targets for ``rl: kd``.
 - ``fusedrl export CONFIG.yaml CHECKPOINT OUT [--key value ...]``: a checkpoint as a Hugging Face model folder.
+- ``fusedrl env``: versions, devices and kernel paths, for bug reports.
 - ``fusedrl bench [...]``: the kernel benchmarks of ``bench/`` (run from a checkout).
 """
 from __future__ import annotations
@@ -86,6 +87,15 @@ def _kd_extract(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace, extra: list[str]) -> int:
+    from .env_report import environment_report, format_report
+
+    if extra:
+        raise ConfigError(f"env: unknown arguments {extra}")
+    print(format_report(environment_report()))
+    return 0
+
+
 def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         from bench import main as bench_main
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("checkpoint", help="a checkpoint-<step> folder, or `latest` in the config's output_dir")
     p_export.add_argument("out", help="the folder to write (replaced if it exists)")
     add_arguments(sub.add_parser("kd-extract", help="teacher top-k logprobs as Parquet shards for rl: kd"))
+    sub.add_parser("env", help="versions, devices and the kernel paths this machine takes (for bug reports)")
     sub.add_parser("bench", help="kernel benchmarks (bench/; see bench/README.md)", add_help=False)
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if _is_main_rank() else logging.WARNING,
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-    commands = {"train": _train, "export": _export, "kd-extract": _kd_extract, "bench": _bench}
+    commands = {"train": _train, "export": _export, "kd-extract": _kd_extract, "env": _env, "bench": _bench}
     try:
         return commands[args.command](args, extra)
     except (ConfigError, FileNotFoundError, ValueError, RewardFunctionError) as err:
