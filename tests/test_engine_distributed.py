@@ -221,6 +221,8 @@ def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, mod
     if extra.get("fsdp"):
         local, whole = map(float, re.search(r"each holds ([\d.]+) MiB of the ([\d.]+) MiB", log).groups())
         assert 0.45 * whole < local < 0.55 * whole
+        reader = "every rank" if extra.get("precompute_ref_log_probs") else "rank 0 only"
+        assert f"the weights were read by {reader}" in log
 
     for split in ("train", "eval"):
         expected, got = records(tmp_path / "one", split), records(tmp_path / "two", split)

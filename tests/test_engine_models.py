@@ -128,16 +128,36 @@ def test_fsdp_refuses_a_model_without_decoder_layers():
         shard([torch.nn.Linear(2, 2)], Ranks(world_size=2))
 
 
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_models_to_be_sharded_load_on_the_cpu(fsdp, monkeypatch, tmp_path):
-    """Under torchrun with ``fsdp`` the trained and reference models wait on the CPU (sharding moves each
-    rank's share to the device, so the device never holds them whole); otherwise they go to the device
-    (here the meta device stands in for a GPU)."""
+@pytest.mark.parametrize("fsdp, rank, precompute, expected", [
+    (False, 1, False, "meta"),  # replicated: straight to the device (the meta device stands in for a GPU)
+    (True, 0, False, "cpu"),  # sharded: rank 0 reads the weights into host memory
+    (True, 1, False, "meta"),  # the other ranks read none: their models are built on the meta device
+    (True, 1, True, "cpu"),  # a precomputed reference pass needs the weights on every rank
+])
+def test_where_models_load(fsdp, rank, precompute, expected, monkeypatch, tmp_path):
+    """Under torchrun with ``fsdp`` the models wait on the CPU (sharding moves each rank's share to the
+    device, so loading never puts a whole model there), and only rank 0 reads their weights; without
+    ``fsdp`` they go to the device."""
     from fusedrl.engine.algorithms import build_algorithm
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
     model_dir = save_tiny_model(tmp_path / "model")
-    config = config_from_dict(train_config(model_dir, tmp_path / "run", "dpo", fsdp=fsdp))
+    config = config_from_dict(train_config(model_dir, tmp_path / "run", "dpo", fsdp=fsdp,
+                                           precompute_ref_log_probs=precompute))
     algorithm = build_algorithm(config, torch.device("meta"))
-    expected = "cpu" if fsdp else "meta"
     assert {p.device.type for m in (algorithm.model, algorithm.reference) for p in m.parameters()} == {expected}
+
+
+def test_a_model_on_meta_is_the_loaded_model_without_weights(tmp_path):
+    """``load_causal_lm(on_meta=True)`` (ranks other than 0 under fsdp) reads no weights but gives the same
+    model: config, generation config (its EOS ids end sampling), parameter names, shapes and dtypes, mode."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    loaded = load_causal_lm(str(model_dir), "bfloat16")
+    empty = load_causal_lm(str(model_dir), "bfloat16", on_meta=True)
+    assert empty.config.to_dict() == loaded.config.to_dict()
+    assert empty.generation_config.to_dict() == loaded.generation_config.to_dict()
+    assert empty.training == loaded.training
+    shapes = {n: (p.shape, p.dtype) for n, p in loaded.named_parameters()}
+    assert {n: (p.shape, p.dtype) for n, p in empty.named_parameters()} == shapes
+    assert {p.device.type for p in empty.parameters()} == {"meta"}

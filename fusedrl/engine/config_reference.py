@@ -236,7 +236,8 @@ DESCRIPTIONS: dict[str, str] = {
             "too; under bf16 autocast weights are gathered in bf16 and gradients reduced in fp32. Checkpoints "
             "then hold each rank's shards (resume with as many ranks; `fusedrl export` joins "
             "them); `final/` is gathered and written whole. "
-            "Models load into host memory and move to the GPU shard by shard. Sampling (GRPO, PPO) gathers the "
+            "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
+            "shards; with `precompute_ref_log_probs` every rank reads them). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
     "torch_compile": "`torch.compile` each decoder layer of the trained, reference and reward models (regional "
                      "compilation with dynamic shapes: one compile serves every layer and length; names and "

@@ -181,6 +181,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_ranks() -> Ranks:
     """The process group from ``torchrun``'s environment (NCCL on GPUs, gloo on CPU), or a single rank."""
     world_size = launched_world_size()

@@ -46,16 +46,28 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
-                   trust_remote_code: bool = False, attn_implementation: str | None = None, key: str = "base_model"):
+                   trust_remote_code: bool = False, attn_implementation: str | None = None, key: str = "base_model",
+                   on_meta: bool = False):
     """``AutoModelForCausalLM`` from a local folder, hub id, or a GGUF file (dequantized) in ``dtype``;
-    ``key`` names the config key the path came from in errors."""
-    from transformers import AutoModelForCausalLM
+    ``key`` names the config key the path came from in errors. ``on_meta``: the same model (config and
+    generation config) with weights on the meta device, reading no weights (they arrive later: sharding.py)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = _from_pretrained(AutoModelForCausalLM, name_or_path, key, dtype=DTYPES[dtype],
-                             trust_remote_code=trust_remote_code, **kwargs)
+    if on_meta:
+        config = _from_pretrained(AutoConfig, name_or_path, key, trust_remote_code=trust_remote_code,
+                                  **({"gguf_file": gguf_file} if gguf_file else {}))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                     **{k: v for k, v in kwargs.items() if k != "gguf_file"})
+        with contextlib.suppress(OSError):  # from_pretrained reads generation_config.json too (its EOS ids)
+            model.generation_config = GenerationConfig.from_pretrained(name_or_path, **kwargs)
+        model.eval()  # as from_pretrained leaves it
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, name_or_path, key, dtype=DTYPES[dtype],
+                                 trust_remote_code=trust_remote_code, **kwargs)
     model.config.use_cache = False
     check_plain_logits(model.config, name_or_path)
     return model
@@ -229,10 +241,14 @@ class RewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", gguf_file: str | None = None,
                         trust_remote_code: bool = False, attn_implementation: str | None = None,
-                        key: str = "reward_model") -> "RewardModel":
-        """Backbone from ``name_or_path``; the value head from its ``value_head.safetensors`` when present."""
-        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code, attn_implementation, key=key))
+                        key: str = "reward_model", on_meta: bool = False) -> "RewardModel":
+        """Backbone from ``name_or_path``; the value head from its ``value_head.safetensors`` when present
+        (``on_meta``: see ``load_causal_lm``; the value head is then left as initialised)."""
+        model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code, attn_implementation, key=key,
+                                   on_meta=on_meta))
         head = Path(name_or_path) / VALUE_HEAD_FILE
+        if on_meta:
+            return model
         if head.is_file():
             model.value_head.load_state_dict(load_file(str(head)))
         else:

@@ -35,10 +35,13 @@ class ShardedModels(nn.Module):
         return fn(*args)
 
 
-def shard(models: list[nn.Module], ranks: Ranks, compute_dtype: torch.dtype | None = None) -> ShardedModels:
-    """Shard ``models`` (on ``ranks.device``, equal on every rank) over all ranks; return their root.
+def shard(models: list[nn.Module], ranks: Ranks, compute_dtype: torch.dtype | None = None,
+          from_rank0: bool = False) -> ShardedModels:
+    """Shard ``models`` (equal on every rank, on the CPU or the device) over all ranks; return their root.
 
     Parameters become ``DTensor`` shards in place, so optimizers must be built after this call.
+    ``from_rank0``: only rank 0's models hold weights, the others' are on the meta device; every rank then
+    gets its shards of rank 0's values (one whole tensor at a time through the device).
     ``compute_dtype`` (bf16 under autocast): weights are gathered and used in it, and gradients are
     reduced in fp32 into shards of the parameters' own dtype (FSDP's mixed precision); None keeps the
     parameters' dtype throughout."""
@@ -56,10 +59,38 @@ def shard(models: list[nn.Module], ranks: Ranks, compute_dtype: torch.dtype | No
     # the root's inputs are the loss's (advantages, reference logps, teacher logprobs): never cast them
     root_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
     root = ShardedModels(models)
+    source = {n: t.detach() for n, t in _named_tensors(root)} if from_rank0 and ranks.is_main else {}
     for layer in reversed(layers):  # inner modules before the ones holding them, as FSDP requires
         fully_shard(layer, mesh=mesh, mp_policy=layer_policy)
     fully_shard(root, mesh=mesh, reshard_after_forward=False, mp_policy=root_policy)
+    if from_rank0:
+        _fill_from_rank0(root, source, ranks)
     return root
+
+
+def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers (non-persistent ones too) by name, sorted."""
+    return sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0])
+
+
+def _fill_from_rank0(root: ShardedModels, source: dict[str, torch.Tensor], ranks: Ranks) -> None:
+    """Give the sharded ``root`` of every rank rank 0's values. ``source``: rank 0's tensors, taken before
+    sharding (detached, they keep the whole values); the other ranks' meta tensors are first allocated."""
+    import torch.distributed as dist
+
+    if not ranks.is_main:
+        root.to_empty(device=ranks.device)
+    with torch.no_grad():
+        for name, tensor in _named_tensors(root):
+            if not isinstance(tensor, DTensor):  # a buffer: whole on every rank
+                dist.broadcast(tensor, src=0)
+                continue
+            whole = (source[name].to(ranks.device) if ranks.is_main
+                     else torch.empty(tensor.shape, dtype=tensor.dtype, device=ranks.device))
+            dist.broadcast(whole, src=0)
+            if not ranks.is_main:  # FSDP's shards: torch.chunk along dim 0, empty past the last chunk
+                pieces = torch.chunk(whole, ranks.world_size)
+                tensor.to_local().copy_(pieces[ranks.rank] if ranks.rank < len(pieces) else whole[:0])
 
 
 @contextlib.contextmanager

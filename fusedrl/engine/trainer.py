@@ -118,7 +118,8 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
 def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> bool:
     """Make the models the same on every rank, then apply gradient checkpointing, ``torch_compile`` and
     ``fsdp`` (in that order); returns whether they are sharded."""
-    ranks.broadcast_parameters(algorithm.model)
+    if not algorithm.weights_from_rank0:  # else sharding hands out rank 0's weights
+        ranks.broadcast_parameters(algorithm.model)
     if ranks.active:
         set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
     if config.gradient_checkpointing:

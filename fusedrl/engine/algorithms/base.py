@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..distributed import Ranks, launched_world_size
+from ..distributed import Ranks, launched_rank, launched_world_size
 from ..models import (adapters_disabled, apply_lora, compile_layers, disable_dropout, enable_activation_checkpointing,
                       final_hidden, frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
 from ..sharding import ShardedModels, gather_state, shard, shard_sizes
@@ -47,8 +47,13 @@ class Algorithm:
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device
-        # models to be sharded wait on the CPU: sharding moves each rank's share to the device, layer by layer
-        self.load_device = torch.device("cpu") if config.fsdp and launched_world_size() > 1 else device
+        # Models to be sharded wait on the CPU: sharding moves each rank's share to the device, layer by layer.
+        # Only rank 0 reads their weights; the others build them on the meta device and get rank 0's values
+        # when they are sharded (unless a precomputed reference pass needs them whole on every rank first).
+        will_shard = config.fsdp and launched_world_size() > 1
+        self.weights_from_rank0 = will_shard and not config.precompute_ref_log_probs
+        self.on_meta = self.weights_from_rank0 and launched_rank() != 0
+        self.load_device = torch.device("meta" if self.on_meta else "cpu") if will_shard else device
         self.tokenizer = load_tokenizer(config.tokenizer or config.base_model,
                                         None if config.tokenizer else config.gguf_file, config.trust_remote_code,
                                         key="tokenizer" if config.tokenizer else "base_model")
@@ -80,7 +85,7 @@ class Algorithm:
         """The trainable model: the base causal LM, wrapped in LoRA when ``adapter: lora``."""
         cfg = self.config
         model = load_causal_lm(cfg.base_model, cfg.model_dtype, cfg.gguf_file, cfg.trust_remote_code,
-                               cfg.attn_implementation)
+                               cfg.attn_implementation, on_meta=self.on_meta)
         if cfg.adapter == "lora":
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         return model
@@ -89,7 +94,7 @@ class Algorithm:
         cfg = self.config
         if cfg.ref_model:
             ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation,
-                                 key="ref_model")
+                                 key="ref_model", on_meta=self.on_meta)
             ref.requires_grad_(False)
             return ref.eval().to(self.load_device)
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
@@ -108,10 +113,11 @@ class Algorithm:
 
     def shard(self, ranks: Ranks, compute_dtype: torch.dtype | None = None) -> None:
         """Shard ``models()`` over ``ranks`` (``fsdp: true``; ``compute_dtype``: see ``sharding.shard``)."""
-        self.sharded = shard(self.models(), ranks, compute_dtype)
+        self.sharded = shard(self.models(), ranks, compute_dtype, from_rank0=self.weights_from_rank0)
         local, whole = shard_sizes(self.sharded)
         log.info("fsdp: %d ranks; each holds %.4g MiB of the %.4g MiB of weights (trained and frozen models), "
-                 "and gradients and AdamW moments alike", ranks.world_size, local / 2**20, whole / 2**20)
+                 "and gradients and AdamW moments alike; the weights were read by %s", ranks.world_size,
+                 local / 2**20, whole / 2**20, "rank 0 only" if self.weights_from_rank0 else "every rank")
 
     def run(self, fn, *args):
         """``fn(*args)``; under FSDP inside the root's forward, where every sharded weight is reachable.

@@ -94,7 +94,7 @@ class OnlineAlgorithm(Algorithm):
         cfg = self.config
         try:
             model = RewardModel.from_pretrained(cfg.reward_model, cfg.model_dtype, None, cfg.trust_remote_code,
-                                                cfg.attn_implementation)
+                                                cfg.attn_implementation, on_meta=self.on_meta)
         except ValueError as err:
             raise ValueError(f"{err} (reward_model is a folder written by rl: rm, e.g. outputs/rm/final after "
                              "configs/rm.yaml)") from None
