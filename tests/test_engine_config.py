@@ -177,3 +177,16 @@ def test_fusedrl_env_reports_versions_devices_and_kernel_paths(capsys):
     expected = "triton (on cuda tensors)" if torch.cuda.is_available() else "torch (on cpu tensors)"
     assert report["kernel_backend auto"] == expected
     assert main(["env", "--verbose"]) == 2
+
+
+def test_fsdp_gather_for_generation_is_read_only_by_sharded_online_runs(tmp_path):
+    """Switching off the gathered sampling means nothing without fsdp, or for an algorithm that does not sample."""
+    model_dir = tmp_path / "m"
+    with pytest.raises(ConfigError, match="fsdp_gather_for_generation: only read with fsdp: true"):
+        config_from_dict(train_config(model_dir, tmp_path / "a", "grpo", reward_funcs=["accuracy"],
+                                      fsdp_gather_for_generation=False))
+    with pytest.raises(ConfigError, match=r"fsdp_gather_for_generation: rl=sft does not read it"):
+        config_from_dict(train_config(model_dir, tmp_path / "b", "sft", fsdp=True, fsdp_gather_for_generation=False))
+    config = config_from_dict(train_config(model_dir, tmp_path / "c", "grpo", reward_funcs=["accuracy"], fsdp=True,
+                                           fsdp_gather_for_generation=False))
+    assert config.fsdp_gather_for_generation is False

@@ -295,8 +295,9 @@ def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
 
 
 def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):
-    """PPO shards the policy, the value model and the reference (the reward model stays whole): two ranks
-    with fsdp sample the same completions as two replicated ranks and make the same updates."""
+    """PPO shards the policy, the value model, the reference and the reward model: two ranks with fsdp sample
+    the same completions as two replicated ranks and make the same updates. Sampling here gathers each layer
+    at each new token (``fsdp_gather_for_generation: false``; GRPO's resume test covers the default)."""
     from fusedrl.engine.models import RewardModel, load_causal_lm
 
     reward_model = RewardModel(load_causal_lm(str(save_tiny_model(tmp_path / "rm-backbone", seed=1))))
@@ -310,7 +311,8 @@ def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):
         "kernel_backend": "torch", "num_sample_generations": 0,
     }
     torchrun({**raw, "output_dir": str(tmp_path / "replicated")}, tmp_path)
-    torchrun({**raw, "output_dir": str(tmp_path / "fsdp"), "fsdp": True}, tmp_path)
+    torchrun({**raw, "output_dir": str(tmp_path / "fsdp"), "fsdp": True, "fsdp_gather_for_generation": False},
+             tmp_path)
     expected, got = records(tmp_path / "replicated"), records(tmp_path / "fsdp")
     assert len(got) == len(expected) == 4
     for want, have in zip(expected, got):

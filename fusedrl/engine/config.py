@@ -59,6 +59,7 @@ KEY_READERS = {
     **{key: ("kd",) for key in _KD_ONLY},
     **{key: ("grpo",) for key in _GRPO_ONLY},
     **{key: ("ppo",) for key in _PPO_ONLY},
+    "fsdp_gather_for_generation": ONLINE_ALGORITHMS,
     **{key: ONLINE_ALGORITHMS for key in ("temperature", "top_p", "top_k", "max_completion_length",
                                          "local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
 }
@@ -186,6 +187,7 @@ class TrainConfig:
     bf16: str | bool = field(default="auto", metadata=_choices("auto", True, False))
     gradient_checkpointing: bool = False
     fsdp: bool = False
+    fsdp_gather_for_generation: bool = True
     torch_compile: bool = False
     disable_dropout: bool | None = None  # null: true for every algorithm but sft (see effective_disable_dropout)
     seed: int = 42
@@ -363,6 +365,9 @@ def _check_keys_read(config: TrainConfig, source: str) -> None:
         if getattr(config, key) != defaults[key]:
             raise ConfigError(f"{source}: {key}: only read with adapter: lora (adapter is null here), "
                               f"got {getattr(config, key)!r}")
+    if config.fsdp_gather_for_generation != defaults["fsdp_gather_for_generation"] and not config.fsdp:
+        raise ConfigError(f"{source}: fsdp_gather_for_generation: only read with fsdp: true, "
+                          f"got {config.fsdp_gather_for_generation!r}")
     for key, readers in KEY_READERS.items():
         value = getattr(config, key)
         if config.rl not in readers and value != defaults[key]:

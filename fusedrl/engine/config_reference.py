@@ -239,6 +239,10 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards; with `precompute_ref_log_probs` every rank reads them). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
+    "fsdp_gather_for_generation": "`grpo`/`ppo` under `fsdp`: gather the policy whole on every GPU for each "
+                                  "rollout (fast; as TRL's `ds3_gather_for_generation`). `false` gathers each "
+                                  "layer at each new token instead: slow, for a policy whose whole weights do "
+                                  "not fit on one GPU.",
     "torch_compile": "`torch.compile` each decoder layer of the trained, reference and reward models (regional "
                      "compilation with dynamic shapes: one compile serves every layer and length; names and "
                      "checkpoints unchanged). The fused loss kernels stay as they are; sampling runs the layers "
@@ -289,7 +293,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
                       "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
-                      "fsdp", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
+                      "fsdp", "fsdp_gather_for_generation", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
                                  "resume_from_checkpoint", "tensorboard", "plot", "progress_bar"]),
 ]

@@ -73,8 +73,8 @@ class OnlineAlgorithm(Algorithm):
         return super().models() + ([self.reward_model] if self.reward_model is not None else [])
 
     def shard(self, ranks, compute_dtype=None) -> None:
-        """Shard as ``Algorithm.shard``; sampling then gathers the policy whole (``gathered``) and steps in
-        lockstep on every rank."""
+        """Shard as ``Algorithm.shard``; sampling then steps in lockstep on every rank, with the policy gathered
+        whole (``gathered``) unless ``fsdp_gather_for_generation`` is off."""
         super().shard(ranks, compute_dtype)
         self.generator.synced_gpus = True
 
@@ -109,7 +109,8 @@ class OnlineAlgorithm(Algorithm):
     def sample(self, batches: list[dict]) -> Sampled:
         """Generate ``num_generations`` completions per prompt of every batch and decode them."""
         g = self.num_generations
-        with gathered(self.policy) if self.sharded is not None else contextlib.nullcontext():
+        gather = self.sharded is not None and self.config.fsdp_gather_for_generation
+        with gathered(self.policy) if gather else contextlib.nullcontext():
             rollout = Rollout.cat([self.generator.generate(b["prompt_input_ids"], b["prompt_attention_mask"], g)
                                    for b in batches], self.pad_token_id)
         prompts = [p for b in batches for p in b["prompts"] for _ in range(g)]
