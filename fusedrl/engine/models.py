@@ -53,21 +53,20 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | N
     generation config) with weights on the meta device, reading no weights (they arrive later: sharding.py)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if on_meta:
-        config = _from_pretrained(AutoConfig, name_or_path, key, trust_remote_code=trust_remote_code,
-                                  **({"gguf_file": gguf_file} if gguf_file else {}))
+        config = _from_pretrained(AutoConfig, name_or_path, key, trust_remote_code=trust_remote_code, **gguf)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                     **{k: v for k, v in kwargs.items() if k != "gguf_file"})
-        with contextlib.suppress(OSError):  # from_pretrained reads generation_config.json too (its EOS ids)
-            model.generation_config = GenerationConfig.from_pretrained(name_or_path, **kwargs)
+                                                     **attention)
+        if not gguf_file:  # from_pretrained reads generation_config.json too (its EOS ids end sampling)
+            with contextlib.suppress(OSError):
+                model.generation_config = GenerationConfig.from_pretrained(name_or_path)
         model.eval()  # as from_pretrained leaves it
     else:
         model = _from_pretrained(AutoModelForCausalLM, name_or_path, key, dtype=DTYPES[dtype],
-                                 trust_remote_code=trust_remote_code, **kwargs)
+                                 trust_remote_code=trust_remote_code, **gguf, **attention)
     model.config.use_cache = False
     check_plain_logits(model.config, name_or_path)
     return model
