@@ -353,21 +353,33 @@ def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
                           f"got {config.loss_type!r}")
 
 
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "rl_adapter_ref_model")
+# Keys read only when a switch has a value: (switch, the value that turns them on, keys).
+SWITCHED_KEYS = (
+    ("adapter", "lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "rl_adapter_ref_model")),
+    ("fsdp", True, ("fsdp_gather_for_generation",)),
+)
+
+
+def yaml_text(value) -> str:
+    """A config value as YAML spells it: ``null``, ``true``/``false``, numbers, strings and lists as they print."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _check_keys_read(config: TrainConfig, source: str) -> None:
     """A key that only some algorithms read, set away from its default for another algorithm, is an error
-    (it would be silently ignored); so are the LoRA keys without ``adapter: lora``."""
+    (it would be silently ignored); so is a key of ``SWITCHED_KEYS`` set while its switch is off."""
     defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
                 for f in dataclasses.fields(TrainConfig) if f.name != "base_model"}
-    for key in LORA_KEYS if config.adapter is None else ():
-        if getattr(config, key) != defaults[key]:
-            raise ConfigError(f"{source}: {key}: only read with adapter: lora (adapter is null here), "
-                              f"got {getattr(config, key)!r}")
-    if config.fsdp_gather_for_generation != defaults["fsdp_gather_for_generation"] and not config.fsdp:
-        raise ConfigError(f"{source}: fsdp_gather_for_generation: only read with fsdp: true, "
-                          f"got {config.fsdp_gather_for_generation!r}")
+    for switch, on, keys in SWITCHED_KEYS:
+        current = getattr(config, switch)
+        for key in keys if current != on else ():
+            if getattr(config, key) != defaults[key]:
+                raise ConfigError(f"{source}: {key}: only read with {switch}: {yaml_text(on)} ({switch} is "
+                                  f"{yaml_text(current)} here), got {getattr(config, key)!r}")
     for key, readers in KEY_READERS.items():
         value = getattr(config, key)
         if config.rl not in readers and value != defaults[key]:

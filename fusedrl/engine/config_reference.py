@@ -9,7 +9,7 @@ import dataclasses
 
 from ..kernels.losses import DPO_LOSS_TYPES
 from ..kernels.losses.dpo import SMOOTHED_LOSS_TYPES
-from .config import ALIASES, TrainConfig
+from .config import ALIASES, TrainConfig, yaml_text
 
 
 def _codes(values) -> str:
@@ -313,15 +313,6 @@ _ALIASES_NOTE = ("Other spellings accepted for a key (axolotl's and common short
                  "different values is an error.")
 
 
-def _yaml(value) -> str:
-    """A config value as YAML spells it: ``null``, ``true``/``false``, numbers, strings and lists as they print."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _cell(text: str) -> str:
     """``text`` safe inside a Markdown table cell."""
     return text.replace("|", "\\|")
@@ -330,9 +321,9 @@ def _cell(text: str) -> str:
 def default_text(f: dataclasses.Field) -> str:
     """The default of field ``f`` as a table cell: its value (or its factory's) in code, or ``required``."""
     if f.default is not dataclasses.MISSING:
-        return f"`{_yaml(f.default)}`"
+        return f"`{yaml_text(f.default)}`"
     if f.default_factory is not dataclasses.MISSING:
-        return f"`{_yaml(f.default_factory())}`"
+        return f"`{yaml_text(f.default_factory())}`"
     return "required"
 
 
@@ -341,7 +332,7 @@ def allowed_text(f: dataclasses.Field) -> str:
     ``)`` at an open end); empty when the metadata has neither."""
     meta = f.metadata
     if "choices" in meta:
-        return ", ".join(f"`{_yaml(choice)}`" for choice in meta["choices"])
+        return ", ".join(f"`{yaml_text(choice)}`" for choice in meta["choices"])
     if meta.get("low") is None:
         return ""
     low, high, low_open = meta["low"], meta["high"], meta["low_open"]
