@@ -199,12 +199,20 @@ def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, 
     return {**state, "round": rank_state["round"]}
 
 
-def whole_weights(folder: Path, model) -> dict[str, torch.Tensor]:
-    """The whole state dict of ``model`` (built like the run's, on any device) from a sharded checkpoint:
-    each tensor is its ranks' ``model_shard.safetensors`` pieces joined along dim 0 in rank order (FSDP
-    shards dim 0), or rank 0's copy when the pieces are whole already (buffers every rank holds)."""
+def load_whole_weights(folder: Path, model) -> None:
+    """Load a checkpoint's weights into ``model``, built like the run's but unsharded (``fusedrl export``):
+    the Hugging Face files, or under fsdp the ranks' shards joined (``_joined_shards``)."""
     state = json.loads((folder / "trainer_state.json").read_text())
-    world = state.get("world_size", 1)
+    if state.get("fsdp", False):
+        model.load_state_dict(_joined_shards(folder, model, state.get("world_size", 1)))
+    else:
+        load_weights(model, folder)
+
+
+def _joined_shards(folder: Path, model, world: int) -> dict[str, torch.Tensor]:
+    """The whole state dict of ``model`` from a sharded checkpoint of ``world`` ranks: each tensor is its
+    ranks' ``model_shard.safetensors`` pieces joined along dim 0 in rank order (FSDP shards dim 0), or rank
+    0's copy when the pieces are whole already (buffers every rank holds)."""
     pieces = [load_file(str(_rank_folder(folder, Ranks(rank=r, world_size=world)) / MODEL_SHARD_FILE))
               for r in range(world)]
     whole = {}

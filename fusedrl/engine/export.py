@@ -7,15 +7,13 @@ and writes it as the trainer writes ``final/`` (LoRA: the adapter and the merged
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .algorithms import build_algorithm
-from .checkpoint import resolve_resume_path, whole_weights, write_folder_atomically
+from .checkpoint import load_whole_weights, resolve_resume_path, write_folder_atomically
 from .config import TrainConfig
-from .models import load_weights
 
 
 def export_checkpoint(config: TrainConfig, checkpoint: Path, out: Path) -> Path:
@@ -25,9 +23,6 @@ def export_checkpoint(config: TrainConfig, checkpoint: Path, out: Path) -> Path:
     if folder is None:
         raise FileNotFoundError(f"checkpoint: no checkpoint in {config.output_dir} to export")
     algorithm = build_algorithm(config, torch.device("cpu"))
-    if json.loads((folder / "trainer_state.json").read_text()).get("fsdp", False):
-        algorithm.model.load_state_dict(whole_weights(folder, algorithm.model))
-    else:
-        load_weights(algorithm.model, folder)
+    load_whole_weights(folder, algorithm.model)
     write_folder_atomically(out, lambda tmp: algorithm.save_final(tmp, algorithm.model))
     return out
