@@ -115,9 +115,9 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
     return _mean_metrics(ranks.gather(parts), algorithm.summed_keys)
 
 
-def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> bool:
+def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> None:
     """Make the models the same on every rank, then apply gradient checkpointing, ``torch_compile`` and
-    ``fsdp`` (in that order); returns whether they are sharded."""
+    ``fsdp`` (in that order)."""
     if not algorithm.weights_from_rank0:  # else sharding hands out rank 0's weights
         ranks.broadcast_parameters(algorithm.model)
     if ranks.active:
@@ -126,12 +126,10 @@ def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> bool:
         algorithm.enable_gradient_checkpointing()
     if config.torch_compile:
         algorithm.compile()
-    if config.fsdp and not ranks.active:
+    if config.fsdp and not algorithm.will_shard:
         log.info("fsdp: a single process has nothing to shard; training unsharded")
-    if config.fsdp and ranks.active:  # under bf16 autocast the layers compute in bf16 anyway: gather them so
+    if algorithm.will_shard:  # under bf16 autocast the layers compute in bf16 anyway: gather them so
         algorithm.shard(ranks, torch.bfloat16 if uses_bf16_autocast(config, ranks.device) else None)
-        return True
-    return False
 
 
 def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
@@ -148,7 +146,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
     data = algorithm.prepare_data(raw_data)
     model = algorithm.model
-    sharded = _prepare_models(algorithm, config, ranks)
+    _prepare_models(algorithm, config, ranks)
+    sharded = algorithm.will_shard
 
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed, rank=ranks.rank,
                          world_size=ranks.world_size)

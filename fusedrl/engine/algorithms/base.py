@@ -50,10 +50,10 @@ class Algorithm:
         # Models to be sharded wait on the CPU: sharding moves each rank's share to the device, layer by layer.
         # Only rank 0 reads their weights; the others build them on the meta device and get rank 0's values
         # when they are sharded (unless a precomputed reference pass needs them whole on every rank first).
-        will_shard = config.fsdp and launched_world_size() > 1
-        self.weights_from_rank0 = will_shard and not config.precompute_ref_log_probs
+        self.will_shard = config.fsdp and launched_world_size() > 1  # the trainer calls ``shard`` then
+        self.weights_from_rank0 = self.will_shard and not config.precompute_ref_log_probs
         self.on_meta = self.weights_from_rank0 and launched_rank() != 0
-        self.load_device = torch.device("meta" if self.on_meta else "cpu") if will_shard else device
+        self.load_device = torch.device("meta" if self.on_meta else "cpu") if self.will_shard else device
         self.tokenizer = load_tokenizer(config.tokenizer or config.base_model,
                                         None if config.tokenizer else config.gguf_file, config.trust_remote_code,
                                         key="tokenizer" if config.tokenizer else "base_model")
