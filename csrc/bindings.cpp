@@ -19,10 +19,11 @@ fusedrl::FloatType float_type(at::ScalarType dtype) {
 }
 
 // hidden [N, H], weight [V, H] (one dtype, contiguous, one CUDA device), bias fp32 [V] or None;
-// `stream` is the handle of the CUDA stream to run on. Returns (logprobs [N, k] fp32, ids [N, k] int64).
+// softcap > 0 caps the logits before the temperature (0: none); `stream` is the handle of the CUDA stream to
+// run on. Returns (logprobs [N, k] fp32, ids [N, k] int64).
 std::tuple<at::Tensor, at::Tensor> linear_topk(const at::Tensor& hidden, const at::Tensor& weight,
                                                const std::optional<at::Tensor>& bias, int64_t k,
-                                               double inv_temperature, int64_t stream) {
+                                               double inv_temperature, double softcap, int64_t stream) {
   TORCH_CHECK(hidden.is_cuda() && weight.device() == hidden.device(),
               "linear_topk: hidden and weight must be on one CUDA device");
   TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && weight.size(1) == hidden.size(1),
@@ -43,7 +44,8 @@ std::tuple<at::Tensor, at::Tensor> linear_topk(const at::Tensor& hidden, const a
   const fusedrl::LinearTopkArgs args{hidden.data_ptr(), weight.data_ptr(), bias_ptr, logprobs.data_ptr<float>(),
                                      ids.data_ptr<int64_t>(), float_type(hidden.scalar_type()), hidden.size(0),
                                      weight.size(0), hidden.size(1), static_cast<int>(k),
-                                     static_cast<float>(inv_temperature), reinterpret_cast<void*>(stream)};
+                                     static_cast<float>(inv_temperature), static_cast<float>(softcap),
+                                     reinterpret_cast<void*>(stream)};
   const char* error = fusedrl::linear_topk_launch(args);
   TORCH_CHECK(error == nullptr, "linear_topk: CUDA launch failed: ", error);
   return {logprobs, ids};
@@ -53,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor> linear_topk(const at::Tensor& hidden, const a
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_topk", &linear_topk,
-        "Top-k logprobs [N, k] fp32 and ids [N, k] int64 of softmax((hidden @ weight.T + bias) * inv_temperature)",
+        "Top-k logprobs [N, k] fp32 and ids [N, k] int64 of "
+        "softmax(softcap(hidden @ weight.T + bias) * inv_temperature) (softcap 0: none)",
         pybind11::arg("hidden"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("k"),
-        pybind11::arg("inv_temperature"), pybind11::arg("stream"));
+        pybind11::arg("inv_temperature"), pybind11::arg("softcap"), pybind11::arg("stream"));
 }

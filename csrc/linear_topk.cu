@@ -103,6 +103,10 @@ __device__ __forceinline__ void online_lse(float z, float& run_max, float& run_s
   }
 }
 
+__device__ __forceinline__ float capped(float logit, float softcap) {
+  return softcap > 0.f ? softcap * tanhf(logit / softcap) : logit;
+}
+
 __device__ __forceinline__ float warp_lse(float run_max, float run_sum) {
   for (int offset = 16; offset > 0; offset >>= 1) {
     const float other_max = __shfl_xor_sync(kFullMask, run_max, offset);
@@ -119,7 +123,7 @@ template <typename scalar_t>
 __global__ void linear_topk_kernel(
     const scalar_t* __restrict__ hidden, const scalar_t* __restrict__ weight, const float* __restrict__ bias,
     float* __restrict__ out_logprobs, int64_t* __restrict__ out_ids,
-    int64_t n, int64_t vocab, int64_t h, int k, int kpad, float inv_temperature) {
+    int64_t n, int64_t vocab, int64_t h, int k, int kpad, float inv_temperature, float softcap) {
   extern __shared__ unsigned long long lists[];  // [kTokens][2 * kpad]: sorted list, then candidate buffer
   __shared__ float hs[kTokens][kTileH];
   __shared__ float ws[kTileV][kTileH + 1];
@@ -165,8 +169,8 @@ __global__ void linear_topk_kernel(
     }
     const int64_t v = v0 + col;
     const float b = (bias != nullptr && v < vocab) ? bias[v] : 0.f;
-    zs[row][col] = (acc0 + b) * inv_temperature;
-    zs[row + kRowsPerPass][col] = (acc1 + b) * inv_temperature;
+    zs[row][col] = capped(acc0 + b, softcap) * inv_temperature;
+    zs[row + kRowsPerPass][col] = capped(acc1 + b, softcap) * inv_temperature;
     __syncthreads();
 
     if (active) {
@@ -211,7 +215,7 @@ cudaError_t launch_typed(const fusedrl::LinearTopkArgs& a) {
   const size_t smem = static_cast<size_t>(kTokens) * 2 * kpad * sizeof(unsigned long long);
   linear_topk_kernel<scalar_t><<<grid, kThreads, smem, static_cast<cudaStream_t>(a.stream)>>>(
       static_cast<const scalar_t*>(a.hidden), static_cast<const scalar_t*>(a.weight), a.bias, a.logprobs, a.ids,
-      a.n, a.vocab, a.h, a.k, kpad, a.inv_temperature);
+      a.n, a.vocab, a.h, a.k, kpad, a.inv_temperature, a.softcap);
   return cudaGetLastError();
 }
 

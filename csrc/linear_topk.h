@@ -20,6 +20,7 @@ struct LinearTopkArgs {
   int64_t h;
   int k;                // 1 <= k <= min(vocab, kLinearTopkMaxK)
   float inv_temperature;
+  float softcap;        // > 0: logits become softcap * tanh(logits / softcap) before the temperature; 0: none
   void* stream;         // cudaStream_t
 };
 

@@ -14,7 +14,7 @@ import functools
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .engine.models import check_plain_logits, decoder_of, lm_head_of, unwrap_peft
+from .engine.logit_head import check_fused_logits, decoder_of, logit_head, unwrap_peft
 from .kernels import linear_cross_entropy
 
 _NOT_FOR_THE_DECODER = ("logits_to_keep", "return_dict", "num_items_in_batch", "shift_labels")
@@ -24,10 +24,12 @@ def use_fused_loss(model, backend: str = "auto"):
     """Patch ``model`` (a transformers causal LM, or a peft model around one) in place and return it.
 
     ``forward(input_ids [B, T], labels [B, T], ...)`` then returns the fp32 loss and ``logits=None``.
-    Models that transform logits after the lm_head (Gemma-2 softcapping, ``logit_scale``) are refused.
+    Logits transformed after the lm_head (Gemma-2's softcapping, Cohere's ``logit_scale``, Granite's
+    ``logits_scaling``: ``fusedrl.engine.logit_head``) are reproduced; a model whose logits the fused path
+    cannot reproduce is refused with ``ValueError``.
     """
     base = unwrap_peft(model)
-    check_plain_logits(base.config, type(base).__name__)
+    check_fused_logits(base, base.name_or_path or "the model passed to use_fused_loss", key="model")
     model_forward = base.forward
 
     @functools.wraps(model_forward)  # the HF Trainer reads the signature to keep dataset columns
@@ -40,9 +42,10 @@ def use_fused_loss(model, backend: str = "auto"):
         hidden = out.last_hidden_state
         if shift_labels is None:
             hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
-        head = lm_head_of(base)
+        head = logit_head(base)
         num_items = kwargs.get("num_items_in_batch")
-        loss = linear_cross_entropy(hidden, head.weight, shift_labels, bias=head.bias, backend=backend,
+        loss = linear_cross_entropy(head.inputs(hidden), head.weight, shift_labels, bias=head.bias,
+                                    softcap=head.softcap, backend=backend,
                                     reduction="mean" if num_items is None else "sum")
         if num_items is not None:
             loss = loss / torch.as_tensor(num_items, device=loss.device, dtype=loss.dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from tokenizer_fixture import FIXTURES, tiny_tokenizer
 
@@ -20,15 +20,27 @@ DATA = {
 }
 
 
-def save_tiny_model(folder: Path, tie_embeddings: bool = True, seed: int = 0) -> Path:
-    """A 2-layer Llama with the tiny tokenizer's vocabulary, saved (safetensors) with the tokenizer."""
+# Model families whose logits are transformed after the lm_head, each transform made large enough to matter
+# on a tiny random model (logits of a few units at most): config overrides of the family.
+LOGIT_TRANSFORM_FAMILIES = {
+    "gemma2": {"model_type": "gemma2", "final_logit_softcapping": 0.5, "head_dim": 8},
+    "cohere": {"model_type": "cohere", "logit_scale": 4.0},
+    "granite": {"model_type": "granite", "logits_scaling": 0.25},
+}
+
+
+def save_tiny_model(folder: Path, tie_embeddings: bool = True, seed: int = 0, family: str = "llama") -> Path:
+    """A 2-layer causal LM (a Llama, or one of ``LOGIT_TRANSFORM_FAMILIES``) with the tiny tokenizer's
+    vocabulary, saved (safetensors) with the tokenizer."""
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=tie_embeddings, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    overrides = dict(LOGIT_TRANSFORM_FAMILIES.get(family, {"model_type": family}))
+    config = AutoConfig.for_model(
+        overrides.pop("model_type"), vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=tie_embeddings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        **overrides)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -74,7 +74,8 @@ def main() -> None:
             print(json.dumps({"kernel": f"matmul-{product}-{name}", **mm}), flush=True)
         for k_pad in (16, 256):
             cfg = topk_tile_config(dtype, k_pad, interpreting=False)
-            consts = dict(HAS_BIAS=True, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h, K_PAD=k_pad,
+            consts = dict(HAS_BIAS=True, HAS_SOFTCAP=True, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v,
+                          BLOCK_H=cfg.block_h, K_PAD=k_pad,
                           LOG_BLOCK_V=cfg.block_v.bit_length() - 1, LOG_K_PAD=k_pad.bit_length() - 1,
                           DOT_PRECISION=dot_precision(dtype, interpreting=False))
             pointers = {"h_ptr": name, "w_ptr": name, "b_ptr": name, "max_ptr": "fp32", "sumexp_ptr": "fp32",

@@ -3,17 +3,20 @@ import copy
 
 import pytest
 import torch
-from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Trainer,
-                          TrainingArguments)
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
+from engine_fixtures import LOGIT_TRANSFORM_FAMILIES
 from fusedrl.hf import use_fused_loss
 
 
-def _model(tied: bool) -> LlamaForCausalLM:
+def _model(tied: bool, family: str = "llama"):
+    """A 2-layer causal LM with 301 tokens: a Llama, or a family whose logits are transformed (engine_fixtures)."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=301, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
-    return LlamaForCausalLM(config)
+    overrides = dict(LOGIT_TRANSFORM_FAMILIES.get(family, {"model_type": family}))
+    config = AutoConfig.for_model(overrides.pop("model_type"), vocab_size=301, hidden_size=32, intermediate_size=48,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  tie_word_embeddings=tied, **overrides)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def _batch():
@@ -26,10 +29,13 @@ def _batch():
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("tied, family", [(True, "llama"), (False, "llama"), (True, "gemma2"), (False, "cohere"),
+                                          (True, "granite")], ids=["tied", "untied", "gemma2", "cohere", "granite"])
 @pytest.mark.parametrize("num_items", [None, 13.0], ids=["mean", "num_items_in_batch"])
-def test_loss_and_gradients_match_the_model_own_loss(tied, num_items):
-    reference = _model(tied)
+def test_loss_and_gradients_match_the_model_own_loss(tied, family, num_items):
+    """The model's own causal-LM loss and its gradients; for gemma2, cohere and granite with the logit transform
+    (softcapping, logit_scale, logits_scaling) reproduced."""
+    reference = _model(tied, family)
     fused = use_fused_loss(copy.deepcopy(reference), backend="torch")
     extra = {} if num_items is None else {"num_items_in_batch": num_items}
     expected = reference(**_batch(), **extra)
@@ -49,11 +55,20 @@ def test_forward_without_labels_is_the_model_own():
     torch.testing.assert_close(fused(**batch).logits, reference(**batch).logits)
 
 
-def test_softcapped_model_is_refused():
-    config = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=3.0)
-    with pytest.raises(ValueError, match="final_logit_softcapping"):
-        use_fused_loss(Gemma2ForCausalLM(config))
+def test_model_with_an_unknown_logit_transform_is_refused():
+    """A forward that changes the logits after the lm_head in a way fusedrl does not know (here: doubles them)."""
+    model = _model(tied=True)
+    forward = model.forward
+
+    def doubled(**kwargs):
+        out = forward(**kwargs)
+        out.logits = out.logits * 2
+        return out
+
+    model.forward = doubled
+    with pytest.raises(ValueError, match=r"^model: the model passed to use_fused_loss \(LlamaForCausalLM\) "
+                                         r".*cannot reproduce"):
+        use_fused_loss(model)
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from engine_fixtures import DEMO_HELDOUT, REPO, save_tiny_model
+from tokenizer_fixture import FIXTURES
 from fusedrl.engine.cli import main as cli_main
 from fusedrl.engine.config import config_from_dict
 from fusedrl.engine.data import DataConfig, prepare_dataset
@@ -40,22 +41,38 @@ def extracted(models, tmp_path_factory):
     return cfg, extract(cfg, progress=False)
 
 
-def test_targets_are_the_teachers_next_token_topk(models, extracted):
-    _, out = extracted
-    meta = read_metadata(out)
-    assert meta["top_k"] == 16 and meta["rows"] == 182 and sorted(p.name for p in out.glob("*.parquet")) == [
-        "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
-    row = prepare_dataset([{"path": str(out)}], load_tokenizer(str(models[0])), "kd", DataConfig(max_length=160))[0]
-    teacher = AutoModelForCausalLM.from_pretrained(models[0])
+def assert_targets_are_the_teachers_topk(out, teacher_dir, k, temperature=1.0):
+    """The first extracted row's targets at each completion position: the teacher's own top-``k`` logprobs of
+    the next token at ``temperature`` (from its forward's logits), none elsewhere."""
+    row = prepare_dataset([{"path": str(out)}], load_tokenizer(str(teacher_dir)), "kd", DataConfig(max_length=160))[0]
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
     with torch.no_grad():
         logits = teacher(torch.tensor([row["input_ids"]])).logits[0].float()
-    want = torch.log_softmax(logits, -1).topk(16, dim=-1)
+    want = torch.log_softmax(logits / temperature, -1).topk(k, dim=-1)
     for i, mask in enumerate(row["completion_mask"]):
         if i == 0 or not mask:
             assert not row["target_token_ids"][i]
             continue
         assert row["target_token_ids"][i] == want.indices[i - 1].tolist()
         torch.testing.assert_close(torch.tensor(row["target_logprobs"][i]), want.values[i - 1], atol=1e-5, rtol=1e-4)
+
+
+def test_targets_are_the_teachers_next_token_topk(models, extracted):
+    _, out = extracted
+    meta = read_metadata(out)
+    assert meta["top_k"] == 16 and meta["rows"] == 182 and sorted(p.name for p in out.glob("*.parquet")) == [
+        "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    assert_targets_are_the_teachers_topk(out, models[0], 16)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "cohere"])
+def test_teacher_logit_transform_is_in_the_targets(family, tmp_path):
+    """A teacher that softcaps (gemma2) or scales (cohere) its logits: the targets are its transformed
+    distribution at the extraction temperature."""
+    teacher = save_tiny_model(tmp_path / family, family=family)
+    cfg = ExtractConfig(teacher=str(teacher), dataset=str(FIXTURES / "trl_prompt_completion.jsonl"),
+                        output=str(tmp_path / "targets"), top_k=6, temperature=0.8, max_length=160, backend="torch")
+    assert_targets_are_the_teachers_topk(extract(cfg, progress=False), teacher, 6, temperature=0.8)
 
 
 def test_interrupted_extraction_resumes(extracted):

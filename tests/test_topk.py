@@ -28,11 +28,13 @@ def make_inputs(dtype, lead=(13,), hidden_size=36, vocab=211, bias=False):
     return hidden, weight, b
 
 
-def full_logprobs(hidden, weight, bias, temperature):
+def full_logprobs(hidden, weight, bias, temperature, softcap=None):
     """fp32 ``log_softmax`` over the whole vocabulary, ``[..., V]``: what every returned pair must agree with."""
     logits = hidden.float() @ weight.float().T
     if bias is not None:
         logits = logits + bias.float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     return torch.log_softmax(logits / temperature, dim=-1)
 
 
@@ -64,12 +66,12 @@ def assert_topk_matches(got, want, full_logp, dtype, exact_ids=None):
     assert torch.all(near_tie | ~differs), f"{int((differs & ~near_tie).sum())} ids differ from eager beyond a near tie"
 
 
-def run_both(backend, hidden, weight, b, k, temperature=1.0, **kw):
+def run_both(backend, hidden, weight, b, k, temperature=1.0, softcap=None, **kw):
     """(backend result, eager result on fp32 copies, fp32 full logprobs)."""
-    got = linear_topk(hidden, weight, k, bias=b, temperature=temperature, backend=backend, **kw)
+    got = linear_topk(hidden, weight, k, bias=b, temperature=temperature, softcap=softcap, backend=backend, **kw)
     ref = [None if t is None else t.float() for t in (hidden, weight, b)]
-    want = linear_topk(ref[0], ref[1], k, bias=ref[2], temperature=temperature, backend="eager")
-    return got, want, full_logprobs(*ref, temperature)
+    want = linear_topk(ref[0], ref[1], k, bias=ref[2], temperature=temperature, softcap=softcap, backend="eager")
+    return got, want, full_logprobs(*ref, temperature, softcap)
 
 
 def torch_chunks(backend):
@@ -86,6 +88,20 @@ def test_matches_eager_with_bias_and_temperature(backend, dtype, k):
     got, want, full = run_both(backend, hidden, weight, b, k, temperature=0.7, **torch_chunks(backend))
     assert_topk_matches(got, want, full, dtype)
     assert torch.all(got[0][:, 1:] <= got[0][:, :-1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_softcap_matches_eager(backend, dtype):
+    """Gemma-2's final logit softcapping before the temperature; a cap of 1.5 reorders nothing but squeezes
+    the logits (up to about 4 here) enough to move every logprob."""
+    skip_unless_backend_runs(backend)
+    hidden, weight, b = make_inputs(dtype, bias=True)
+    got, want, full = run_both(backend, hidden, weight, b, 9, temperature=0.8, softcap=1.5, **torch_chunks(backend))
+    assert_topk_matches(got, want, full, dtype)
+    torch.testing.assert_close(want[0], full.gather(-1, want[1]), **TOLERANCES[torch.float32])
+    uncapped = full_logprobs(hidden.float(), weight.float(), b.float(), 0.8)
+    assert (want[0] - uncapped.gather(-1, want[1])).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -223,6 +239,7 @@ BAD_CALLS = {
     "backend": (dict(backend="fast"), "backend"),
     "cuda_on_cpu": (dict(backend="cuda"), "backend"),
     "temperature": (dict(temperature=0.0), "temperature"),
+    "softcap": (dict(softcap=-2.0), "softcap"),
     "weight": (dict(weight_cols=35), "weight"),
     "bias": (dict(bias_len=3), "bias"),
 }

@@ -30,7 +30,8 @@ from ..kernels import linear_topk
 from .data import DataConfig, prepare_dataset
 from .data.collate import pad
 from .distributed import init_ranks
-from .models import DTYPES, final_hidden, lm_head_of, load_causal_lm, load_tokenizer
+from .logit_head import final_hidden, logit_head
+from .models import DTYPES, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,10 @@ def _teacher_rows(model, rows: list[dict], cfg: ExtractConfig, pad_id: int, devi
     ids = [torch.tensor(r["input_ids"], dtype=torch.long) for r in rows]
     input_ids = pad(ids, pad_id).to(device)
     attention = pad([torch.ones_like(i) for i in ids], 0).to(device)
-    hidden = final_hidden(model, input_ids, attention)
-    head = lm_head_of(model)
+    head = logit_head(model)
+    hidden = head.inputs(final_hidden(model, input_ids, attention))
     logprobs, top_ids = linear_topk(hidden, head.weight, cfg.top_k, bias=head.bias, temperature=cfg.temperature,
-                                    backend=cfg.backend)
+                                    softcap=head.softcap, backend=cfg.backend)
     out = []
     for b, row in enumerate(rows):
         n = len(row["input_ids"])

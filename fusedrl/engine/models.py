@@ -1,8 +1,8 @@
-"""Model loading and the pieces the fused loss path needs: final hidden states and the lm_head.
+"""Model loading (causal LMs, reward and value models), LoRA, checkpointing and compilation of the layers.
 
 Full logits are never computed in training: the trainer runs the decoder stack,
 takes its last hidden state ``[B, T, H]`` and hands it with the lm_head weight
-``[V, H]`` (tied or not) to the fused kernels.
+``[V, H]`` (tied or not) to the fused kernels (``logit_head.py``).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .logit_head import check_fused_logits, final_hidden, unwrap_peft
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,9 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | N
                    trust_remote_code: bool = False, attn_implementation: str | None = None, key: str = "base_model",
                    on_meta: bool = False):
     """``AutoModelForCausalLM`` from a local folder, hub id, or a GGUF file (dequantized) in ``dtype``;
-    ``key`` names the config key the path came from in errors. ``on_meta``: the same model (config and
-    generation config) with weights on the meta device, reading no weights (they arrive later: sharding.py)."""
+    ``key`` names the config key the path came from in errors; a model whose logits the fused path cannot
+    reproduce is refused (``check_fused_logits``). ``on_meta``: the same model (config and generation config)
+    with weights on the meta device, reading no weights (they arrive later: sharding.py)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     gguf = {"gguf_file": gguf_file} if gguf_file else {}
@@ -67,25 +70,9 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", gguf_file: str | N
     else:
         model = _from_pretrained(AutoModelForCausalLM, name_or_path, key, dtype=DTYPES[dtype],
                                  trust_remote_code=trust_remote_code, **gguf, **attention)
+        check_fused_logits(model, name_or_path, key)
     model.config.use_cache = False
-    check_plain_logits(model.config, name_or_path)
     return model
-
-
-LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
-
-
-def check_plain_logits(config, name: str) -> None:
-    """Refuse a model whose logits are post-processed after the lm_head (Gemma-2 softcapping, Cohere's
-    ``logit_scale``, Granite's ``logits_scaling``): the fused loss path reads the last hidden state and
-    the lm_head weight, so it would silently train a different objective than the model samples from."""
-    for key, neutral in LOGIT_TRANSFORMS.items():
-        value = getattr(config, key, neutral)
-        if value is not None and value != neutral:
-            raise ValueError(
-                f"base_model: {name} transforms its logits after the lm_head ({key}={value}); the fused "
-                f"loss path does not apply that transform yet, so this model is not supported"
-            )
 
 
 def apply_lora(model, r: int, alpha: int, dropout: float, target_modules):
@@ -95,21 +82,6 @@ def apply_lora(model, r: int, alpha: int, dropout: float, target_modules):
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                      task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
-
-
-def unwrap_peft(model):
-    """The transformers model under a peft wrapper (the model itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_of(model) -> nn.Module:
-    """The decoder stack of a causal LM (LoRA layers stay in place inside it)."""
-    return unwrap_peft(model).get_decoder()
-
-
-def lm_head_of(model) -> nn.Linear:
-    """The output projection ``[V, H]`` (tied to the input embeddings or not)."""
-    return unwrap_peft(model).get_output_embeddings()
 
 
 def decoder_layers(models: list[nn.Module]) -> list[nn.Module]:
@@ -137,14 +109,6 @@ def compile_layers(models: list[nn.Module]) -> int:
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
-
-
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Last hidden states ``[B, T, H]`` of ``input_ids [B, T]``; no logits are computed."""
-    out = decoder_of(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False)
-    return out.last_hidden_state
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ def collate_with_columns(collate: Callable, columns: tuple[str, ...] = REFERENCE
 def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, batch_size: int) -> datasets.Dataset:
     """``rows`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed over completion tokens) added.
 
-    ``algorithm`` provides ``to_device`` and ``reference_forward`` (a pairwise algorithm:
+    ``algorithm`` provides ``to_device``, ``reference_forward`` and ``softcap`` (a pairwise algorithm:
     each batch stacks its chosen rows before its rejected rows). Data parallel, each rank
     computes a contiguous share of the rows and the ranks exchange their results.
     """
@@ -43,7 +43,7 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
         batch = algorithm.to_device(batch)
         hidden, weight, bias = algorithm.reference_forward(batch)
         with torch.no_grad():
-            token_logps = linear_logprobs(hidden, weight, batch["labels"], bias=bias,
+            token_logps = linear_logprobs(hidden, weight, batch["labels"], bias=bias, softcap=algorithm.softcap,
                                           backend=algorithm.config.kernel_backend)
         sequence = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
         half = len(sequence) // 2

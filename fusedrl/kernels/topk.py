@@ -2,8 +2,8 @@
 
 Backends: ``cuda`` (the kernel in ``csrc/``, k <= 256), ``triton`` (k <= 256),
 ``torch`` (chunked, any device and k) and ``eager`` (full logits; the reference).
-Every backend ranks by the fp32 logit, larger first, and breaks ties by the lower
-token id.
+Every backend ranks by the fp32 logit (after the optional softcap), larger first,
+and breaks ties by the lower token id.
 """
 from __future__ import annotations
 
@@ -59,18 +59,18 @@ def _resolve(backend: str, device: torch.device, k: int) -> str:
     return resolve_backend(backend, device)
 
 
-def _cuda_topk(hidden, weight, bias, k, temperature):
+def _cuda_topk(hidden, weight, bias, k, temperature, softcap):
     ext = cuda_ext.load_extension()
     bias32 = None if bias is None else bias.float().contiguous()
     with torch.cuda.device(hidden.device):
         stream = torch.cuda.current_stream(hidden.device).cuda_stream
-        return ext.linear_topk(hidden, weight, bias32, k, 1.0 / temperature, stream)
+        return ext.linear_topk(hidden, weight, bias32, k, 1.0 / temperature, softcap or 0.0, stream)
 
 
-def _triton_topk(hidden, weight, bias, k, temperature):
+def _triton_topk(hidden, weight, bias, k, temperature, softcap):
     from .triton.topk_launch import triton_topk
 
-    return triton_topk(hidden, weight, bias, k, temperature)
+    return triton_topk(hidden, weight, bias, k, temperature, softcap)
 
 
 _FIXED_BACKENDS = {"cuda": _cuda_topk, "triton": _triton_topk, "eager": eager_topk}
@@ -84,16 +84,18 @@ def linear_topk(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
     backend: str = "auto",
     chunk_size: int | None = None,
     vocab_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` logprobs and ids of ``softmax((hidden @ weight.T + bias) / temperature)`` per token.
+    """Top-``k`` logprobs and ids of ``softmax(softcap(hidden @ weight.T + bias) / temperature)`` per token.
 
     Args:
         hidden: ``[..., H]`` hidden states (fp32, bf16 or fp16); weight: ``[V, H]``; bias: optional ``[V]``.
         k: ids per token, ``1 <= k <= V`` (the ``cuda`` and ``triton`` backends take ``k <= 256``).
-        temperature: divides the logits (after the bias) before the softmax.
+        temperature: divides the logits (after the bias and the softcap) before the softmax.
+        softcap: optional ``s`` for ``s * tanh(logits / s)`` (Gemma-2's final logit softcapping).
         backend: ``auto`` | ``cuda`` | ``triton`` | ``torch`` | ``eager``; ``auto`` prefers cuda, then
             triton for CUDA tensors, else torch.
         chunk_size / vocab_chunk: tokens / vocab rows per chunk of the ``torch`` backend.
@@ -105,6 +107,8 @@ def linear_topk(
     _check_backend(backend)
     check_linear_inputs(hidden, weight, bias)
     check_positive("temperature", temperature)
+    if softcap is not None:
+        check_positive("softcap", softcap)
     _check_k(k, weight.shape[0])
     name = _resolve(backend, hidden.device, k)
     common = torch.promote_types(hidden.dtype, weight.dtype)
@@ -120,5 +124,5 @@ def linear_topk(
         run = functools.partial(chunked_topk, chunk_size=chunk_size, vocab_chunk=vocab_chunk)
     else:
         run = _FIXED_BACKENDS[name]
-    logprobs, ids = run(hidden2d, weight, bias, k, float(temperature))
+    logprobs, ids = run(hidden2d, weight, bias, k, float(temperature), None if softcap is None else float(softcap))
     return logprobs.reshape(*lead, k), ids.reshape(*lead, k)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .chunked import chunk_tokens_for
+from .stats import apply_softcap
 from .topk_keys import MIN_KEY, pack_keys, top_keys, unpack_keys
 
 DEFAULT_VOCAB_CHUNK = 1 << 15
@@ -25,10 +26,12 @@ def chunked_topk(
     bias: torch.Tensor | None,
     k: int,
     temperature: float,
+    softcap: float | None,
     chunk_size: int | None = None,
     vocab_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` logprobs ``[N, k]`` fp32 and ids ``[N, k]`` int64 of hidden ``[N, H]`` against weight ``[V, H]``."""
+    """Top-``k`` logprobs ``[N, k]`` fp32 and ids ``[N, k]`` int64 of
+    ``softcap(hidden @ weight.T + bias) / temperature`` (hidden ``[N, H]``, weight ``[V, H]``)."""
     n, vocab = hidden.shape[0], weight.shape[0]
     dev = hidden.device
     v_step = max(1, min(vocab, vocab_chunk or DEFAULT_VOCAB_CHUNK))
@@ -45,7 +48,7 @@ def chunked_topk(
             logits = hidden[t0:t1].float() @ w.T
             if b is not None:
                 logits += b
-            z = logits.div_(temperature)
+            z = apply_softcap(logits, softcap).div_(temperature)
             lse[t0:t1] = torch.logaddexp(lse[t0:t1], torch.logsumexp(z, dim=-1))
             keys[t0:t1] = top_keys(torch.cat([keys[t0:t1], pack_keys(z, ids)], dim=1), k)
     z, ids = unpack_keys(keys)

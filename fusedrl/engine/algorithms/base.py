@@ -8,8 +8,9 @@ import torch
 
 from ..config import TrainConfig
 from ..distributed import Ranks, launched_rank, launched_world_size
+from ..logit_head import final_hidden, logit_head, logit_transform, unwrap_peft
 from ..models import (adapters_disabled, apply_lora, compile_layers, disable_dropout, enable_activation_checkpointing,
-                      final_hidden, frozen_copy, lm_head_of, load_causal_lm, load_tokenizer)
+                      frozen_copy, load_causal_lm, load_tokenizer)
 from ..sharding import ShardedModels, gather_state, shard, shard_sizes
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ class Algorithm:
         return self.model
 
     @property
+    def softcap(self) -> float | None:
+        """The policy's final logit softcapping (``LogitHead.softcap``), which every fused loss call passes on."""
+        return logit_transform(unwrap_peft(self.policy).config).softcap
+
+    @property
     def batches_per_round(self) -> int:
         """Data-stream micro-batches per round: those of one optimizer step (``gradient_accumulation_steps``)."""
         return self.config.gradient_accumulation_steps
@@ -95,6 +101,9 @@ class Algorithm:
         if cfg.ref_model:
             ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation,
                                  key="ref_model", on_meta=self.on_meta)
+            if (softcap := logit_transform(ref.config).softcap) != self.softcap:
+                raise ValueError(f"ref_model: {cfg.ref_model} softcaps its logits at {softcap}, base_model "
+                                 f"{cfg.base_model} at {self.softcap}; the fused losses take one softcap for both")
             ref.requires_grad_(False)
             return ref.eval().to(self.load_device)
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
@@ -156,14 +165,17 @@ class Algorithm:
         return float(self.batch_rows(batch))
 
     def head(self, model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """lm_head weight ``[V, H]`` and bias ``[V]`` (or None)."""
-        lm_head = lm_head_of(model if model is not None else self.policy)
-        return lm_head.weight, lm_head.bias
+        """lm_head weight ``[V, H]`` and bias ``[V]`` (or None) of ``model`` (the policy), as ``LogitHead``
+        gives them; with ``hidden`` and ``softcap`` they are the model's logits."""
+        head = logit_head(model if model is not None else self.policy)
+        return head.weight, head.bias
 
     def hidden(self, batch: dict, prefix: str = "", model=None) -> torch.Tensor:
-        """Final hidden states ``[B, T, H]`` of ``batch[prefix + "input_ids"]``."""
-        return final_hidden(model if model is not None else self.policy, batch[prefix + "input_ids"],
-                            batch[prefix + "attention_mask"], batch.get(prefix + "position_ids"))
+        """Final hidden states ``[B, T, H]`` of ``batch[prefix + "input_ids"]``, times the model's logit scale."""
+        model = model if model is not None else self.policy
+        return logit_head(model).inputs(final_hidden(model, batch[prefix + "input_ids"],
+                                                     batch[prefix + "attention_mask"],
+                                                     batch.get(prefix + "position_ids")))
 
     def reference_forward(self, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(hidden, lm_head weight, bias) of the reference model, without grad.

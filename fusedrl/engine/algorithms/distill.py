@@ -43,6 +43,6 @@ class KD(Algorithm):
             target_mask=batch["target_mask"], bias=bias, kd_temperature=cfg.kd_temperature,
             teacher_temperature=cfg.kd_generation_temperature, divergence=cfg.kd_divergence, kd_beta=cfg.kd_beta,
             kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha, kd_ce_alpha=cfg.kd_ce_alpha,
-            backend=cfg.kernel_backend,
+            softcap=self.softcap, backend=cfg.kernel_backend,
         )
         return loss, float_metrics(loss, metrics)

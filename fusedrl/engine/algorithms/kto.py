@@ -29,7 +29,7 @@ class KTO(Algorithm):
             kl_labels=batch["kl_labels"], bias=bias, ref_hidden=ref_hidden, ref_kl_hidden=ref_kl_hidden,
             ref_weight=ref_weight, ref_bias=ref_bias, beta=cfg.effective_beta,
             desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-            backend=cfg.kernel_backend,
+            softcap=self.softcap, backend=cfg.kernel_backend,
         )
         return loss, float_metrics(loss, metrics)
 

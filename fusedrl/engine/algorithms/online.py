@@ -129,7 +129,7 @@ class OnlineAlgorithm(Algorithm):
 
     def _logps(self, hidden: torch.Tensor, weight: torch.Tensor, bias, labels: torch.Tensor) -> torch.Tensor:
         return linear_logprobs(hidden, weight, labels, bias=bias, temperature=self.config.temperature,
-                               backend=self.config.kernel_backend)
+                               softcap=self.softcap, backend=self.config.kernel_backend)
 
     @torch.no_grad()
     def policy_logps(self, sequences: dict) -> torch.Tensor:

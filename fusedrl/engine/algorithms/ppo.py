@@ -88,7 +88,7 @@ class PPO(OnlineAlgorithm):
             self.hidden(batch), weight, batch["labels"], old_logps=batch["old_logps"],
             advantages=batch["advantages"], values=values, old_values=batch["old_values"], returns=batch["returns"],
             bias=bias, cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value, vf_coef=cfg.vf_coef,
-            temperature=cfg.temperature, backend=cfg.kernel_backend,
+            temperature=cfg.temperature, softcap=self.softcap, backend=cfg.kernel_backend,
         )
         return loss, {**float_metrics(loss, metrics), **batch["rollout_metrics"]}
 

@@ -26,7 +26,7 @@ class Pairwise(Algorithm):
 
     def common_kwargs(self) -> dict:
         weight, bias = self.head()
-        return {"weight": weight, "bias": bias, "backend": self.config.kernel_backend}
+        return {"weight": weight, "bias": bias, "softcap": self.softcap, "backend": self.config.kernel_backend}
 
 
 class DPO(Pairwise):

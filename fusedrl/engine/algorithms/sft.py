@@ -22,7 +22,7 @@ class SFT(Algorithm):
         labels = batch["labels"]
         loss, accuracy = linear_cross_entropy(
             self.hidden(batch), weight, labels, bias=bias, label_smoothing=self.config.label_smoothing,
-            z_loss=self.config.z_loss, return_accuracy=True, backend=self.config.kernel_backend,
+            z_loss=self.config.z_loss, softcap=self.softcap, return_accuracy=True, backend=self.config.kernel_backend,
         )
         tokens = (labels != -100).sum()
         metrics = {"loss": loss.item(), "mean_token_accuracy": (accuracy.sum() / tokens.clamp(min=1)).item(),

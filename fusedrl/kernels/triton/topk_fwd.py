@@ -40,8 +40,8 @@ def sortable_keys(z, cols):
 def linear_topk_fwd_kernel(
     h_ptr, w_ptr, b_ptr,
     max_ptr, sumexp_ptr, keys_ptr,
-    N, V, H, v_per_split, inv_temperature,
-    HAS_BIAS: tl.constexpr,
+    N, V, H, v_per_split, inv_temperature, softcap,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, K_PAD: tl.constexpr,
     LOG_BLOCK_V: tl.constexpr, LOG_K_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -60,7 +60,7 @@ def linear_topk_fwd_kernel(
         col_mask = cols < v_end
         acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
                           BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
-        _, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, 1.0, HAS_BIAS, False)
+        _, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap, HAS_BIAS, HAS_SOFTCAP)
 
         z_live = tl.where(col_mask[None, :], z, NEG_LOGIT)
         new_max = tl.maximum(run_max, tl.max(z_live, axis=1))

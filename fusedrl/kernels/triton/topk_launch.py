@@ -24,7 +24,8 @@ def topk_tile_config(dtype: torch.dtype, k_pad: int, interpreting: bool | None =
 
 
 def triton_topk(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int, temperature: float
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int, temperature: float,
+    softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` logprobs ``[N, k]`` fp32 and ids ``[N, k]`` int64; hidden ``[N, H]``, weight ``[V, H]`` contiguous."""
     (n, h), vocab = hidden.shape, weight.shape[0]
@@ -40,8 +41,8 @@ def triton_topk(
     linear_topk_fwd_kernel[(n_blocks, splits)](
         hidden, weight, bias if bias is not None else hidden,
         part_max, part_sum, part_keys,
-        n, vocab, h, v_per_split, 1.0 / temperature,
-        HAS_BIAS=bias is not None,
+        n, vocab, h, v_per_split, 1.0 / temperature, 1.0 if softcap is None else softcap,
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h, K_PAD=k_pad,
         LOG_BLOCK_V=cfg.block_v.bit_length() - 1, LOG_K_PAD=k_pad.bit_length() - 1,
         DOT_PRECISION=dot_precision(hidden.dtype),
