@@ -22,24 +22,30 @@ DATA = {
 
 # Model families whose logits are transformed after the lm_head, each transform made large enough to matter
 # on a tiny random model (logits of a few units at most): config overrides of the family.
-LOGIT_TRANSFORM_FAMILIES = {
+TRANSFORM_FAMILY_CONFIGS = {
     "gemma2": {"model_type": "gemma2", "final_logit_softcapping": 0.5, "head_dim": 8},
     "cohere": {"model_type": "cohere", "logit_scale": 4.0},
     "granite": {"model_type": "granite", "logits_scaling": 0.25},
+    "minicpm3": {"model_type": "minicpm3", "dim_model_base": 128, "q_lora_rank": 16, "kv_lora_rank": 16,
+                 "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8, "head_dim": 8,
+                 "num_key_value_heads": 4},  # multi-head latent attention; logits_scaling 32 / 128
+    "falcon_h1": {"model_type": "falcon_h1", "lm_head_multiplier": 3.0},
 }
+# Those quick enough to train in tests (Falcon-H1's Mamba layers run a slow reference path on CPU).
+LOGIT_TRANSFORM_FAMILIES = ("gemma2", "cohere", "granite", "minicpm3")
 
 
 def save_tiny_model(folder: Path, tie_embeddings: bool = True, seed: int = 0, family: str = "llama") -> Path:
-    """A 2-layer causal LM (a Llama, or one of ``LOGIT_TRANSFORM_FAMILIES``) with the tiny tokenizer's
+    """A 2-layer causal LM (a Llama, or one of ``TRANSFORM_FAMILY_CONFIGS``) with the tiny tokenizer's
     vocabulary, saved (safetensors) with the tokenizer."""
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    overrides = dict(LOGIT_TRANSFORM_FAMILIES.get(family, {"model_type": family}))
-    config = AutoConfig.for_model(
-        overrides.pop("model_type"), vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=tie_embeddings, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        **overrides)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 tie_word_embeddings=tie_embeddings, pad_token_id=tokenizer.pad_token_id,
+                 eos_token_id=tokenizer.eos_token_id)
+    overrides = dict(TRANSFORM_FAMILY_CONFIGS.get(family, {"model_type": family}))
+    config = AutoConfig.for_model(overrides.pop("model_type"), **{**shape, **overrides})
     AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder

@@ -5,14 +5,14 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
-from engine_fixtures import LOGIT_TRANSFORM_FAMILIES
+from engine_fixtures import TRANSFORM_FAMILY_CONFIGS
 from fusedrl.hf import use_fused_loss
 
 
 def _model(tied: bool, family: str = "llama"):
     """A 2-layer causal LM with 301 tokens: a Llama, or a family whose logits are transformed (engine_fixtures)."""
     torch.manual_seed(0)
-    overrides = dict(LOGIT_TRANSFORM_FAMILIES.get(family, {"model_type": family}))
+    overrides = dict(TRANSFORM_FAMILY_CONFIGS.get(family, {"model_type": family}))
     config = AutoConfig.for_model(overrides.pop("model_type"), vocab_size=301, hidden_size=32, intermediate_size=48,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   tie_word_embeddings=tied, **overrides)

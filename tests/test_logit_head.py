@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
 from conftest import skip_unless_backend_runs
-from engine_fixtures import LOGIT_TRANSFORM_FAMILIES, save_tiny_model, train_config
+from engine_fixtures import LOGIT_TRANSFORM_FAMILIES, TRANSFORM_FAMILY_CONFIGS, save_tiny_model, train_config
 from fusedrl.engine import logit_head as logit_head_module
 from fusedrl.engine.algorithms import build_algorithm
 from fusedrl.engine.batches import fixed_batches
@@ -19,7 +19,7 @@ from fusedrl.engine.training_data import load_training_data
 from fusedrl.kernels import linear_logprobs, linear_topk
 from tokenizer_fixture import tiny_tokenizer
 
-FAMILIES = ["llama", *LOGIT_TRANSFORM_FAMILIES]
+FAMILIES = ["llama", *TRANSFORM_FAMILY_CONFIGS]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def first_batch(config):
     return algorithm, algorithm.to_device(fixed_batches(data.train, config.micro_batch_size, data.collate)[0])
 
 
-@pytest.mark.parametrize("family", list(LOGIT_TRANSFORM_FAMILIES))
+@pytest.mark.parametrize("family", LOGIT_TRANSFORM_FAMILIES)
 def test_sft_loss_is_the_model_own_cross_entropy(family, family_dirs, tmp_path):
     algorithm, batch = first_batch(config_from_dict(train_config(family_dirs[family], tmp_path, "sft")))
     loss, _ = algorithm.loss(batch)
@@ -153,7 +153,7 @@ def test_sft_loss_is_the_model_own_cross_entropy(family, family_dirs, tmp_path):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", list(LOGIT_TRANSFORM_FAMILIES))
+@pytest.mark.parametrize("family", LOGIT_TRANSFORM_FAMILIES)
 @pytest.mark.parametrize("precompute", [False, True], ids=["reference_model", "precomputed_reference"])
 def test_dpo_logps_are_the_model_own(family, precompute, family_dirs, tmp_path):
     """Policy and reference sequence logps (the reference a frozen copy, or precomputed into the rows)."""
