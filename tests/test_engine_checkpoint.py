@@ -100,6 +100,28 @@ def test_final_model_folder_is_replaced_atomically(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
 
 
+def test_a_fresh_run_refuses_an_earlier_runs_checkpoints(model_dir, tmp_path, monkeypatch, caplog):
+    """Checkpoints of an earlier run in ``output_dir``: a fresh run stops before loading any model (else pruning
+    would delete its own lower-numbered checkpoints and ``latest`` resume the old run); so does a resume from a
+    checkpoint elsewhere. With ``overwrite_output_dir`` they are deleted and the new run's checkpoints stay."""
+    out = tmp_path / "run"
+    raw = train_config(model_dir, out, "sft", max_steps=4, save_steps=2)
+    train(config_from_dict(raw))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(out / "checkpoint-2", elsewhere / "checkpoint-2")
+    monkeypatch.setattr("fusedrl.engine.trainer.build_algorithm", lambda *a: pytest.fail("a model was loaded"))
+    for extra in ({}, {"resume_from_checkpoint": str(elsewhere / "checkpoint-2")}):
+        with pytest.raises(ValueError, match=r"^output_dir: .*run holds checkpoints of an earlier run \(checkpoint-2, "
+                                             r"checkpoint-4\); continue that run with resume_from_checkpoint: latest"):
+            train(config_from_dict({**raw, "max_steps": 2, "save_steps": 1, **extra}))
+    monkeypatch.undo()
+    with caplog.at_level("WARNING"):
+        train(config_from_dict({**raw, "max_steps": 3, "save_steps": 1, "overwrite_output_dir": True}))
+    assert "deleting the earlier run's checkpoints" in caplog.text
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
+    assert '"step": 3' in (out / "checkpoint-3" / "trainer_state.json").read_text()
+
+
 def test_a_checkpoint_resumes_only_with_its_fsdp_setting(model_dir, tmp_path, caplog):
     """``fsdp`` in a single process trains unsharded (and says so); a checkpoint records the setting it was
     written with, and resuming it with the other one is refused before any state is touched."""

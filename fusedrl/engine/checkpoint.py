@@ -16,6 +16,7 @@ an interrupted save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -28,6 +29,8 @@ from safetensors.torch import load_file, save_file
 from .distributed import Ranks
 from .models import load_weights
 from .sharding import like_parameter, load_local_tensors, local_tensors
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
@@ -43,6 +46,30 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def claim_output_dir(output_dir: str | Path, resume: Path | None, overwrite: bool, ranks: Ranks) -> None:
+    """Make sure a run's checkpoints cannot mix with an earlier run's in ``output_dir``.
+
+    A run that does not resume from one of ``output_dir``'s checkpoints refuses to start where checkpoints
+    exist (pruning would delete the new run's lower-numbered checkpoints and keep the old ones, and
+    ``latest`` would resume the old run), unless ``overwrite`` (``overwrite_output_dir``): then rank 0
+    deletes them. Every rank calls it.
+    """
+    found = list_checkpoints(output_dir)
+    if not found or (resume is not None and resume.resolve().parent == Path(output_dir).resolve()):
+        return
+    names = ", ".join(p.name for p in found)
+    if not overwrite:
+        raise ValueError(
+            f"output_dir: {output_dir} holds checkpoints of an earlier run ({names}); continue that run with "
+            f"resume_from_checkpoint: latest, start over with overwrite_output_dir: true (deletes them), or "
+            f"choose another output_dir")
+    if ranks.is_main:
+        log.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s: %s", output_dir, names)
+        for path in found:
+            shutil.rmtree(path)
+    ranks.barrier()
 
 
 def resolve_resume_path(output_dir: str | Path, resume: str | None) -> Path | None:

@@ -198,6 +198,7 @@ class TrainConfig:
     save_steps: int | None = field(default=None, metadata=_range(0))  # 0 or null: no checkpoints
     save_total_limit: int | None = field(default=2, metadata=_range(1))  # null: keep every checkpoint
     resume_from_checkpoint: str | None = None
+    overwrite_output_dir: bool = False
     tensorboard: bool = True
     plot: bool = True
     progress_bar: bool = True

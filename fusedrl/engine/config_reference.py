@@ -268,6 +268,9 @@ DESCRIPTIONS: dict[str, str] = {
     "resume_from_checkpoint": "`latest` (the newest complete checkpoint in `output_dir`; a fresh start when there is "
                               "none) or a checkpoint folder: the run continues exactly where that checkpoint was "
                               "saved, on as many ranks as wrote it. Null starts fresh.",
+    "overwrite_output_dir": "A run that does not resume from a checkpoint of `output_dir` refuses to start where "
+                            "an earlier run left checkpoints (they would be pruned in place of the new ones, and "
+                            "`latest` would resume the old run); true deletes them first.",
     "tensorboard": "Also log metrics and text samples to `output_dir/tensorboard` (skipped with a warning when "
                    "tensorboard is not installed).",
     "plot": "Write `training_curves.png` of the algorithm's main metrics at the end (needs matplotlib).",
@@ -295,7 +298,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
                       "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
                       "fsdp", "fsdp_gather_for_generation", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
-                                 "resume_from_checkpoint", "tensorboard", "plot", "progress_bar"]),
+                                 "resume_from_checkpoint", "overwrite_output_dir", "tensorboard", "plot",
+                                 "progress_bar"]),
 ]
 
 _INTRO = (

@@ -15,8 +15,8 @@ from torch.distributed.tensor import DTensor
 from ..kernels.losses.sequence import stand_in
 from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
-from .checkpoint import (load_checkpoint, load_round_tensors, resolve_resume_path, save_checkpoint,
-                         write_folder_atomically)
+from .checkpoint import (claim_output_dir, load_checkpoint, load_round_tensors, resolve_resume_path,
+                         save_checkpoint, write_folder_atomically)
 from .config import TrainConfig
 from .distributed import GradientSync, Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
@@ -141,6 +141,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     device = ranks.device
     out = Path(config.output_dir)
     resume = resolve_resume_path(out, config.resume_from_checkpoint)  # a wrong path fails before models load
+    claim_output_dir(out, resume, config.overwrite_output_dir, ranks)
     algorithm = build_algorithm(config, device)
     with ranks.main_first():
         raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
