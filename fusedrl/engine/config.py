@@ -200,6 +200,10 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     overwrite_output_dir: bool = False
     tensorboard: bool = True
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_name: str | None = None
+    wandb_mode: str | None = field(default=None, metadata=_choices(None, "online", "offline", "disabled"))
     plot: bool = True
     progress_bar: bool = True
 

@@ -273,6 +273,13 @@ DESCRIPTIONS: dict[str, str] = {
                             "`latest` would resume the old run); true deletes them first.",
     "tensorboard": "Also log metrics and text samples to `output_dir/tensorboard` (skipped with a warning when "
                    "tensorboard is not installed).",
+    "wandb_project": "Also log metrics, the config and text samples to this Weights & Biases project (needs "
+                     "`pip install wandb`; rank 0 only). Metrics are `train/*` and `eval/*` against "
+                     "`train/global_step`; a resumed run continues the same W&B run (its id is in each checkpoint).",
+    "wandb_entity": "The W&B team or user of `wandb_project` (null: your default entity).",
+    "wandb_name": "The W&B run's display name (null: W&B picks one).",
+    "wandb_mode": "`online`, `offline` (written under `output_dir/wandb`, `wandb sync` later) or `disabled`; null: "
+                  "W&B's own setting (`WANDB_MODE`).",
     "plot": "Write `training_curves.png` of the algorithm's main metrics at the end (needs matplotlib).",
     "progress_bar": "Show a tqdm progress bar with the algorithm's progress metrics (rank 0 only).",
 }
@@ -298,8 +305,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
                       "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
                       "fsdp", "fsdp_gather_for_generation", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
-                                 "resume_from_checkpoint", "overwrite_output_dir", "tensorboard", "plot",
-                                 "progress_bar"]),
+                                 "resume_from_checkpoint", "overwrite_output_dir", "tensorboard", "wandb_project",
+                                 "wandb_entity", "wandb_name", "wandb_mode", "plot", "progress_bar"]),
 ]
 
 _INTRO = (

@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard when available).
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (and TensorBoard when available, and a
+    Weights & Biases run when given one: ``wandb_log.WandbRun``).
 
     ``resume_step``: the checkpoint step a resumed run starts from (later records are dropped);
     None for a fresh run, which starts the files empty even if an earlier run wrote there.
@@ -18,8 +19,8 @@ class MetricsLog:
     """
 
     def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None,
-                 enabled: bool = True):
-        self.enabled, self.writer = enabled, None
+                 enabled: bool = True, wandb_run=None):
+        self.enabled, self.writer, self.wandb_run = enabled, None, wandb_run
         if not enabled:
             return
         self.dir = Path(output_dir)
@@ -51,6 +52,8 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"{prefix}/{key}", float(value), step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(step, metrics, prefix)
 
     def write_text(self, step: int, name: str, text: str) -> None:
         """Log a text sample (e.g. generations) to ``samples.jsonl`` and TensorBoard."""
@@ -60,6 +63,8 @@ class MetricsLog:
             fh.write(json.dumps({"step": step, "name": name, "text": text}) + "\n")
         if self.writer is not None:
             self.writer.add_text(name, text, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log_text(step, name, text)
 
     def records(self) -> list[dict]:
         """Every record written so far."""
@@ -70,6 +75,8 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
 
 
 def plot_curves(records: list[dict], keys: list[str], out_path: str | Path) -> Path | None:

@@ -24,6 +24,7 @@ from .optim import build_optimizer, build_scheduler
 from .rounds import UpdateStream
 from .sharding import loss_scale
 from .training_data import load_training_data
+from .wandb_log import WandbRun, check_wandb_installed
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     out = Path(config.output_dir)
     resume = resolve_resume_path(out, config.resume_from_checkpoint)  # a wrong path fails before models load
     claim_output_dir(out, resume, config.overwrite_output_dir, ranks)
+    check_wandb_installed(config.wandb_project)
     algorithm = build_algorithm(config, device)
     with ranks.main_first():
         raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
@@ -169,7 +171,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     updates = UpdateStream(algorithm, stream)
     gradient_sync = GradientSync(model, ranks, enabled=not sharded)  # FSDP reduces gradients itself
 
-    step, tokens_seen = 0, 0.0
+    step, tokens_seen, state = 0, 0.0, {}
     if resume is not None:
         state = load_checkpoint(resume, model, optimizer, ranks, sharded)
         step, tokens_seen = state["step"], state.get("num_input_tokens_seen", 0.0)
@@ -182,8 +184,9 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             log.warning("resume: this run has %d optimizer steps, the checkpoint's run had %d; the learning-rate "
                         "schedule (warmup %d, %s) is laid over the new total from step %d on", steps,
                         state["total_steps"], warmup, config.lr_scheduler, step)
+    wandb_run = WandbRun(config, state.get("wandb_run_id")) if config.wandb_project and ranks.is_main else None
     metrics_log = MetricsLog(out, tensorboard=config.tensorboard, resume_step=step if resume is not None else None,
-                             enabled=ranks.is_main)
+                             enabled=ranks.is_main, wandb_run=wandb_run)
     result = TrainResult(step=step, output_dir=out)
     show = (config.progress_bar if progress is None else progress) and ranks.is_main
     result.eval_before = evaluate(algorithm, eval_batches, config, device, ranks, show) if step == 0 else {}
@@ -233,7 +236,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
         if config.save_steps and step % config.save_steps == 0:
             trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
                              "algorithm": algorithm.state(), "world_size": ranks.world_size, "total_steps": steps,
-                             "num_input_tokens_seen": tokens_seen}
+                             "num_input_tokens_seen": tokens_seen, "wandb_run_id": wandb_run.id if wandb_run else None}
             save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, *updates.state(),
                             ranks=ranks, sharded=sharded)
     bar.close()
