@@ -181,6 +181,7 @@ class TrainConfig:
     adam_beta2: float = field(default=0.999, metadata=_range(0.0, 1.0))
     adam_epsilon: float = field(default=1e-8, metadata=_range(0.0, low_open=True))
     lr_scheduler: str = field(default="cosine", metadata=_choices("cosine", "linear", "constant"))
+    cosine_min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
     warmup_steps: int = field(default=0, metadata=_range(0))
     warmup_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
     max_grad_norm: float | None = field(default=1.0, metadata=_range(0.0))  # 0 or null: no clipping
@@ -362,6 +363,7 @@ def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
 SWITCHED_KEYS = (
     ("adapter", "lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "rl_adapter_ref_model")),
     ("fsdp", True, ("fsdp_gather_for_generation",)),
+    ("lr_scheduler", "cosine", ("cosine_min_lr_ratio",)),
 )
 
 

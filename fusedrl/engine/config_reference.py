@@ -221,6 +221,8 @@ DESCRIPTIONS: dict[str, str] = {
     "adam_epsilon": "AdamW ε, added to the denominator.",
     "lr_scheduler": "The learning-rate schedule after warmup: `cosine` or `linear` decay to 0 at the last step, or "
                     "`constant`.",
+    "cosine_min_lr_ratio": "With `lr_scheduler: cosine`, decay to this fraction of `learning_rate` instead of 0 "
+                           "(axolotl's key).",
     "warmup_steps": "Steps of linear warmup, from `learning_rate / (warmup + 1)` up to `learning_rate`; when above "
                     "0 it overrides `warmup_ratio`.",
     "warmup_ratio": "Warmup as a fraction of the total steps (`int(warmup_ratio × steps)`), used when "
@@ -302,7 +304,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
                                   "num_mini_batches", "num_sample_generations", "local_rollout_forward_batch_size"]),
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
-                      "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
+                      "cosine_min_lr_ratio", "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
                       "fsdp", "fsdp_gather_for_generation", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
                                  "resume_from_checkpoint", "overwrite_output_dir", "tensorboard", "wandb_project",

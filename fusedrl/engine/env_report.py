@@ -13,8 +13,8 @@ import fusedrl
 from ..kernels.dispatch import resolve_backend
 from .distributed import pick_device
 
-PACKAGES = ("torch", "triton", "transformers", "peft", "accelerate", "datasets", "safetensors", "liger-kernel",
-            "cut-cross-entropy")
+PACKAGES = ("torch", "triton", "transformers", "peft", "accelerate", "datasets", "safetensors", "tensorboard",
+            "wandb", "liger-kernel", "cut-cross-entropy")
 
 
 def package_version(dist: str) -> str:

@@ -20,8 +20,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Multiplier of the base learning rate at optimizer ``step`` (0-based)."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base learning rate at optimizer ``step`` (0-based); ``cosine`` decays to ``min_ratio``."""
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
     if kind == "constant":
@@ -30,11 +30,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
     progress = min(1.0, (step - warmup_steps) / span)
     if kind == "linear":
         return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_steps: int, kind: str):
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, kind: str, min_ratio: float = 0.0):
     """``LambdaLR`` following ``lr_factor``; its state is just ``last_epoch`` (checkpointed as an int)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, kind)
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, kind, min_ratio)
     )

@@ -167,7 +167,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     warmup = config.warmup_steps or int(config.warmup_ratio * steps)
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay,
                                 (config.adam_beta1, config.adam_beta2), config.adam_epsilon)
-    scheduler = build_scheduler(optimizer, steps, warmup, config.lr_scheduler)
+    scheduler = build_scheduler(optimizer, steps, warmup, config.lr_scheduler, config.cosine_min_lr_ratio)
     updates = UpdateStream(algorithm, stream)
     gradient_sync = GradientSync(model, ranks, enabled=not sharded)  # FSDP reduces gradients itself
 
