@@ -122,6 +122,30 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints(model_dir, tmp_path, mo
     assert '"step": 3' in (out / "checkpoint-3" / "trainer_state.json").read_text()
 
 
+def test_a_nan_gradient_stops_the_run_before_the_optimizer_step(model_dir, tmp_path, monkeypatch):
+    """The second training step's loss is NaN: the run stops naming the step and the last checkpoint, the
+    weights never take the step, and the run resumes from that checkpoint."""
+    from fusedrl.engine.algorithms.sft import SFT
+
+    loss_of = SFT.loss
+    calls = []
+
+    def nan_at_step_two(self, batch):
+        loss, metrics = loss_of(self, batch)
+        calls.append(self.model.training)
+        return (loss * float("nan"), metrics) if calls.count(True) == 2 and self.model.training else (loss, metrics)
+
+    monkeypatch.setattr(SFT, "loss", nan_at_step_two)
+    out = tmp_path / "run"
+    raw = train_config(model_dir, out, "sft", max_steps=3, save_steps=1)
+    with pytest.raises(FloatingPointError, match=r"^step 2: the gradient norm is nan .*no weight took it\. The last "
+                                                 r"checkpoint is .*checkpoint-1"):
+        train(config_from_dict(raw))
+    assert not (out / "final").exists()
+    monkeypatch.undo()
+    assert train(config_from_dict({**raw, "resume_from_checkpoint": "latest"})).step == 3
+
+
 def test_a_checkpoint_resumes_only_with_its_fsdp_setting(model_dir, tmp_path, caplog):
     """``fsdp`` in a single process trains unsharded (and says so); a checkpoint records the setting it was
     written with, and resuming it with the other one is refused before any state is touched."""

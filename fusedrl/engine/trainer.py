@@ -15,8 +15,8 @@ from torch.distributed.tensor import DTensor
 from ..kernels.losses.sequence import stand_in
 from .algorithms import build_algorithm
 from .batches import BatchStream, fixed_batches
-from .checkpoint import (claim_output_dir, load_checkpoint, load_round_tensors, resolve_resume_path,
-                         save_checkpoint, write_folder_atomically)
+from .checkpoint import (claim_output_dir, list_checkpoints, load_checkpoint, load_round_tensors,
+                         resolve_resume_path, save_checkpoint, write_folder_atomically)
 from .config import TrainConfig
 from .distributed import GradientSync, Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
@@ -213,6 +213,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             parts.append((weight, metrics))
         gradient_sync.finish()
         grad_norm = _clip(model, config.max_grad_norm)
+        _stop_if_not_finite(grad_norm, step + 1, parts, out)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -263,6 +264,19 @@ def _peak_memory(device: torch.device, ranks: Ranks) -> dict[str, float]:
     peak = max(ranks.gather([torch.cuda.max_memory_allocated(device) / 2**30]))
     torch.cuda.reset_peak_memory_stats(device)
     return {"max_memory_gib": peak}
+
+
+def _stop_if_not_finite(grad_norm: float, step: int, parts: list[tuple[float, dict]], out: Path) -> None:
+    """Stop the run before the optimizer applies a NaN or infinite gradient (the norm is global, so every rank
+    stops at the same step): the weights stay those of the step before."""
+    if math.isfinite(grad_norm):
+        return
+    losses = ", ".join(f"{metrics['loss']:.4g}" for _, metrics in parts)
+    found = list_checkpoints(out)
+    raise FloatingPointError(
+        f"step {step}: the gradient norm is {grad_norm} (this rank's micro-batch losses: {losses}); stopped before "
+        f"the optimizer step, so no weight took it. The last checkpoint is {found[-1] if found else 'none'}; lower "
+        f"learning_rate or look for a bad row in this step's data")
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
