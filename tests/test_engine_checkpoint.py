@@ -1,5 +1,7 @@
 """Checkpoints: exact resume, atomic writes, Hugging Face loadability."""
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,37 @@ def test_a_nan_gradient_stops_the_run_before_the_optimizer_step(model_dir, tmp_p
     assert not (out / "final").exists()
     monkeypatch.undo()
     assert train(config_from_dict({**raw, "resume_from_checkpoint": "latest"})).step == 3
+
+
+def test_a_stop_signal_checkpoints_the_step_and_the_run_resumes_exactly(model_dir, tmp_path, monkeypatch, capsys):
+    """SIGUSR1 (a scheduler's notice) during step 2: the step finishes, checkpoint-2 is written although
+    save_steps is unset, the CLI exits with 128 + SIGUSR1, the signal handlers are restored, and resuming
+    gives the uninterrupted run's losses."""
+    from fusedrl.engine.algorithms.sft import SFT
+    from fusedrl.engine.cli import main as cli_main
+
+    raw = train_config(model_dir, tmp_path / "whole", "sft", max_steps=4)
+    whole = train(config_from_dict(raw))
+    loss_of, calls = SFT.loss, []
+
+    def signalled_in_step_two(self, batch):
+        calls.append(self.model.training)
+        if calls.count(True) == 2 and self.model.training:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return loss_of(self, batch)
+
+    monkeypatch.setattr(SFT, "loss", signalled_in_step_two)
+    out = tmp_path / "stopped"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**raw, "output_dir": str(out)}))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    assert cli_main(["train", str(tmp_path / "config.yaml")]) == 128 + signal.SIGUSR1
+    assert "stopped by SIGUSR1 after step 2; " in capsys.readouterr().err
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["checkpoint-2"] and not (out / "final").exists()
+    monkeypatch.undo()
+    resumed = train(config_from_dict({**raw, "output_dir": str(out), "resume_from_checkpoint": "latest"}))
+    torch.testing.assert_close(torch.tensor(resumed.train_losses), torch.tensor(whole.train_losses[2:]),
+                               atol=1e-6, rtol=1e-6)
 
 
 def test_a_checkpoint_resumes_only_with_its_fsdp_setting(model_dir, tmp_path, caplog):

@@ -4,9 +4,12 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from engine_fixtures import REPO, save_tiny_model, train_config
-from fusedrl.engine import distributed
+from fusedrl.engine import checkpoint, distributed
 from fusedrl.engine.cli import main as cli_main
 from fusedrl.engine.config import config_from_dict
 from fusedrl.engine.distributed import GradientSync, Ranks
@@ -27,14 +30,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(raw: dict, folder, ranks: int = 2) -> str:
-    """``torchrun --nproc_per_node ranks -m fusedrl train`` on a YAML of ``raw``; fails with its output, else
-    returns its log (stderr)."""
+def torchrun_command(raw: dict, folder, ranks: int = 2, port: int | None = None) -> tuple[list[str], dict]:
+    """``(command, environment)`` of ``torchrun --nproc_per_node ranks -m fusedrl train`` on a YAML of ``raw``
+    written to ``folder`` (CPU ranks, gloo, rendezvous on ``port``)."""
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "fusedrl", "train", str(path)]
+           f"--master_port={port or _free_port()}", "-m", "fusedrl", "train", str(path)]
+    return cmd, env
+
+
+def torchrun(raw: dict, folder, ranks: int = 2) -> str:
+    """Run ``torchrun_command``; fails with its output, else returns its log (stderr)."""
+    cmd, env = torchrun_command(raw, folder, ranks)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done.stderr
@@ -248,6 +257,41 @@ def test_kto_on_two_ranks_evaluates_in_step(model_dir, tmp_path):
     evals = records(tmp_path / "two", "eval")
     assert [r["step"] for r in evals] == [0, 1, 2]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["kl"]) for r in evals)
+
+
+def _worker_pid(port: int, rank: int) -> int | None:
+    """The process of the torchrun worker of ``rank`` in the run that meets on ``port`` (from /proc)."""
+    wanted = {f"MASTER_PORT={port}".encode(), f"RANK={rank}".encode()}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if wanted <= set(environ.read_bytes().split(b"\0")):
+                return int(environ.parent.name)
+        except OSError:  # a process that ended, or another user's
+            continue
+    return None
+
+
+def test_a_signal_to_one_rank_stops_both_after_the_same_step(model_dir, tmp_path):
+    """SIGUSR1 to rank 1 alone: both ranks stop after the same step, which is checkpointed (both ranks' states,
+    no save_steps), and torchrun resumes it to the end."""
+    out = tmp_path / "run"
+    raw = train_config(model_dir, out, "sft", max_steps=1000, micro_batch_size=1)
+    port = _free_port()
+    cmd, env = torchrun_command(raw, tmp_path, port=port)
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.jsonl").is_file() and records(out)) and run.poll() is None:
+        assert time.monotonic() < deadline, "no training step logged in 300 s"
+        time.sleep(0.2)
+    os.kill(_worker_pid(port, 1), signal.SIGUSR1)
+    _, log = run.communicate(timeout=300)
+    assert run.returncode != 0
+    (stopped,) = checkpoint.list_checkpoints(out)
+    step = int(stopped.name.split("-")[1])
+    assert step < 1000 and f"fusedrl: stopped by SIGUSR1 after step {step}; " in log
+    assert (stopped / "rank-1" / "rank_state.json").is_file() and not (out / "final").exists()
+    torchrun({**raw, "max_steps": step + 2, "resume_from_checkpoint": "latest"}, tmp_path)
+    assert [r["step"] for r in records(out)][-2:] == [step + 1, step + 2] and (out / "final").is_dir()
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])

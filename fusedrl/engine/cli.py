@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 from .data.loading import looks_local
+from .preemption import Preempted
 from .rewards import RewardFunctionError
 
 
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": _train, "export": _export, "kd-extract": _kd_extract, "env": _env, "bench": _bench}
     try:
         return commands[args.command](args, extra)
+    except Preempted as stop:
+        if _is_main_rank():
+            print(f"fusedrl: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except (ConfigError, FileNotFoundError, ValueError, RewardFunctionError) as err:
         logging.getLogger(__name__).debug("traceback of the error below", exc_info=True)
         print(f"fusedrl: error: {err}", file=sys.stderr)

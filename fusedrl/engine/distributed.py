@@ -63,6 +63,14 @@ class Ranks:
         dist.all_reduce(tensor)
         return float(tensor.item())
 
+    def max(self, value: float) -> float:
+        """The largest ``value`` of any rank."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def gather(self, items: list) -> list:
         """The concatenation of every rank's ``items`` (small Python values: metrics), in rank order."""
         if not self.active:

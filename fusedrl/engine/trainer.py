@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .distributed import GradientSync, Ranks, init_ranks
 from .metrics_log import MetricsLog, plot_curves
 from .optim import build_optimizer, build_scheduler
+from .preemption import Preempted, StopSignals
 from .rounds import UpdateStream
 from .sharding import loss_scale
 from .training_data import load_training_data
@@ -196,50 +197,57 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     bar = _progress_bar(None, steps, step, show, "train")
     samples_every = max(1, steps // config.num_sample_generations) if config.num_sample_generations else 0
     model.train()
-    while step < steps:
-        started = time.perf_counter()
-        with autocast_context(config, device):
-            micro_batches = updates.next()
-        optimizer.zero_grad(set_to_none=True)
-        parts = []
-        weights = [algorithm.batch_weight(batch) for batch in micro_batches]
-        scale = loss_scale(sharded, ranks) / (ranks.sum(sum(weights)) or 1.0)  # of the step's global weight
-        for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
-            if i == len(micro_batches) - 1:
-                gradient_sync.start()
+    with StopSignals() as signals:  # SIGTERM / SIGUSR1: checkpoint this step, then stop
+        while step < steps:
+            started = time.perf_counter()
             with autocast_context(config, device):
-                loss, metrics = algorithm.run(algorithm.loss, batch)
-            (loss * (weight * scale)).backward()
-            parts.append((weight, metrics))
-        gradient_sync.finish()
-        grad_norm = _clip(model, config.max_grad_norm)
-        _stop_if_not_finite(grad_norm, step + 1, parts, out)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        tokens = ranks.sum(sum(float(batch["attention_mask"].sum()) for batch in micro_batches))
-        tokens_seen += tokens
-        step_time = time.perf_counter() - started
-        metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm,
-                   "lr": scheduler.get_last_lr()[0], "step_time": step_time, "tokens_per_second": tokens / step_time,
-                   "num_input_tokens_seen": tokens_seen, "epoch": stream.epoch + stream.index / len(stream.rows),
-                   **_peak_memory(device, ranks)}
-        result.train_losses.append(metrics["loss"])
-        if step % config.logging_steps == 0 or step == steps:
-            metrics_log.write(step, metrics)
-        if samples_every and step % samples_every == 0 and ranks.is_main:
-            for name, text in algorithm.text_samples():
-                metrics_log.write_text(step, name, text)
-        bar.update(1)
-        bar.set_postfix({k: f"{metrics[k]:.4g}" for k in algorithm.progress_keys if k in metrics})
-        if config.eval_steps and step % config.eval_steps == 0 and step < steps:
-            metrics_log.write(step, evaluate(algorithm, eval_batches, config, device, ranks, show), prefix="eval")
-        if config.save_steps and step % config.save_steps == 0:
-            trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
-                             "algorithm": algorithm.state(), "world_size": ranks.world_size, "total_steps": steps,
-                             "num_input_tokens_seen": tokens_seen, "wandb_run_id": wandb_run.id if wandb_run else None}
-            save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit, *updates.state(),
-                            ranks=ranks, sharded=sharded)
+                micro_batches = updates.next()
+            optimizer.zero_grad(set_to_none=True)
+            parts = []
+            weights = [algorithm.batch_weight(batch) for batch in micro_batches]
+            scale = loss_scale(sharded, ranks) / (ranks.sum(sum(weights)) or 1.0)  # of the step's global weight
+            for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+                if i == len(micro_batches) - 1:
+                    gradient_sync.start()
+                with autocast_context(config, device):
+                    loss, metrics = algorithm.run(algorithm.loss, batch)
+                (loss * (weight * scale)).backward()
+                parts.append((weight, metrics))
+            gradient_sync.finish()
+            grad_norm = _clip(model, config.max_grad_norm)
+            _stop_if_not_finite(grad_norm, step + 1, parts, out)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            tokens = ranks.sum(sum(float(batch["attention_mask"].sum()) for batch in micro_batches))
+            tokens_seen += tokens
+            step_time = time.perf_counter() - started
+            metrics = {**_mean_metrics(ranks.gather(parts), algorithm.summed_keys), "grad_norm": grad_norm,
+                       "lr": scheduler.get_last_lr()[0], "step_time": step_time,
+                       "tokens_per_second": tokens / step_time, "num_input_tokens_seen": tokens_seen,
+                       "epoch": stream.epoch + stream.index / len(stream.rows), **_peak_memory(device, ranks)}
+            result.train_losses.append(metrics["loss"])
+            if step % config.logging_steps == 0 or step == steps:
+                metrics_log.write(step, metrics)
+            if samples_every and step % samples_every == 0 and ranks.is_main:
+                for name, text in algorithm.text_samples():
+                    metrics_log.write_text(step, name, text)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in algorithm.progress_keys if k in metrics})
+            if config.eval_steps and step % config.eval_steps == 0 and step < steps:
+                metrics_log.write(step, evaluate(algorithm, eval_batches, config, device, ranks, show), prefix="eval")
+            stop = signals.requested(ranks)
+            if (config.save_steps and step % config.save_steps == 0) or stop:
+                trainer_state = {"step": step, "data": stream.state(), "scheduler": scheduler.state_dict(),
+                                 "algorithm": algorithm.state(), "world_size": ranks.world_size,
+                                 "total_steps": steps, "num_input_tokens_seen": tokens_seen,
+                                 "wandb_run_id": wandb_run.id if wandb_run else None}
+                saved = save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit,
+                                        *updates.state(), ranks=ranks, sharded=sharded)
+            if stop:
+                bar.close()
+                metrics_log.close()
+                raise Preempted(stop, step, saved)
     bar.close()
 
     result.step = step
