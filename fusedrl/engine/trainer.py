@@ -202,19 +202,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             started = time.perf_counter()
             with autocast_context(config, device):
                 micro_batches = updates.next()
-            optimizer.zero_grad(set_to_none=True)
-            parts = []
-            weights = [algorithm.batch_weight(batch) for batch in micro_batches]
-            scale = loss_scale(sharded, ranks) / (ranks.sum(sum(weights)) or 1.0)  # of the step's global weight
-            for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
-                if i == len(micro_batches) - 1:
-                    gradient_sync.start()
-                with autocast_context(config, device):
-                    loss, metrics = algorithm.run(algorithm.loss, batch)
-                (loss * (weight * scale)).backward()
-                parts.append((weight, metrics))
-            gradient_sync.finish()
-            grad_norm = _clip(model, config.max_grad_norm)
+            parts, grad_norm = _optimizer_step(algorithm, micro_batches, optimizer, gradient_sync, config, ranks)
             _stop_if_not_finite(grad_norm, step + 1, parts, out)
             optimizer.step()
             scheduler.step()
@@ -272,6 +260,28 @@ def _peak_memory(device: torch.device, ranks: Ranks) -> dict[str, float]:
     peak = max(ranks.gather([torch.cuda.max_memory_allocated(device) / 2**30]))
     torch.cuda.reset_peak_memory_stats(device)
     return {"max_memory_gib": peak}
+
+
+def _optimizer_step(algorithm, micro_batches: list[dict], optimizer, gradient_sync: GradientSync,
+                    config: TrainConfig, ranks: Ranks) -> tuple[list[tuple[float, dict]], float]:
+    """Accumulate the gradients of one optimizer step's micro-batches and clip them (the optimizer has not
+    stepped yet); return each micro-batch's ``(weight, metrics)`` and the gradient norm before clipping.
+
+    Each loss is scaled by its micro-batch's share of the step's global weight (all ranks), so the summed
+    gradients are those of the step's mean loss; the gradients are synced during the last backward."""
+    optimizer.zero_grad(set_to_none=True)
+    parts = []
+    weights = [algorithm.batch_weight(batch) for batch in micro_batches]
+    scale = loss_scale(algorithm.will_shard, ranks) / (ranks.sum(sum(weights)) or 1.0)
+    for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+        if i == len(micro_batches) - 1:
+            gradient_sync.start()
+        with autocast_context(config, ranks.device):
+            loss, metrics = algorithm.run(algorithm.loss, batch)
+        (loss * (weight * scale)).backward()
+        parts.append((weight, metrics))
+    gradient_sync.finish()
+    return parts, _clip(algorithm.model, config.max_grad_norm)
 
 
 def _stop_if_not_finite(grad_norm: float, step: int, parts: list[tuple[float, dict]], out: Path) -> None:
