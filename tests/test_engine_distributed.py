@@ -213,8 +213,12 @@ def model_dir(tmp_path_factory):
                 "fsdp": True}),
     ("rm", 2, {"fsdp": True, "eval_batch_size": 10}),
     ("dpo", 2, {"rpo_alpha": None, "adapter": "lora", "lora_r": 4, "precompute_ref_log_probs": True, "fsdp": True}),
+    # 155 training rows: rank 0 precomputes 78 in 12 batches of 7, rank 1 77 in 11 and a stand-in batch
+    ("dpo", 2, {"rpo_alpha": None, "precompute_ref_log_probs": True, "fsdp": True, "test_datasets": [],
+                "val_set_size": 0.15, "eval_batch_size": 7}),
 ], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation", "dpo-precomputed-reference", "fsdp-sft", "fsdp-dpo",
-        "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference"])
+        "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
+        "fsdp-dpo-precomputed-reference-uneven-shares"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
     (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's
@@ -230,8 +234,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, mod
     if extra.get("fsdp"):
         local, whole = map(float, re.search(r"each holds ([\d.]+) MiB of the ([\d.]+) MiB", log).groups())
         assert 0.45 * whole < local < 0.55 * whole
-        reader = "every rank" if extra.get("precompute_ref_log_probs") else "rank 0 only"
-        assert f"the weights were read by {reader}" in log
+        assert "the weights were read by rank 0 only" in log
 
     for split in ("train", "eval"):
         expected, got = records(tmp_path / "one", split), records(tmp_path / "two", split)

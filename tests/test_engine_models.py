@@ -111,7 +111,7 @@ def test_fsdp_refuses_a_model_without_decoder_layers():
     (False, 1, False, "meta"),  # replicated: straight to the device (the meta device stands in for a GPU)
     (True, 0, False, "cpu"),  # sharded: rank 0 reads the weights into host memory
     (True, 1, False, "meta"),  # the other ranks read none: their models are built on the meta device
-    (True, 1, True, "cpu"),  # a precomputed reference pass needs the weights on every rank
+    (True, 1, True, "meta"),  # so do they when the reference pass is precomputed: it runs sharded too
 ])
 def test_where_models_load(fsdp, rank, precompute, expected, monkeypatch, tmp_path):
     """Under torchrun with ``fsdp`` the models wait on the CPU (sharding moves each rank's share to the

@@ -88,7 +88,9 @@ DESCRIPTIONS: dict[str, str] = {
     "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
                                 "and held-out pair once before training (in batches of `eval_batch_size`) instead "
                                 "of a reference forward pass in every step; the reference model is then released "
-                                "(as TRL), so it costs no memory during training. Split across data-parallel ranks.",
+                                "(as TRL), so it costs no memory during training (under `fsdp` the pass runs "
+                                "through the sharded reference, whose shards stay allocated). Split across "
+                                "data-parallel ranks.",
     # Losses
     "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 "
             "for `grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`: the β of the loss; `orpo`: λ, the "
@@ -239,7 +241,7 @@ DESCRIPTIONS: dict[str, str] = {
             "then hold each rank's shards (resume with as many ranks; `fusedrl export` joins "
             "them); `final/` is gathered and written whole. "
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
-            "shards; with `precompute_ref_log_probs` every rank reads them). Sampling (GRPO, PPO) gathers the "
+            "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
     "fsdp_gather_for_generation": "`grpo`/`ppo` under `fsdp`: gather the policy whole on every GPU for each "
                                   "rollout (fast; as TRL's `ds3_gather_for_generation`). `false` gathers each "

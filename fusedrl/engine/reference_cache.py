@@ -33,14 +33,19 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
 
     ``algorithm`` provides ``to_device``, ``reference_forward`` and ``softcap`` (a pairwise algorithm:
     each batch stacks its chosen rows before its rejected rows). Data parallel, each rank
-    computes a contiguous share of the rows and the ranks exchange their results.
+    computes a contiguous share of the rows and the ranks exchange their results; every rank runs as many
+    batches as the first (a rank with a shorter share repeats the first rows and drops the result), so a
+    sharded reference, whose layers gather their weights from every rank, computes in step.
     """
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     share = math.ceil(len(rows) / world_size)
-    mine = rows.select(range(rank * share, min(len(rows), (rank + 1) * share)))
+    batches = fixed_batches(rows.select(range(rank * share, min(len(rows), (rank + 1) * share))), batch_size, collate)
+    rounds = math.ceil(share / batch_size)
+    if len(batches) < rounds:
+        batches += fixed_batches(rows.select(range(min(batch_size, len(rows)))), batch_size, collate) * rounds
     logps: list[tuple[float, float]] = []
-    for batch in fixed_batches(mine, batch_size, collate):
-        batch = algorithm.to_device(batch)
+    for i in range(rounds):
+        batch = algorithm.to_device(batches[i])
         hidden, weight, bias = algorithm.reference_forward(batch)
         with torch.no_grad():
             token_logps = linear_logprobs(hidden, weight, batch["labels"], bias=bias, softcap=algorithm.softcap,
@@ -48,6 +53,7 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
         sequence = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
         half = len(sequence) // 2
         logps += zip(sequence[:half], sequence[half:])
+    logps = logps[:max(0, min(len(rows), (rank + 1) * share) - rank * share)]  # this rank's rows, no stand-ins
     if world_size > 1:
         shares: list = [None] * world_size
         dist.all_gather_object(shares, logps)

@@ -120,7 +120,7 @@ def evaluate(algorithm, batches: list[dict], config: TrainConfig, device: torch.
 def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> None:
     """Make the models the same on every rank, then apply gradient checkpointing, ``torch_compile`` and
     ``fsdp`` (in that order)."""
-    if not algorithm.weights_from_rank0:  # else sharding hands out rank 0's weights
+    if not algorithm.will_shard:  # else sharding hands out rank 0's weights
         ranks.broadcast_parameters(algorithm.model)
     if ranks.active:
         set_seed(config.seed + ranks.rank)  # the same init everywhere, then each rank samples its own
@@ -148,9 +148,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     algorithm = build_algorithm(config, device)
     with ranks.main_first():
         raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
-    data = algorithm.prepare_data(raw_data)
     model = algorithm.model
     _prepare_models(algorithm, config, ranks)
+    data = algorithm.prepare_data(raw_data)
+    if algorithm.sharded is not None:  # a no-grad pass (a precomputed reference) leaves the root's weights
+        algorithm.sharded.reshard()    # gathered: the optimizer must be built on their shards
     sharded = algorithm.will_shard
 
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed, rank=ranks.rank,

@@ -50,10 +50,9 @@ class Algorithm:
         self.config, self.device = config, device
         # Models to be sharded wait on the CPU: sharding moves each rank's share to the device, layer by layer.
         # Only rank 0 reads their weights; the others build them on the meta device and get rank 0's values
-        # when they are sharded (unless a precomputed reference pass needs them whole on every rank first).
+        # when they are sharded.
         self.will_shard = config.fsdp and launched_world_size() > 1  # the trainer calls ``shard`` then
-        self.weights_from_rank0 = self.will_shard and not config.precompute_ref_log_probs
-        self.on_meta = self.weights_from_rank0 and launched_rank() != 0
+        self.on_meta = self.will_shard and launched_rank() != 0
         self.load_device = torch.device("meta" if self.on_meta else "cpu") if self.will_shard else device
         self.tokenizer = load_tokenizer(config.tokenizer or config.base_model,
                                         None if config.tokenizer else config.gguf_file, config.trust_remote_code,
@@ -122,11 +121,11 @@ class Algorithm:
 
     def shard(self, ranks: Ranks, compute_dtype: torch.dtype | None = None) -> None:
         """Shard ``models()`` over ``ranks`` (``fsdp: true``; ``compute_dtype``: see ``sharding.shard``)."""
-        self.sharded = shard(self.models(), ranks, compute_dtype, from_rank0=self.weights_from_rank0)
+        self.sharded = shard(self.models(), ranks, compute_dtype, from_rank0=True)
         local, whole = shard_sizes(self.sharded)
         log.info("fsdp: %d ranks; each holds %.4g MiB of the %.4g MiB of weights (trained and frozen models), "
-                 "and gradients and AdamW moments alike; the weights were read by %s", ranks.world_size,
-                 local / 2**20, whole / 2**20, "rank 0 only" if self.weights_from_rank0 else "every rank")
+                 "and gradients and AdamW moments alike; the weights were read by rank 0 only", ranks.world_size,
+                 local / 2**20, whole / 2**20)
 
     def run(self, fn, *args):
         """``fn(*args)``; under FSDP inside the root's forward, where every sharded weight is reachable.
@@ -190,7 +189,8 @@ class Algorithm:
                 return (self.hidden(batch, prefix), *self.head())
 
     def prepare_data(self, data):
-        """Hook on the tokenised ``TrainingData`` before training (e.g. precomputed reference logps)."""
+        """Hook on the tokenised ``TrainingData`` before training, once the models are prepared (on their
+        device, compiled, sharded): e.g. precomputed reference logps."""
         return data
 
     def updates(self, batches: list[dict]) -> list[list[dict]]:

@@ -40,14 +40,14 @@ class DPO(Pairwise):
         self.bco_running_mean = RunningMean() if self.loss_type == "bco_pair" else None
 
     def prepare_data(self, data: TrainingData) -> TrainingData:
-        """With ``precompute_ref_log_probs``, one reference pass over train and held-out rows before training;
-        the reference model is released afterwards."""
+        """With ``precompute_ref_log_probs``, one reference pass over train and held-out rows before training
+        (under fsdp through the sharded reference); the reference model is released afterwards (under fsdp its
+        shards stay in the sharded root)."""
         if not self.config.precompute_ref_log_probs:
             return data
         size = self.config.eval_batch_size or self.config.micro_batch_size
-        (self.reference if self.reference is not None else self.model).to(self.device)  # fsdp: still on the CPU
-        train = add_reference_logps(self, data.train, data.collate, size)
-        held_out = add_reference_logps(self, data.eval, data.collate, size) if len(data.eval) else data.eval
+        train = self.run(add_reference_logps, self, data.train, data.collate, size)
+        held_out = self.run(add_reference_logps, self, data.eval, data.collate, size) if len(data.eval) else data.eval
         self.reference = None  # every batch now carries its reference logps: free the model (as TRL)
         return TrainingData(train, held_out, collate_with_columns(data.collate))
 
