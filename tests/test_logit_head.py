@@ -46,8 +46,8 @@ def test_transform_read_from_the_config(model_type, keys, expected):
     assert logit_transform(AutoConfig.for_model(model_type, **keys)) == expected
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("family, backend", [(f, b) for f in FAMILIES for b in ("torch", "triton")
+                                             if (f, b) != ("falcon_h1", "triton")])  # its Mamba layers are slow
 def test_kernel_logprobs_are_the_model_own(family, backend, family_dirs):
     """Token logprobs and top-k at temperature 0.7 from the kernels equal log_softmax(model logits / 0.7)."""
     skip_unless_backend_runs(backend)
