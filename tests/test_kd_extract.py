@@ -120,6 +120,43 @@ def test_student_kl_to_teacher_falls(models, extracted, tmp_path):
     assert after < 0.7 * before, (before, after)
 
 
+def kd_config(student, data, out, **extra) -> dict:
+    return {"base_model": str(student), "rl": "kd", "datasets": [{"path": str(data)}], "output_dir": str(out),
+            "max_length": 160, "micro_batch_size": 8, "max_steps": 3, "learning_rate": 5e-3, "lr_scheduler": "constant",
+            "kernel_backend": "torch", "tensorboard": False, "plot": False, "progress_bar": False, **extra}
+
+
+@pytest.mark.parametrize("extra", [{}, {"kd_generation_temperature": 1.0, "kd_temperature": 2.0, "kd_ce_alpha": 0.5}],
+                         ids=["defaults", "temperature-and-ce"])
+def test_live_teacher_trains_as_its_extracted_targets(models, extracted, tmp_path, extra):
+    """``kd_teacher`` on the plain SFT rows: the same losses and final weights as training on what
+    ``kd-extract`` stored from that teacher (top-16 at temperature 1). The teacher ran on batches of another
+    padding there, so its logprobs differ in the last bits, which AdamW makes ~3e-6 on a few weights."""
+    teacher, student = models
+    stored = train(config_from_dict(kd_config(student, extracted[1], tmp_path / "stored", **extra)))
+    live = train(config_from_dict(kd_config(student, SFT_DATA, tmp_path / "live", kd_teacher=str(teacher),
+                                            kd_top_k=16, **extra)))
+    torch.testing.assert_close(torch.tensor(live.train_losses), torch.tensor(stored.train_losses), rtol=1e-5,
+                               atol=1e-6)
+    want = AutoModelForCausalLM.from_pretrained(tmp_path / "stored" / "final").state_dict()
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "live" / "final").state_dict()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_live_teacher_needs_the_students_vocabulary_and_a_top_k(models, tmp_path):
+    from fusedrl.engine.config import ConfigError
+    from tokenizer_fixture import tiny_tokenizer
+
+    other = tmp_path / "other-teacher"
+    save_tiny_model(other)
+    tiny_tokenizer(add_bos=True).save_pretrained(other)
+    with pytest.raises(ValueError, match=r"^kd_teacher: .*other-teacher's tokenizer .* differs from the student's"):
+        train(config_from_dict(kd_config(models[1], SFT_DATA, tmp_path / "run", kd_teacher=str(other), kd_top_k=4)))
+    with pytest.raises(ConfigError, match=r"kd_top_k: kd_teacher computes the teacher's top-k in each step"):
+        config_from_dict(kd_config(models[1], SFT_DATA, tmp_path / "run", kd_teacher=str(models[0])))
+
+
 def test_student_with_another_tokenizer_is_refused(models, extracted, tmp_path):
     from tokenizer_fixture import tiny_tokenizer
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
 from conftest import skip_unless_backend_runs
-from engine_fixtures import LOGIT_TRANSFORM_FAMILIES, TRANSFORM_FAMILY_CONFIGS, save_tiny_model, train_config
+from engine_fixtures import DATA, LOGIT_TRANSFORM_FAMILIES, TRANSFORM_FAMILY_CONFIGS, save_tiny_model, train_config
 from fusedrl.engine import logit_head as logit_head_module
 from fusedrl.engine.algorithms import build_algorithm
 from fusedrl.engine.batches import fixed_batches
@@ -194,17 +194,22 @@ def softcaps_seen(monkeypatch):
     return seen
 
 
+SFT_ROWS = [{"path": DATA["sft"]}]
 ONLINE = {"max_completion_length": 4, "temperature": 0.9, "num_sample_generations": 0}
 
 
 @pytest.mark.parametrize("rl, overrides", [
     ("sft", {}), ("dpo", {"precompute_ref_log_probs": True}), ("ipo", {}), ("cpo", {}), ("simpo", {}), ("orpo", {}),
-    ("kto", {}), ("kd", {}), ("grpo", {**ONLINE, "reward_funcs": ["length"], "num_generations": 2}),
+    ("kto", {}), ("kd", {}),
+    ("kd", {"kd_teacher": "gemma2", "kd_top_k": 4, "datasets": SFT_ROWS, "test_datasets": SFT_ROWS}),
+    ("grpo", {**ONLINE, "reward_funcs": ["length"], "num_generations": 2}),
     ("ppo", {**ONLINE, "reward_model": "rm"}),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_every_loss_gets_the_softcap(rl, overrides, family_dirs, tmp_path, softcaps_seen):
     """One step (with evaluation) of each algorithm on a softcapped model: every kernel call is softcapped."""
     if "reward_model" in overrides:
         overrides = {**overrides, "reward_model": str(family_dirs["rm"])}
+    if "kd_teacher" in overrides:
+        overrides = {**overrides, "kd_teacher": str(family_dirs["gemma2"])}
     train(config_from_dict(train_config(family_dirs["gemma2"], tmp_path, rl, max_steps=1, **overrides)))
     assert softcaps_seen and set(softcaps_seen) == {0.5}

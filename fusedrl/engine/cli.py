@@ -37,11 +37,11 @@ def summary_table(before: dict, after: dict, keys: tuple[str, ...]) -> str:
 def _check_model_paths(config) -> None:
     """Before any model loads: a model path that looks local (``looks_local``) but is missing fails, naming
     its key, and so do missing KD teacher targets (always local: ``fusedrl kd-extract`` writes them)."""
-    for key in ("base_model", "tokenizer", "ref_model", "reward_model"):
+    for key in ("base_model", "tokenizer", "ref_model", "reward_model", "kd_teacher"):
         value = getattr(config, key)
         if value is not None and looks_local(value) and not Path(value).exists():
             raise ValueError(f"{key}: local model folder not found: {value!r}")
-    for i, entry in enumerate(config.datasets if config.rl == "kd" else []):
+    for i, entry in enumerate(config.datasets if config.rl == "kd" and config.kd_teacher is None else []):
         if not Path(entry["path"]).exists():
             raise ValueError(f"datasets[{i}].path: teacher targets not found: {entry['path']!r} (write them with "
                              "`fusedrl kd-extract --output ...` first)")

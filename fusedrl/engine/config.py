@@ -44,8 +44,8 @@ _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance
               "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
-_KD_ONLY = ("kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence",
-            "kd_beta", "kd_normalize_topk")
+_KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
+            "kd_divergence", "kd_beta", "kd_normalize_topk")
 KEY_READERS = {
     "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
     "z_loss": ("sft",),
@@ -131,6 +131,7 @@ class TrainConfig:
     desirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     undesirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     center_rewards_coefficient: float = field(default=0.0, metadata=_range(0.0))
+    kd_teacher: str | None = None
     kd_temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     kd_generation_temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     kd_alpha: float = field(default=1.0, metadata=_range(0.0))
@@ -332,6 +333,9 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: val_set_size: the held-out set is test_datasets here; set one of the two")
     if config.sample_packing and config.rl not in ("sft", "kd"):
         raise ConfigError(f"{source}: sample_packing: only rl: sft and kd pack sequences, got rl={config.rl}")
+    if config.kd_teacher is not None and config.kd_top_k is None:
+        raise ConfigError(f"{source}: kd_top_k: kd_teacher computes the teacher's top-k in each step; set how many "
+                          f"ids per position (e.g. 64)")
     if config.rl == "kd" and config.kd_divergence == "jsd" and not 0 < config.kd_beta < 1:
         raise ConfigError(f"{source}: kd_beta: kd_divergence jsd mixes the two distributions with weight "
                           f"kd_beta, expected a value in (0, 1), got {config.kd_beta!r}")

@@ -65,7 +65,8 @@ DESCRIPTIONS: dict[str, str] = {
                       "`flash_attention_2` or `flash_attention_3`; other algorithms fail when the data loads.",
     "kd_top_k": "`kd` only: cut every teacher position to its k most likely ids (needed when positions carry "
                 "different numbers of ids; a position with fewer than k is a bad row); null keeps them as stored. "
-                "Must be >= 1, checked when the data loads.",
+                "Must be >= 1, checked when the data loads. With `kd_teacher`: the ids per position the live "
+                "teacher gives (required).",
     "output_dir": "Where a run writes `metrics.jsonl`, `samples.jsonl`, `tensorboard/`, `checkpoint-<step>/`, "
                   "`final/` (the trained model) and `training_curves.png`, relative to the working directory. A "
                   "fresh (not resumed) run empties the metric logs it finds there.",
@@ -124,7 +125,12 @@ DESCRIPTIONS: dict[str, str] = {
                       "renormalised), and the KD term is scaled by T².",
     "kd_generation_temperature": "`kd`: the temperature the teacher targets were extracted at (`fusedrl "
                                  "kd-extract --temperature`); data written by kd-extract records it, and a "
-                                 "mismatch is an error.",
+                                 "mismatch is an error. With `kd_teacher`: the temperature of its live top-k.",
+    "kd_teacher": "`kd` only: a live teacher (folder or hub id, same vocabulary as the student, loaded in "
+                  "`model_dtype`, frozen; sharded under `fsdp`) instead of stored targets: `datasets` are then plain "
+                  "SFT rows, and each step takes the teacher's top-`kd_top_k` of every completion position at "
+                  "`kd_generation_temperature` through `linear_topk` (no teacher logits), as `kd-extract` would "
+                  "have stored them.",
     "kd_alpha": "`kd`: weight of the distillation term in `kd_alpha·T²·KD + kd_ce_alpha·CE`, KD averaged over the "
                 "positions with teacher targets.",
     "kd_ce_alpha": "`kd`: weight of the token-mean cross-entropy of the data's own tokens (at temperature 1) in "
@@ -296,7 +302,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs"]),
     ("Losses", ["beta", "loss_type", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
-                "undesirable_weight", "center_rewards_coefficient", "kd_temperature", "kd_generation_temperature",
+                "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
+                "kd_generation_temperature",
                 "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk", "z_loss"]),
     ("Online RL (GRPO and PPO)", ["num_generations", "temperature", "top_p", "top_k", "max_completion_length",
                                   "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",

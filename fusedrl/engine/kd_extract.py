@@ -92,15 +92,23 @@ def read_metadata(folder: str | Path) -> dict | None:
 
 
 @torch.no_grad()
+def teacher_topk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, temperature: float,
+                 backend: str = "auto", position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s top-``k`` next-token ``(logprobs, ids)``, each ``[B, T, k]``, of ``input_ids [B, T]`` at
+    ``temperature`` (its logit transform applied): position t holds the distribution of token t + 1. The
+    logits are never materialised (``linear_topk``)."""
+    head = logit_head(model)
+    hidden = head.inputs(final_hidden(model, input_ids, attention_mask, position_ids))
+    return linear_topk(hidden, head.weight, k, bias=head.bias, temperature=temperature, softcap=head.softcap,
+                       backend=backend)
+
+
 def _teacher_rows(model, rows: list[dict], cfg: ExtractConfig, pad_id: int, device) -> list[dict]:
     """Rows with ``target_token_ids`` / ``target_logprobs`` lists (empty where no completion token)."""
     ids = [torch.tensor(r["input_ids"], dtype=torch.long) for r in rows]
     input_ids = pad(ids, pad_id).to(device)
     attention = pad([torch.ones_like(i) for i in ids], 0).to(device)
-    head = logit_head(model)
-    hidden = head.inputs(final_hidden(model, input_ids, attention))
-    logprobs, top_ids = linear_topk(hidden, head.weight, cfg.top_k, bias=head.bias, temperature=cfg.temperature,
-                                    softcap=head.softcap, backend=cfg.backend)
+    logprobs, top_ids = teacher_topk(model, input_ids, attention, cfg.top_k, cfg.temperature, cfg.backend)
     out = []
     for b, row in enumerate(rows):
         n = len(row["input_ids"])

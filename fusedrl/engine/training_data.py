@@ -29,16 +29,17 @@ def data_config(config: TrainConfig) -> DataConfig:
                       num_proc=config.dataset_num_proc, kd_top_k=config.kd_top_k, packing=config.sample_packing)
 
 
-def load_training_data(config: TrainConfig, tokenizer, algorithm: str) -> TrainingData:
-    """Tokenise ``datasets`` (and ``test_datasets``, or a ``val_set_size`` split) for ``algorithm``."""
+def load_training_data(config: TrainConfig, tokenizer, kind: str) -> TrainingData:
+    """Tokenise ``datasets`` (and ``test_datasets``, or a ``val_set_size`` split) as rows of ``kind`` (the
+    algorithm's ``data_kind``: ``sft``, ``pairwise``, ``kto``, ``prompt`` or ``kd``)."""
     dc = data_config(config)
-    train = prepare_dataset(config.datasets, tokenizer, config.rl, dc)
+    train = prepare_dataset(config.datasets, tokenizer, kind, dc)
     if config.test_datasets:
-        held_out = prepare_dataset(config.test_datasets, tokenizer, config.rl, dc)
+        held_out = prepare_dataset(config.test_datasets, tokenizer, kind, dc)
     elif config.val_set_size > 0:
         split = train.train_test_split(test_size=config.val_set_size, seed=config.seed, shuffle=True)
         train, held_out = split["train"], split["test"]
     else:
         held_out = []
     log.info("%d training rows, %d held-out rows for rl=%s", len(train), len(held_out), config.rl)
-    return TrainingData(train, held_out, make_collator(config.rl, pad_token_id(tokenizer), dc))
+    return TrainingData(train, held_out, make_collator(kind, pad_token_id(tokenizer), dc))
