@@ -202,6 +202,9 @@ def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
+SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
+
+
 @pytest.mark.parametrize("rl, micro, extra", [
     ("sft", 1, {}),
     ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10}),  # RPO's NLL is a token mean per micro-batch
@@ -216,9 +219,11 @@ def model_dir(tmp_path_factory):
     # 155 training rows: rank 0 precomputes 78 in 12 batches of 7, rank 1 77 in 11 and a stand-in batch
     ("dpo", 2, {"rpo_alpha": None, "precompute_ref_log_probs": True, "fsdp": True, "test_datasets": [],
                 "val_set_size": 0.15, "eval_batch_size": 7}),
+    ("kd", 2, {"fsdp": True, "kd_teacher": "seed-1", "kd_top_k": 5, "kd_ce_alpha": 0.5, "datasets": SFT_ROWS,
+               "test_datasets": [], "val_set_size": 0.1}),  # a live teacher, sharded beside the student
 ], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation", "dpo-precomputed-reference", "fsdp-sft", "fsdp-dpo",
         "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
-        "fsdp-dpo-precomputed-reference-uneven-shares"])
+        "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
     (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's
@@ -227,6 +232,8 @@ def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, mod
     The reward model's scores move fast (lr 5e-3 on a few pairs): AdamW turns the last-bit differences of
     other padding lengths into about 1e-4 of relative difference after three steps, with or without fsdp."""
     rel, atol = (1e-3, 1e-4) if rl == "rm" else (1e-4, 1e-5)
+    if "kd_teacher" in extra:
+        extra = {**extra, "kd_teacher": str(save_tiny_model(tmp_path / "teacher", seed=1))}
     one = train_config(model_dir, tmp_path / "one", rl, micro_batch_size=2 * micro, max_steps=3, eval_steps=0,
                        **extra)
     train(config_from_dict({**one, "fsdp": False}))
