@@ -39,7 +39,8 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
     """
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     share = math.ceil(len(rows) / world_size)
-    batches = fixed_batches(rows.select(range(rank * share, min(len(rows), (rank + 1) * share))), batch_size, collate)
+    mine = range(rank * share, min(len(rows), (rank + 1) * share))
+    batches = fixed_batches(rows.select(mine), batch_size, collate)
     rounds = math.ceil(share / batch_size)
     if len(batches) < rounds:
         batches += fixed_batches(rows.select(range(min(batch_size, len(rows)))), batch_size, collate) * rounds
@@ -53,7 +54,7 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
         sequence = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
         half = len(sequence) // 2
         logps += zip(sequence[:half], sequence[half:])
-    logps = logps[:max(0, min(len(rows), (rank + 1) * share) - rank * share)]  # this rank's rows, no stand-ins
+    logps = logps[:len(mine)]  # this rank's rows, not the stand-ins
     if world_size > 1:
         shares: list = [None] * world_size
         dist.all_gather_object(shares, logps)
