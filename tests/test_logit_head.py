@@ -41,7 +41,8 @@ def family_dirs(tmp_path_factory):
     ("granite", {"logits_scaling": 8.0}, LogitTransform(scale=0.125)),
     ("falcon_h1", {"lm_head_multiplier": 0.5}, LogitTransform(scale=0.5)),
     ("llama", {"unpadded_vocab_size": 100, "final_logit_softcapping": 0.0}, LogitTransform(vocab=100)),
-], ids=["llama", "gemma2", "gemma3", "cohere", "granite", "falcon_h1", "padded_vocab"])
+    ("gemma3", {"text_config": {"final_logit_softcapping": 20.0}}, LogitTransform(softcap=20.0)),
+], ids=["llama", "gemma2", "gemma3", "cohere", "granite", "falcon_h1", "padded_vocab", "gemma3_multimodal"])
 def test_transform_read_from_the_config(model_type, keys, expected):
     assert logit_transform(AutoConfig.for_model(model_type, **keys)) == expected
 

@@ -68,7 +68,9 @@ class LogitTransform:
 
 
 def logit_transform(config) -> LogitTransform:
-    """The transform a transformers ``config`` applies after the lm_head (``TRANSFORM_KEYS``)."""
+    """The transform a transformers ``config`` applies after the lm_head (``TRANSFORM_KEYS``), read from its
+    text model's config where it nests one (Gemma-3's multimodal ``text_config``, say)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     scale, softcap, vocab = 1.0, None, None
     for key, role in TRANSFORM_KEYS.items():
         value = getattr(config, key, None)
