@@ -285,6 +285,19 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         assert not own, f"warnings in {src}:\n" + "\n".join(own)
 
 
+def test_cuda_kernels_use_no_approximate_tanh(tmp_path):
+    """Under the extension's --use_fast_math nvcc compiles tanhf to tanh.approx.f32 (relative error ~5e-4, past
+    the fp32 parity tolerance): the kernels' sm_90 PTX must not contain it (the softcap uses __expf)."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not on PATH: cannot compile the CUDA sources in csrc/")
+    for src in [s for s in extension_sources() if s.endswith(".cu")]:
+        ptx = tmp_path / (os.path.basename(src) + ".ptx")
+        command = [*_nvcc_command(src, str(ptx)), "-ptx", "-arch=sm_90"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "tanh.approx" not in ptx.read_text() and "ex2.approx" in ptx.read_text()
+
+
 GPU_CASES = [(torch.float32, 1), (torch.float32, 64), (torch.bfloat16, 50), (torch.bfloat16, 256)]
 
 
