@@ -2,6 +2,8 @@
 import importlib.machinery
 import importlib.util
 import json
+import os
+import signal
 import sys
 import types
 
@@ -16,7 +18,7 @@ class RecordingRun:
     """What ``wandb.init`` returns: records ``define_metric``, ``log`` and ``finish``."""
 
     def __init__(self, run_id):
-        self.id, self.defined, self.logged, self.finished = run_id, [], [], False
+        self.id, self.defined, self.logged, self.finished, self.preempting = run_id, [], [], False, False
 
     def define_metric(self, name, **kwargs):
         self.defined.append((name, kwargs))
@@ -26,6 +28,9 @@ class RecordingRun:
 
     def finish(self):
         self.finished = True
+
+    def mark_preempting(self):
+        self.preempting = True
 
 
 @pytest.fixture
@@ -77,6 +82,25 @@ def test_metrics_config_and_resume_reach_one_wandb_run(model_dir, tmp_path, wand
     kwargs, resumed = wandb_runs[1]
     assert (kwargs["id"], kwargs["resume"]) == ("run0", "allow")
     assert [step for step, _ in series(resumed, "train/loss")] == [3, 4]
+
+
+def test_a_stopped_run_is_marked_preempting(model_dir, tmp_path, wandb_runs, monkeypatch):
+    """A stop signal (here SIGUSR1 during step 1) marks the W&B run preempting before it is finished."""
+    from fusedrl.engine.algorithms.sft import SFT
+    from fusedrl.engine.preemption import Preempted
+
+    loss_of = SFT.loss
+
+    def signalled(self, batch):
+        if self.model.training:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return loss_of(self, batch)
+
+    monkeypatch.setattr(SFT, "loss", signalled)
+    with pytest.raises(Preempted):
+        train(config_from_dict(train_config(model_dir, tmp_path / "run", "sft", wandb_project="fusedrl-tests")))
+    (_, run), = wandb_runs
+    assert run.preempting and run.finished and [step for step, _ in series(run, "train/loss")] == [1]
 
 
 def test_text_samples_go_to_a_table(model_dir, tmp_path, wandb_runs):

@@ -236,6 +236,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                                         *updates.state(), ranks=ranks, sharded=sharded)
             if stop:
                 bar.close()
+                if wandb_run is not None:
+                    wandb_run.mark_preempting()
                 metrics_log.close()
                 raise Preempted(stop, step, saved)
     bar.close()

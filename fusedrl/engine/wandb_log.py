@@ -52,5 +52,9 @@ class WandbRun:
         self.samples.append([step, name, text])
         self.run.log({STEP_KEY: step, "samples": self.wandb.Table(columns=SAMPLE_COLUMNS, data=list(self.samples))})
 
+    def mark_preempting(self) -> None:
+        """Show the run as preempted (a stop signal ended it; a resume continues it)."""
+        self.run.mark_preempting()
+
     def finish(self) -> None:
         self.run.finish()
