@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from engine_fixtures import save_tiny_model, train_config
 from fusedrl.engine.algorithms import build_algorithm
@@ -53,6 +54,31 @@ def test_fused_path_matches_eager_logits(rl, model_dir, tmp_path):
     assert grads_a.keys() == grads_b.keys() and grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_eval_command_scores_a_model_as_training_does(model_dir, tmp_path, capsys):
+    """``fusedrl eval`` on the starting model gives the run's held-out metrics before training, and on its
+    final/ (with the starting model as ref_model, the run's reference) those after training."""
+    from fusedrl.engine.cli import main as cli_main
+    from fusedrl.engine.trainer import evaluate_config
+
+    raw = train_config(model_dir, tmp_path / "run", "dpo", max_steps=2)
+    result = train(config_from_dict(raw))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    final = tmp_path / "run" / "final"
+    for extra, expected in (([], result.eval_before), (["--base_model", str(final), "--ref_model", str(model_dir)],
+                                                       result.eval_after)):
+        assert cli_main(["eval", str(config), "--out", str(tmp_path / "eval.json"), *extra]) == 0
+        scored = json.loads((tmp_path / "eval.json").read_text())
+        assert scored.keys() - {"base_model", "rl"} == expected.keys()
+        for key, value in expected.items():
+            assert scored[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    table = capsys.readouterr().out
+    assert "\nheld-out metric          final\n" in table
+    assert f"\nrewards/margins     {result.eval_after['rewards/margins']:10.4f}\n" in table
+    with pytest.raises(ValueError, match="fusedrl eval needs a held-out set"):
+        evaluate_config(config_from_dict({**raw, "test_datasets": []}))
 
 
 @pytest.mark.parametrize("option", [{"precompute_ref_log_probs": True}, {"gradient_checkpointing": True}],

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -20,17 +21,19 @@ from .preemption import Preempted
 from .rewards import RewardFunctionError
 
 
-def summary_table(before: dict, after: dict, keys: tuple[str, ...]) -> str:
-    """A small fixed-width table of held-out metrics before and after training."""
-    rows = [k for k in keys if k in before or k in after]
+def summary_table(columns: dict[str, dict], keys) -> str:
+    """A small fixed-width table of held-out metrics: a row per key of ``keys`` that some column has, a
+    column per ``columns`` entry (name -> metrics), e.g. before and after training."""
+    rows = [k for k in keys if any(k in metrics for metrics in columns.values())]
     if not rows:
         return ""
     width = max(len(k) for k in rows)
-    lines = [f"{'held-out metric':<{width}}  {'before':>10}  {'after':>10}", "-" * (width + 24)]
+    cell = max(10, *(len(name) for name in columns))
+    lines = [f"{'held-out metric':<{width}}" + "".join(f"  {name:>{cell}}" for name in columns),
+             "-" * (width + (cell + 2) * len(columns))]
     for k in rows:
-        b = f"{before[k]:.4f}" if k in before else "-"
-        a = f"{after[k]:.4f}" if k in after else "-"
-        lines.append(f"{k:<{width}}  {b:>10}  {a:>10}")
+        cells = [f"{metrics[k]:.4f}" if k in metrics else "-" for metrics in columns.values()]
+        lines.append(f"{k:<{width}}" + "".join(f"  {value:>{cell}}" for value in cells))
     return "\n".join(lines)
 
 
@@ -62,9 +65,23 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if not _is_main_rank():
         return 0
     keys = algorithm_class(config.rl).summary_keys
-    print(summary_table(result.eval_before, result.eval_after, keys))
+    print(summary_table({"before": result.eval_before, "after": result.eval_after}, keys))
     print(f"outputs: {result.output_dir} (metrics.jsonl, final/, "
           f"{result.plot.name if result.plot else 'no plot'})")
+    return 0
+
+
+def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .trainer import evaluate_config
+
+    config = load_config(args.config, overrides)
+    _check_model_paths(config)
+    metrics = evaluate_config(config)
+    if not _is_main_rank():
+        return 0
+    print(summary_table({Path(config.base_model).name or config.base_model: metrics}, list(metrics)))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"base_model": config.base_model, "rl": config.rl, **metrics}, indent=1))
     return 0
 
 
@@ -117,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                              description="Train with a YAML config. Any key can be overridden with --key value "
                              "(or --key=value); docs/config.md lists every key.")
     p_train.add_argument("config")
+    p_eval = sub.add_parser(
+        "eval", help="held-out metrics of base_model under the config's algorithm, without training",
+        description="Evaluate base_model (override it to score a trained model: --base_model outputs/run/final) on "
+        "the config's held-out set (test_datasets, or the val_set_size split) with its algorithm's loss and "
+        "metrics, exactly as a training run logs them before its first step. Any key can be overridden with "
+        "--key value.")
+    p_eval.add_argument("config")
+    p_eval.add_argument("--out", help="also write the metrics to this JSON file")
     p_export = sub.add_parser(
         "export", help="a training checkpoint as a Hugging Face model folder, as final/ would be at its step",
         description="Write a checkpoint of the run CONFIG describes (the same config and overrides as its "
@@ -140,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-    commands = {"train": _train, "export": _export, "kd-extract": _kd_extract, "env": _env, "bench": _bench}
+    commands = {"train": _train, "eval": _eval, "export": _export, "kd-extract": _kd_extract, "env": _env,
+                "bench": _bench}
     try:
         return commands[args.command](args, extra)
     except Preempted as stop:

@@ -134,6 +134,38 @@ def _prepare_models(algorithm, config: TrainConfig, ranks: Ranks) -> None:
         algorithm.shard(ranks, torch.bfloat16 if uses_bf16_autocast(config, ranks.device) else None)
 
 
+def _prepare_run(config: TrainConfig, ranks: Ranks):
+    """The run's algorithm with its models prepared (``_prepare_models``), its data after ``prepare_data``, and
+    the held-out micro-batches: ``(algorithm, TrainingData, eval_batches)``."""
+    algorithm = build_algorithm(config, ranks.device)
+    with ranks.main_first():
+        raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+    _prepare_models(algorithm, config, ranks)
+    data = algorithm.prepare_data(raw_data)
+    if algorithm.sharded is not None:  # a no-grad pass (a precomputed reference) leaves the root's weights
+        algorithm.sharded.reshard()    # gathered: the optimizer must be built on their shards
+    try:
+        eval_batches = fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size, data.collate,
+                                     algorithm.min_batch_rows)
+    except ValueError as err:
+        raise ValueError(f"held-out set (test_datasets or val_set_size) for rl={config.rl}: {err}") from None
+    return algorithm, data, eval_batches
+
+
+def evaluate_config(config: TrainConfig, progress: bool | None = None) -> dict[str, float]:
+    """``fusedrl eval``: the held-out metrics of ``base_model`` under ``config``'s algorithm, computed as a run
+    logs them before its first step; nothing is trained or written. Under ``torchrun`` every rank runs it."""
+    if not config.test_datasets and not config.val_set_size:
+        raise ValueError("test_datasets: fusedrl eval needs a held-out set (test_datasets, or val_set_size > 0)")
+    ranks = init_ranks()
+    set_seed(config.seed)
+    algorithm, _, eval_batches = _prepare_run(config, ranks)
+    show = (config.progress_bar if progress is None else progress) and ranks.is_main
+    metrics = evaluate(algorithm, eval_batches, config, ranks.device, ranks, show)
+    ranks.close()
+    return metrics
+
+
 def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     """Run ``config`` to completion (resuming when asked); return the run's summary.
 
@@ -145,23 +177,12 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     resume = resolve_resume_path(out, config.resume_from_checkpoint)  # a wrong path fails before models load
     claim_output_dir(out, resume, config.overwrite_output_dir, ranks)
     check_wandb_installed(config.wandb_project)
-    algorithm = build_algorithm(config, device)
-    with ranks.main_first():
-        raw_data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+    algorithm, data, eval_batches = _prepare_run(config, ranks)
     model = algorithm.model
-    _prepare_models(algorithm, config, ranks)
-    data = algorithm.prepare_data(raw_data)
-    if algorithm.sharded is not None:  # a no-grad pass (a precomputed reference) leaves the root's weights
-        algorithm.sharded.reshard()    # gathered: the optimizer must be built on their shards
     sharded = algorithm.will_shard
 
     stream = BatchStream(data.train, config.micro_batch_size, data.collate, config.seed, rank=ranks.rank,
                          world_size=ranks.world_size)
-    try:
-        eval_batches = fixed_batches(data.eval, config.eval_batch_size or config.micro_batch_size, data.collate,
-                                     algorithm.min_batch_rows)
-    except ValueError as err:
-        raise ValueError(f"held-out set (test_datasets or val_set_size) for rl={config.rl}: {err}") from None
     if len(data.train) % stream.global_size and ranks.is_main:
         log.info("each epoch leaves out %d of %d training rows: the tail of its shuffled order that does not fill "
                  "a batch of %d (a different tail each epoch)", len(data.train) % stream.global_size,
