@@ -113,6 +113,24 @@ def test_probe_runs_in_eval_mode_and_restores_the_mode():
     assert model.training
 
 
+def test_probe_of_a_cuda_only_attention_on_the_cpu(family_dirs):
+    """A model loaded with an attention kernel that needs CUDA tensors (as flash-attention does) is probed on
+    the CPU with eager attention, and keeps its own attention afterwards."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def cuda_only(module, query, *args, **kwargs):
+        if not query.is_cuda:
+            raise RuntimeError("cuda_only attention needs CUDA tensors")
+        return sdpa_attention_forward(module, query, *args, **kwargs)
+
+    AttentionInterface.register("cuda_only", cuda_only)
+    model = load_causal_lm(str(family_dirs["gemma2"]), attn_implementation="cuda_only")
+    assert model.config._attn_implementation == "cuda_only"
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        model(input_ids=torch.arange(3)[None])
+
+
 def test_scaled_bias_follows_the_logits(family_dirs):
     """A head with a bias under a logit scale: the bias is scaled with the hidden states."""
     model = load_causal_lm(str(family_dirs["cohere"]))

@@ -130,18 +130,25 @@ def check_fused_logits(model, name: str, key: str = "base_model") -> None:
     Run once on the loaded model (``PROBE_TOKENS`` tokens on its device): a model that transforms its
     logits in a way ``TRANSFORM_KEYS`` does not describe would otherwise train another objective than
     the one it samples from. The bound is relative to the largest logit, loose enough for bf16. Both
-    forwards run in eval mode (no dropout); the model's mode is restored.
+    forwards run in eval mode (no dropout) and, on the CPU, with eager attention (flash-attention kernels
+    need CUDA tensors; the attention is the same in both paths, the check is of the head); the model's
+    mode and attention are restored.
     """
     weight = lm_head_of(model).weight
     ids = torch.arange(PROBE_TOKENS, device=weight.device)[None] % weight.shape[0]
     mask = torch.ones_like(ids)
-    training = model.training
+    training, attention = model.training, unwrap_peft(model).config._attn_implementation
+    swap = weight.device.type == "cpu" and attention not in (None, "eager", "sdpa")  # sdpa runs on the CPU
     model.eval()
+    if swap:
+        unwrap_peft(model).set_attn_implementation("eager")
     try:
         theirs = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
         ours = fused_logits(model, ids, mask)
     finally:
         model.train(training)
+        if swap:
+            unwrap_peft(model).set_attn_implementation(attention)
     tolerance = PROBE_TOLERANCE.get(weight.dtype, 3e-2) * max(1.0, float(theirs.abs().max()))
     error = float((ours - theirs).abs().max()) if ours.shape == theirs.shape else math.inf
     if not error <= tolerance:
