@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -42,8 +43,12 @@ class Ranks:
             dist.barrier()
 
     def close(self) -> None:
-        """Tear the process group down (the run's last collective has returned)."""
+        """Tear the process group down once every rank is here (none still in work of its own, such as rank 0
+        writing the final model), after collecting garbage: a collective's work object left in a reference
+        cycle would otherwise be freed during interpreter shutdown, where gloo aborts the process."""
         if self.active:
+            dist.barrier()
+            gc.collect()
             dist.destroy_process_group()
 
     @contextlib.contextmanager

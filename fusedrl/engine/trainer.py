@@ -226,7 +226,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             with autocast_context(config, device):
                 micro_batches = updates.next()
             parts, grad_norm = _optimizer_step(algorithm, micro_batches, optimizer, gradient_sync, config, ranks)
-            _stop_if_not_finite(grad_norm, step + 1, parts, out)
+            _stop_if_not_finite(grad_norm, step + 1, parts, out, ranks)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -260,6 +260,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                 if wandb_run is not None:
                     wandb_run.mark_preempting()
                 metrics_log.close()
+                ranks.close()  # every rank stops here, after the same step
                 raise Preempted(stop, step, saved)
     bar.close()
 
@@ -309,11 +310,14 @@ def _optimizer_step(algorithm, micro_batches: list[dict], optimizer, gradient_sy
     return parts, _clip(algorithm.model, config.max_grad_norm)
 
 
-def _stop_if_not_finite(grad_norm: float, step: int, parts: list[tuple[float, dict]], out: Path) -> None:
+def _stop_if_not_finite(grad_norm: float, step: int, parts: list[tuple[float, dict]], out: Path,
+                        ranks: Ranks) -> None:
     """Stop the run before the optimizer applies a NaN or infinite gradient (the norm is global, so every rank
-    stops at the same step): the weights stay those of the step before."""
+    stops at the same step, and the ranks close their process group together): the weights stay those of the
+    step before."""
     if math.isfinite(grad_norm):
         return
+    ranks.close()
     losses = ", ".join(f"{metrics['loss']:.4g}" for _, metrics in parts)
     found = list_checkpoints(out)
     raise FloatingPointError(
