@@ -62,18 +62,17 @@ class Ranks:
 
     def sum(self, value: float) -> float:
         """``value`` summed over ranks."""
-        if not self.active:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor.item())
+        return self._reduce(value, dist.ReduceOp.SUM)
 
     def max(self, value: float) -> float:
         """The largest ``value`` of any rank."""
+        return self._reduce(value, dist.ReduceOp.MAX)
+
+    def _reduce(self, value: float, op) -> float:
         if not self.active:
             return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=op)
         return float(tensor.item())
 
     def gather(self, items: list) -> list:

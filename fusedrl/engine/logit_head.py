@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..kernels.stats import apply_softcap
+
 # config key -> which part of the transform it sets: the softcap, a factor or divisor of the scale, the vocabulary.
 TRANSFORM_KEYS = {
     "final_logit_softcapping": "softcap",
@@ -120,7 +122,7 @@ def fused_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     logits = head.inputs(final_hidden(model, input_ids, attention_mask)).float() @ head.weight.float().T
     if head.bias is not None:
         logits = logits + head.bias.float()
-    return logits if head.softcap is None else head.softcap * torch.tanh(logits / head.softcap)
+    return apply_softcap(logits, head.softcap)
 
 
 @torch.no_grad()

@@ -98,16 +98,22 @@ class Algorithm:
     def _build_reference(self):
         cfg = self.config
         if cfg.ref_model:
-            ref = load_causal_lm(cfg.ref_model, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation,
-                                 key="ref_model", on_meta=self.on_meta)
+            ref = self.load_frozen(cfg.ref_model, "ref_model")
             if (softcap := logit_transform(ref.config).softcap) != self.softcap:
                 raise ValueError(f"ref_model: {cfg.ref_model} softcaps its logits at {softcap}, base_model "
                                  f"{cfg.base_model} at {self.softcap}; the fused losses take one softcap for both")
-            ref.requires_grad_(False)
-            return ref.eval().to(self.load_device)
+            return ref
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
             return None
         return frozen_copy(self.policy).to(self.load_device)
+
+    def load_frozen(self, name_or_path: str, key: str):
+        """A causal LM that is never trained (a reference, a live teacher) from config key ``key``: loaded in
+        ``model_dtype`` with the run's attention, frozen, in eval mode, on ``load_device``."""
+        cfg = self.config
+        model = load_causal_lm(name_or_path, cfg.model_dtype, None, cfg.trust_remote_code, cfg.attn_implementation,
+                               key=key, on_meta=self.on_meta)
+        return model.requires_grad_(False).eval().to(self.load_device)
 
     def models(self) -> list[torch.nn.Module]:
         """The modules a run computes with: the trained one and the reference (when it is a separate model);

@@ -6,7 +6,7 @@ import torch
 
 from ...kernels.losses import fused_linear_topk_kd_loss
 from ..kd_extract import read_metadata, teacher_topk, vocab_fingerprint
-from ..models import load_causal_lm, load_tokenizer
+from ..models import load_tokenizer
 from .base import Algorithm, float_metrics
 
 
@@ -37,10 +37,7 @@ class KD(Algorithm):
             raise ValueError(f"kd_teacher: {cfg.kd_teacher}'s tokenizer (vocab {vocab_fingerprint(tokenizer)}) differs "
                              f"from the student's (vocab {vocab_fingerprint(self.tokenizer)}): KD needs the same "
                              f"vocabulary")
-        teacher = load_causal_lm(cfg.kd_teacher, cfg.model_dtype, None, cfg.trust_remote_code,
-                                 cfg.attn_implementation, key="kd_teacher", on_meta=self.on_meta)
-        teacher.requires_grad_(False)
-        return teacher.eval().to(self.load_device)
+        return self.load_frozen(cfg.kd_teacher, "kd_teacher")
 
     def models(self) -> list[torch.nn.Module]:
         """The student and the live teacher (``compile`` and ``shard`` act on both)."""
