@@ -38,7 +38,9 @@ def test_shipped_config_trains_on_tiny_model(path: Path, model_dir, reward_model
                  "--max_length", "160", "--output_dir", str(tmp_path / "out"), "--tensorboard", "false",
                  "--plot", "false", "--progress_bar", "false"]
     shipped = load_config(path)
-    if shipped.rl == "kd":
+    if shipped.kd_teacher:
+        overrides += ["--kd_teacher", str(model_dir)]
+    elif shipped.rl == "kd":
         overrides += ["--datasets", f"[{{path: {DATA['kd']}}}]"]
     if shipped.reward_model:
         overrides += ["--reward_model", str(reward_model_dir)]

@@ -37,6 +37,7 @@ ALIASES = {
     "batch_size": "micro_batch_size",
     "epochs": "num_epochs",
     "sft_label_smoothing": "label_smoothing",
+    "lmbda": "kd_on_policy_ratio",  # TRL's GKDConfig
 }
 
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
@@ -45,7 +46,9 @@ _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
-            "kd_divergence", "kd_beta", "kd_normalize_topk")
+            "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio")
+# Sampling keys: read by the online algorithms and by KD's on-policy steps (``kd_on_policy_ratio`` > 0).
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_completion_length", "fsdp_gather_for_generation")
 KEY_READERS = {
     "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
     "z_loss": ("sft",),
@@ -59,12 +62,12 @@ KEY_READERS = {
     **{key: ("kd",) for key in _KD_ONLY},
     **{key: ("grpo",) for key in _GRPO_ONLY},
     **{key: ("ppo",) for key in _PPO_ONLY},
-    "fsdp_gather_for_generation": ONLINE_ALGORITHMS,
-    **{key: ONLINE_ALGORITHMS for key in ("temperature", "top_p", "top_k", "max_completion_length",
-                                         "local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
+    **{key: (*ONLINE_ALGORITHMS, "kd") for key in SAMPLING_KEYS},
+    **{key: ONLINE_ALGORITHMS for key in ("local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
 }
 # Aliases that name one algorithm's parameter: under another ``rl`` they would set a different meaning.
-ALIAS_READERS = {"orpo_alpha": ("orpo",), "kto_desirable_weight": ("kto",), "kto_undesirable_weight": ("kto",)}
+ALIAS_READERS = {"orpo_alpha": ("orpo",), "kto_desirable_weight": ("kto",), "kto_undesirable_weight": ("kto",),
+                 "lmbda": ("kd",)}
 
 # Attention kernels that read per-sequence ``position_ids`` and keep packed sequences apart.
 PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
@@ -139,6 +142,7 @@ class TrainConfig:
     kd_divergence: str = field(default="forward_kl", metadata=_choices("forward_kl", "reverse_kl", "jsd"))
     kd_beta: float = field(default=0.5, metadata=_range(0.0, 1.0))
     kd_normalize_topk: bool = False
+    kd_on_policy_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
     z_loss: float = field(default=0.0, metadata=_range(0.0))
 
     # Online RL (GRPO and PPO): sampling, rewards, and the update schedule of each rollout.
@@ -340,10 +344,28 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: kd_beta: kd_divergence jsd mixes the two distributions with weight "
                           f"kd_beta, expected a value in (0, 1), got {config.kd_beta!r}")
     _check_keys_read(config, source)
+    if config.rl == "kd":
+        _check_on_policy_kd(config, source)
     _check_beta_and_loss_type(config, source)
     _check_label_smoothing(config, source)
     if config.rl in ONLINE_ALGORITHMS:
         _check_online(config, source)
+
+
+def _check_on_policy_kd(config: TrainConfig, source: str) -> None:
+    """KD samples only with a live teacher to score the samples, unpacked, and reads the sampling keys only then."""
+    if not config.kd_on_policy_ratio:
+        for key in SAMPLING_KEYS:
+            if getattr(config, key) != getattr(TrainConfig, key):
+                raise ConfigError(f"{source}: {key}: rl=kd samples only on on-policy steps (kd_on_policy_ratio > 0, "
+                                  f"here 0), got {getattr(config, key)!r}")
+        return
+    if config.kd_teacher is None:
+        raise ConfigError(f"{source}: kd_on_policy_ratio: on-policy steps need a live kd_teacher to score the "
+                          f"student's samples (stored targets cover the data's replies only)")
+    if config.sample_packing:
+        raise ConfigError(f"{source}: sample_packing: on-policy KD (kd_on_policy_ratio > 0) samples a reply per row "
+                          f"and needs unpacked rows; set sample_packing: false")
 
 
 def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:

@@ -141,6 +141,15 @@ DESCRIPTIONS: dict[str, str] = {
                "value must lie in (0, 1) there.",
     "kd_normalize_topk": "`kd`: renormalise the student's probabilities over the K teacher ids instead of the full "
                          "vocabulary.",
+    "kd_on_policy_ratio": "`kd` with `kd_teacher`: the share λ of optimizer steps that distil on the student's own "
+                          "samples (on-policy distillation, GKD; TRL's `lmbda`). Each step is on-policy with "
+                          "probability λ, drawn from `seed` and the step number (all ranks alike, the same on "
+                          "resume): the last reply of every row is replaced by one the student samples from what "
+                          "precedes it (`temperature`, `top_p`, `top_k`, `max_completion_length`), and the teacher's "
+                          "top-`kd_top_k` is taken on those tokens; the `kd_ce_alpha` term is off on such steps. "
+                          "Logs `on_policy` (1 or 0), `completions/mean_length`, `completions/clipped_ratio` and "
+                          "text samples. Evaluation always uses the data's replies. 0: never; 1: always. Needs "
+                          "unpacked rows (`sample_packing: false`).",
     "z_loss": "`sft`: coefficient of the z-loss `z_loss·lse²` added per completion token (lse: log-sum-exp of the "
               "logits), which keeps logits small.",
     # Online RL (GRPO and PPO)
@@ -148,12 +157,13 @@ DESCRIPTIONS: dict[str, str] = {
                        "each update micro-batch holds `micro_batch_size × num_generations` completions. `ppo` "
                        "samples one completion per prompt.",
     "temperature": "`grpo` and `ppo`: the sampling temperature; the policy, old and reference token logprobs of the "
-                   "losses are taken at it too (logits / T).",
-    "top_p": "`grpo` and `ppo`: nucleus-sampling threshold (1: off). It shapes sampling only; logprobs use the full "
+                   "losses are taken at it too (logits / T). `kd`'s on-policy steps (`kd_on_policy_ratio`) sample at "
+                   "it and distil at `kd_temperature`.",
+    "top_p": "`grpo`, `ppo` and `kd`'s on-policy steps: nucleus-sampling threshold (1: off). It shapes sampling only; logprobs use the full "
              "vocabulary.",
-    "top_k": "`grpo` and `ppo`: sample from the k most likely tokens only (null or 0: off). It shapes sampling only, "
+    "top_k": "`grpo`, `ppo` and `kd`'s on-policy steps: sample from the k most likely tokens only (null or 0: off). It shapes sampling only, "
              "like `top_p`.",
-    "max_completion_length": "`grpo` and `ppo`: most new tokens per completion; one with no EOS by then is "
+    "max_completion_length": "`grpo`, `ppo` and `kd`'s on-policy steps: most new tokens per completion; one with no EOS by then is "
                              "truncated (`completions/clipped_ratio`, `mask_truncated_completions`). GRPO's "
                              "`dr_grpo` loss divides by it and the built-in `length` reward scales by it.",
     "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`. PPO's clip "
@@ -200,7 +210,8 @@ DESCRIPTIONS: dict[str, str] = {
                         "gradient_accumulation_steps × num_mini_batches` prompts per device, one completion each.",
     "num_sample_generations": "`grpo` and `ppo`: how many times, evenly spaced over the run, the first 8 prompts "
                               "and completions of the latest rollout (with what they scored) are logged to "
-                              "`samples.jsonl` and TensorBoard; 0 logs none.",
+                              "`samples.jsonl` and TensorBoard; 0 logs none. `kd`'s on-policy steps log theirs "
+                              "the same way when the step is on-policy.",
     "local_rollout_forward_batch_size": "`grpo` and `ppo`: rows per chunk of the no-grad forward passes over a "
                                         "rollout (old and reference logprobs, values, reward-model scores); lower "
                                         "it to save memory. Generation runs one micro-batch of prompts at a time.",
@@ -249,7 +260,7 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
-    "fsdp_gather_for_generation": "`grpo`/`ppo` under `fsdp`: gather the policy whole on every GPU for each "
+    "fsdp_gather_for_generation": "`grpo`/`ppo` (and `kd`'s on-policy steps) under `fsdp`: gather the policy whole on every GPU for each "
                                   "rollout (fast; as TRL's `ds3_gather_for_generation`). `false` gathers each "
                                   "layer at each new token instead: slow, for a policy whose whole weights do "
                                   "not fit on one GPU.",
@@ -303,14 +314,14 @@ SECTIONS: list[tuple[str, list[str]]] = [
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs"]),
     ("Losses", ["beta", "loss_type", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
                 "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
-                "kd_generation_temperature",
-                "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk", "z_loss"]),
-    ("Online RL (GRPO and PPO)", ["num_generations", "temperature", "top_p", "top_k", "max_completion_length",
-                                  "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
-                                  "num_iterations", "mask_truncated_completions", "reward_funcs", "reward_weights",
-                                  "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange",
-                                  "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards", "num_ppo_epochs",
-                                  "num_mini_batches", "num_sample_generations", "local_rollout_forward_batch_size"]),
+                "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",
+                "kd_normalize_topk", "kd_on_policy_ratio", "z_loss"]),
+    ("Online RL (GRPO and PPO; sampling also for KD's on-policy steps)",
+     ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
+      "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions", "reward_funcs",
+      "reward_weights", "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange", "vf_coef",
+      "cliprange_value", "gamma", "lam", "whiten_rewards", "num_ppo_epochs", "num_mini_batches",
+      "num_sample_generations", "local_rollout_forward_batch_size"]),
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
                       "cosine_min_lr_ratio", "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",

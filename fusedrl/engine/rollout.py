@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import shift_labels
+from .data import IGNORE_INDEX, shift_labels
 from .data.collate import pad
 
 
@@ -80,6 +80,25 @@ def completion_masks(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> 
     is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     return eos_before == 0, ~is_eos.any(-1)
+
+
+def completion_prompts(input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What to sample a new last reply from for each row of an SFT batch (``input_ids``, shifted ``labels``
+    ``[B, T]``, right padded): the tokens before the row's last completion span, i.e. the prompt and any earlier
+    turns (for a chat template, up to and including the assistant header). Returns left-padded ``prompt_ids``
+    ``[B, P]`` and ``prompt_mask`` ``[B, P]`` (1 on real tokens)."""
+    completion = torch.zeros_like(labels, dtype=torch.bool)
+    completion[:, 1:] = labels[:, :-1] != IGNORE_INDEX
+    starts = completion.clone()
+    starts[:, 1:] &= ~completion[:, :-1]
+    positions = torch.arange(labels.shape[1], device=labels.device)
+    last_start = torch.where(starts, positions, -1).max(-1).values
+    if bool((last_start < 0).any()):
+        row = int((last_start < 0).nonzero()[0, 0])
+        raise ValueError(f"row {row} of the batch has no completion tokens, so no prompt to sample a reply to")
+    prompts = [ids[:start] for ids, start in zip(input_ids, last_start.tolist())]
+    return pad(prompts, pad_token_id, side="left"), pad([torch.ones_like(p) for p in prompts], 0, side="left")
 
 
 @dataclass

@@ -1,33 +1,49 @@
 """Knowledge distillation from top-k teacher logprobs (``rl: kd``): stored by ``fusedrl kd-extract``, or
-computed in each step from a live teacher (``kd_teacher``)."""
+computed in each step from a live teacher (``kd_teacher``), on the data's completions or, for a
+``kd_on_policy_ratio`` share of the steps, on completions the student samples itself (GKD)."""
 from __future__ import annotations
+
+import random
 
 import torch
 
 from ...kernels.losses import fused_linear_topk_kd_loss
 from ..kd_extract import read_metadata, teacher_topk, vocab_fingerprint
 from ..models import load_tokenizer
-from .base import Algorithm, float_metrics
+from ..rollout import completion_prompts
+from .base import as_floats, float_metrics
+from .online import OnlineAlgorithm, select_rows
 
 
-class KD(Algorithm):
+class KD(OnlineAlgorithm):
     """``kd_alpha * T^2 * KD + kd_ce_alpha * CE`` over positions with teacher targets.
 
     With ``kd_teacher`` the data is plain SFT rows and each batch gets the teacher's top-``kd_top_k`` of
-    every completion position at ``kd_generation_temperature`` (what ``kd-extract`` would have stored)."""
+    every completion position at ``kd_generation_temperature`` (what ``kd-extract`` would have stored).
+
+    On-policy distillation (GKD, Agarwal et al. 2024; TRL's ``lmbda``): each optimizer step is on-policy with
+    probability ``kd_on_policy_ratio``, drawn from ``seed`` and the step's number (every rank draws alike). An
+    on-policy step replaces the last reply of every row by one the student samples from what precedes it
+    (``temperature``, ``top_p``, ``top_k``, ``max_completion_length``) and distils the teacher's top-k on those
+    tokens. Evaluation always uses the data's replies, so its metrics compare across steps and ratios."""
 
     token_mean_loss = True
     progress_keys = ("loss", "kd_loss")
-    plot_keys = ("loss", "kd_loss", "ce_loss")
+    plot_keys = ("loss", "kd_loss", "ce_loss", "on_policy", "completions/mean_length")
     summary_keys = ("loss", "kd_loss", "ce_loss")
 
     def __init__(self, config, device):
         super().__init__(config, device)
         self.teacher = self._build_teacher() if config.kd_teacher else None
+        self.rounds = 0  # optimizer steps drawn so far: on-policy or not
 
     @property
     def data_kind(self) -> str:
         return "sft" if self.config.kd_teacher else "kd"
+
+    @property
+    def samples_completions(self) -> bool:
+        return self.config.kd_on_policy_ratio > 0
 
     def _build_teacher(self):
         """The frozen ``kd_teacher``, refused unless its tokenizer has the student's vocabulary."""
@@ -65,6 +81,49 @@ class KD(Algorithm):
                     f"set kd_generation_temperature: {meta['temperature']}")
         return data
 
+    def updates(self, batches: list[dict]) -> list[list[dict]]:
+        """One update over ``batches``, or over the student's own replies to their prompts on an on-policy step."""
+        if not self.samples_completions:
+            return [batches]
+        on_policy = random.Random(f"{self.config.seed}:{self.rounds}").random() < self.config.kd_on_policy_ratio
+        self.rounds += 1
+        if not on_policy:
+            self.latest = []  # no samples to log for this step
+            return [[{**batch, "on_policy": False} for batch in batches]]
+        return [self.on_policy_batches(batches)]
+
+    def on_policy_batches(self, batches: list[dict]) -> list[dict]:
+        """The rows of ``batches`` with their last reply replaced by one the student samples, as micro-batches of
+        ``micro_batch_size`` rows (labels on the sampled tokens, EOS included; the ``kd_ce_alpha`` term is off
+        there, as the cross-entropy of the student's own samples would reinforce them)."""
+        prompt_batches = []
+        for batch in batches:
+            ids, mask = completion_prompts(batch["input_ids"], batch["labels"], self.pad_token_id)
+            texts = self.tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)],
+                                                skip_special_tokens=True)
+            prompt_batches.append({"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": texts})
+        sampled = self.sample(prompt_batches)
+        rollout = sampled.rollout
+        metrics = as_floats({"completions/mean_length": rollout.completion_lengths.float().mean(),
+                             "completions/clipped_ratio": rollout.truncated.float().mean()})
+        lengths, truncated = rollout.completion_lengths.tolist(), rollout.truncated.tolist()
+        self.remember(sampled, lambda row: f"{lengths[row]} tokens" + (" (truncated)" if truncated[row] else ""))
+        rows = torch.arange(rollout.rows, device=self.device).split(self.config.micro_batch_size)
+        return [{**select_rows(sampled.sequences, index), "on_policy": True, "rollout_metrics": metrics}
+                for index in rows]
+
+    def evaluation_batches(self, batch: dict) -> list[dict]:
+        """A held-out batch as it is: evaluation distils on the data's replies, never on sampled ones."""
+        return [batch]
+
+    def state(self) -> dict:
+        """The latest samples (``OnlineAlgorithm.state``) and the steps drawn, so a resumed run draws the rest."""
+        return {**super().state(), "rounds": self.rounds}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.rounds = state.get("rounds", 0)
+
     def teacher_targets(self, batch: dict) -> dict[str, torch.Tensor]:
         """``target_token_ids``, ``target_logprobs`` ``[B, T, kd_top_k]`` and ``target_mask`` ``[B, T]`` of
         ``batch`` from the live teacher, aligned with its labels (the completion positions)."""
@@ -75,6 +134,7 @@ class KD(Algorithm):
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
+        on_policy = batch.get("on_policy")
         if self.teacher is not None:
             batch = {**batch, **self.teacher_targets(batch)}
         weight, bias = self.head()
@@ -82,7 +142,8 @@ class KD(Algorithm):
             self.hidden(batch), weight, batch["labels"], batch["target_token_ids"], batch["target_logprobs"],
             target_mask=batch["target_mask"], bias=bias, kd_temperature=cfg.kd_temperature,
             teacher_temperature=cfg.kd_generation_temperature, divergence=cfg.kd_divergence, kd_beta=cfg.kd_beta,
-            kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha, kd_ce_alpha=cfg.kd_ce_alpha,
+            kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha, kd_ce_alpha=0.0 if on_policy else cfg.kd_ce_alpha,
             softcap=self.softcap, backend=cfg.kernel_backend,
         )
-        return loss, float_metrics(loss, metrics)
+        drawn = {} if on_policy is None else {"on_policy": float(on_policy)}
+        return loss, {**float_metrics(loss, metrics), **drawn, **batch.get("rollout_metrics", {})}

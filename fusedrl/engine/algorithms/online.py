@@ -59,12 +59,14 @@ class OnlineAlgorithm(Algorithm):
 
     data_kind = "prompt"
     num_generations = 1
+    samples_completions = True  # False: no generator (KD without on-policy steps)
 
     def __init__(self, config, device):
         super().__init__(config, device)
         self.pad_token_id = pad_token_id(self.tokenizer)
         sampling = SamplingParams(config.temperature, config.top_p, config.top_k, config.max_completion_length)
-        self.generator = HFGenerator(self.policy, sampling, self.eos_token_ids(), self.pad_token_id)
+        self.generator = (HFGenerator(self.policy, sampling, self.eos_token_ids(), self.pad_token_id)
+                          if self.samples_completions else None)
         self.reward_model = self.load_reward_model() if config.reward_model else None
         self.latest: list[tuple[str, str, str]] = []
 
@@ -76,7 +78,8 @@ class OnlineAlgorithm(Algorithm):
         """Shard as ``Algorithm.shard``; sampling then steps in lockstep on every rank, with the policy gathered
         whole (``gathered``) unless ``fsdp_gather_for_generation`` is off."""
         super().shard(ranks, compute_dtype)
-        self.generator.synced_gpus = True
+        if self.generator is not None:
+            self.generator.synced_gpus = True
 
     def eos_token_ids(self) -> list[int]:
         """Ids that end a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
