@@ -221,9 +221,10 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
                 "val_set_size": 0.15, "eval_batch_size": 7}),
     ("kd", 2, {"fsdp": True, "kd_teacher": "seed-1", "kd_top_k": 5, "kd_ce_alpha": 0.5, "datasets": SFT_ROWS,
                "test_datasets": [], "val_set_size": 0.1}),  # a live teacher, sharded beside the student
+    ("dpo", 2, {"rpo_alpha": None, "fsdp": True, "sync_ref_model": True, "ref_model_sync_steps": 1}),  # shard-wise
 ], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation", "dpo-precomputed-reference", "fsdp-sft", "fsdp-dpo",
         "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
-        "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher"])
+        "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher", "fsdp-dpo-synced-reference"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
     (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's
@@ -308,7 +309,9 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(model_dir, tmp_path
 def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
     """GRPO on two ranks (each samples its own completions), checkpointed every step and resumed from the
     middle of a round: the same losses and final weights as the uninterrupted run. With ``fsdp`` sampling
-    runs in lockstep and each rank's checkpoint holds its half of the weights and AdamW moments."""
+    runs in lockstep and each rank's checkpoint holds its half of the weights and AdamW moments. The reference
+    is synced after every step (``sync_ref_model``), so the resumed run reads the checkpoint's reference (each
+    rank its shards under fsdp) when it scores its next rollout."""
     raw = {
         "base_model": str(model_dir), "rl": "grpo", "datasets": [{"path": str(REPO / "data" / "demo" /
                                                                           "arithmetic_train.jsonl")}],
@@ -316,7 +319,8 @@ def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
         "num_generations": 2, "max_completion_length": 6, "num_iterations": 2, "max_steps": 4, "save_steps": 1,
         "save_total_limit": None, "learning_rate": 1e-3, "lr_scheduler": "constant", "seed": 3,
         "reward_funcs": ["accuracy"], "tensorboard": False, "plot": False, "progress_bar": False,
-        "kernel_backend": "torch", "num_sample_generations": 0, "fsdp": fsdp,
+        "kernel_backend": "torch", "num_sample_generations": 0, "fsdp": fsdp, "sync_ref_model": True,
+        "ref_model_sync_steps": 1,
     }
     torchrun(raw, tmp_path)
     full = tmp_path / "full"
@@ -329,6 +333,7 @@ def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
             assert [half[name].shape[1:] for half in halves] == [value.shape[1:]] * 2
             assert halves[0][name].shape[0] + halves[1][name].shape[0] == value.shape[0] > halves[0][name].shape[0]
         assert (full / "checkpoint-1" / "rank-1" / "optimizer.safetensors").is_file()
+        assert (full / "checkpoint-1" / "rank-1" / "reference_shard.safetensors").is_file()
         assert not (full / "checkpoint-1" / "model.safetensors").exists()
     resumed = tmp_path / "resumed"
     resumed.mkdir()

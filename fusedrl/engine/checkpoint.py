@@ -10,7 +10,9 @@ inside a round, ``round.safetensors`` (those updates' tensors: the rollout still
 train on). Rank 0's lie in the folder itself, rank ``r``'s in ``rank-<r>/``. Under
 ``fsdp: true`` every rank writes its own shards of the model (``model_shard.safetensors``)
 and of the optimizer into its folder instead, with no gathering (the final model is
-written whole). It is written to a temporary sibling folder and renamed into place, so
+written whole). A reference model that training changes (``sync_ref_model``) is saved
+beside the model: ``reference/`` in Hugging Face format, or each rank's
+``reference_shard.safetensors`` under fsdp. It is written to a temporary sibling folder and renamed into place, so
 an interrupted save leaves the previous checkpoint intact.
 """
 from __future__ import annotations
@@ -36,6 +38,8 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-checkpoint-"
 ROUND_FILE = "round.safetensors"
 MODEL_SHARD_FILE = "model_shard.safetensors"
+REFERENCE_FOLDER = "reference"
+REFERENCE_SHARD_FILE = "reference_shard.safetensors"
 RANK_STATE_FILE = "rank_state.json"
 
 
@@ -138,12 +142,14 @@ def _rank_folder(folder: Path, ranks: Ranks) -> Path:
 
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer_state: dict,
                     save_total_limit: int | None = None, round_state: dict | None = None,
-                    round_tensors: dict | None = None, ranks: Ranks | None = None, sharded: bool = False) -> Path:
+                    round_tensors: dict | None = None, ranks: Ranks | None = None, sharded: bool = False,
+                    reference=None) -> Path:
     """Write ``checkpoint-<step>`` atomically (temporary folder, then rename) and prune old ones.
 
     Every rank calls it: each writes its own state (``round_state`` json, ``round_tensors`` name -> CPU
     tensor when not empty, its RNG, and when ``sharded`` its model and optimizer shards); rank 0 writes the
-    shared files and renames the folder into place.
+    shared files and renames the folder into place. ``reference``: a reference model to keep too (one that
+    ``sync_ref_model`` changes).
     """
     ranks = ranks or Ranks()
     root = Path(output_dir)
@@ -165,11 +171,15 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, trainer
     if sharded:
         save_file(local_tensors(model.state_dict()), str(own / MODEL_SHARD_FILE))
         _save_optimizer(optimizer, own)
+        if reference is not None:
+            save_file(local_tensors(reference.state_dict()), str(own / REFERENCE_SHARD_FILE))
     ranks.barrier()
     if ranks.is_main:
         if not sharded:
             model.save_pretrained(str(tmp), safe_serialization=True)
             _save_optimizer(optimizer, tmp)
+            if reference is not None:
+                reference.save_pretrained(str(tmp / REFERENCE_FOLDER), safe_serialization=True)
         (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "fsdp": sharded}, indent=1))
         _replace_folder(tmp, final)
         if save_total_limit:
@@ -203,9 +213,11 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, sharded: bool = False) -> dict:
-    """Restore the model's weights, the optimizer and this rank's RNG states from ``folder``; return its
-    trainer state with this rank's pending ``round``."""
+def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, sharded: bool = False,
+                    reference=None) -> dict:
+    """Restore the model's weights, the optimizer, this rank's RNG states and, when given, the ``reference``
+    model's weights (see ``save_checkpoint``) from ``folder``; return its trainer state with this rank's
+    pending ``round``."""
     ranks = ranks or Ranks()
     state = json.loads((folder / "trainer_state.json").read_text())
     if state.get("world_size", 1) != ranks.world_size:
@@ -216,6 +228,8 @@ def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, 
                          f"resume it with the same setting (this run has fsdp: {sharded})")
     own = _rank_folder(folder, ranks)
     rank_state = json.loads((own / RANK_STATE_FILE).read_text())
+    if reference is not None:
+        _load_reference(reference, folder, own, sharded)
     if sharded:
         load_local_tensors(model, load_file(str(own / MODEL_SHARD_FILE)), str(own / MODEL_SHARD_FILE))
         _load_optimizer(optimizer, own)
@@ -224,6 +238,18 @@ def load_checkpoint(folder: Path, model, optimizer, ranks: Ranks | None = None, 
         _load_optimizer(optimizer, folder)
     _restore_rng(own, rank_state["python_rng"])
     return {**state, "round": rank_state["round"]}
+
+
+def _load_reference(reference, folder: Path, own: Path, sharded: bool) -> None:
+    path = own / REFERENCE_SHARD_FILE if sharded else folder / REFERENCE_FOLDER
+    if not path.exists():
+        raise ValueError(f"resume_from_checkpoint: {folder} holds no reference model ({path.name}): it was written "
+                         f"without sync_ref_model, whose reference changes during training; resume it with "
+                         f"sync_ref_model: false")
+    if sharded:
+        load_local_tensors(reference, load_file(str(path)), str(path))
+    else:
+        load_weights(reference, path)
 
 
 def load_whole_weights(folder: Path, model) -> None:

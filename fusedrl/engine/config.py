@@ -40,6 +40,8 @@ ALIASES = {
     "lmbda": "kd_on_policy_ratio",  # TRL's GKDConfig
 }
 
+# Algorithms that compare the policy with a reference model (GRPO only with beta > 0).
+REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
 _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
               "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern")
@@ -53,6 +55,7 @@ KEY_READERS = {
     "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
     "z_loss": ("sft",),
     "precompute_ref_log_probs": ("dpo", "ipo"),
+    "sync_ref_model": REFERENCE_ALGORITHMS,
     "rpo_alpha": ("dpo", "ipo"),
     "cpo_alpha": ("cpo", "simpo"),
     "simpo_gamma": ("simpo",),
@@ -124,6 +127,9 @@ class TrainConfig:
     rl_adapter_ref_model: bool = False
     ref_model: str | None = None
     precompute_ref_log_probs: bool = False
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = field(default=0.6, metadata=_range(0.0, 1.0, low_open=True))
+    ref_model_sync_steps: int = field(default=512, metadata=_range(1))
 
     beta: float | None = None  # range checked per algorithm (GRPO accepts 0)
     loss_type: str | None = None  # choices per algorithm (LOSS_TYPES)
@@ -344,12 +350,26 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: kd_beta: kd_divergence jsd mixes the two distributions with weight "
                           f"kd_beta, expected a value in (0, 1), got {config.kd_beta!r}")
     _check_keys_read(config, source)
+    if config.sync_ref_model:
+        _check_sync_ref_model(config, source)
     if config.rl == "kd":
         _check_on_policy_kd(config, source)
     _check_beta_and_loss_type(config, source)
     _check_label_smoothing(config, source)
     if config.rl in ONLINE_ALGORITHMS:
         _check_online(config, source)
+
+
+def _check_sync_ref_model(config: TrainConfig, source: str) -> None:
+    """TR-DPO mixes the policy into a reference that is a model of its own, used live."""
+    if config.adapter == "lora":
+        raise ConfigError(f"{source}: sync_ref_model: not with adapter: lora (the reference is the base model, or a "
+                          f"copy of it, while only the adapters train); train without LoRA to sync the reference")
+    if config.precompute_ref_log_probs:
+        raise ConfigError(f"{source}: sync_ref_model: precompute_ref_log_probs computes the reference once, before "
+                          f"training, so a synced reference would never be read; set one of the two")
+    if config.rl == "grpo" and config.effective_beta == 0:
+        raise ConfigError(f"{source}: sync_ref_model: GRPO with beta: 0 loads no reference model to sync")
 
 
 def _check_on_policy_kd(config: TrainConfig, source: str) -> None:
@@ -390,6 +410,7 @@ SWITCHED_KEYS = (
     ("adapter", "lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "rl_adapter_ref_model")),
     ("fsdp", True, ("fsdp_gather_for_generation",)),
     ("lr_scheduler", "cosine", ("cosine_min_lr_ratio",)),
+    ("sync_ref_model", True, ("ref_model_mixup_alpha", "ref_model_sync_steps")),
 )
 
 

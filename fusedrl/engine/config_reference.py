@@ -92,6 +92,18 @@ DESCRIPTIONS: dict[str, str] = {
                                 "(as TRL), so it costs no memory during training (under `fsdp` the pass runs "
                                 "through the sharded reference, whose shards stay allocated). Split across "
                                 "data-parallel ranks.",
+    "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` (beta > 0) and `ppo`: TR-DPO's trust-region reference (Gorbatovski "
+                      "et al. 2024; TRL's keys): every `ref_model_sync_steps` optimizer steps the reference becomes "
+                      "`α·policy + (1 − α)·reference` (α = `ref_model_mixup_alpha`), parameter by parameter (each "
+                      "rank its shards under `fsdp`). Checkpoints then keep the reference too (`reference/`, or "
+                      "each rank's `reference_shard.safetensors`), so a resumed run continues from the synced one. "
+                      "Not with LoRA or `precompute_ref_log_probs`; a `ref_model` must have the policy's parameter "
+                      "names and shapes. GRPO and PPO take the reference logprobs when a rollout is scored, so a "
+                      "sync reaches the next rollout.",
+    "ref_model_mixup_alpha": "`sync_ref_model`: α, the policy's weight in each sync (1 copies the policy; TR-DPO "
+                             "and TRL default 0.6).",
+    "ref_model_sync_steps": "`sync_ref_model`: τ, optimizer steps between syncs (after steps τ, 2τ, ...; TRL's "
+                            "default 512).",
     # Losses
     "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 "
             "for `grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`: the β of the loss; `orpo`: λ, the "
@@ -311,7 +323,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Data and output", ["datasets", "test_datasets", "val_set_size", "max_length", "max_prompt_length", "on_bad_row",
                          "dataset_num_proc", "sample_packing", "kd_top_k", "output_dir"]),
     ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                               "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs"]),
+                               "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
+                               "ref_model_mixup_alpha", "ref_model_sync_steps"]),
     ("Losses", ["beta", "loss_type", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
                 "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",

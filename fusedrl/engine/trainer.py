@@ -196,8 +196,9 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     gradient_sync = GradientSync(model, ranks, enabled=not sharded)  # FSDP reduces gradients itself
 
     step, tokens_seen, state = 0, 0.0, {}
+    synced_reference = algorithm.reference if config.sync_ref_model else None  # trained state: checkpointed
     if resume is not None:
-        state = load_checkpoint(resume, model, optimizer, ranks, sharded)
+        state = load_checkpoint(resume, model, optimizer, ranks, sharded, synced_reference)
         step, tokens_seen = state["step"], state.get("num_input_tokens_seen", 0.0)
         stream.restore(state["data"])
         scheduler.load_state_dict(state["scheduler"])
@@ -230,6 +231,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
             optimizer.step()
             scheduler.step()
             step += 1
+            if config.sync_ref_model and step % config.ref_model_sync_steps == 0:
+                algorithm.sync_reference()
             tokens = ranks.sum(sum(float(batch["attention_mask"].sum()) for batch in micro_batches))
             tokens_seen += tokens
             step_time = time.perf_counter() - started
@@ -254,7 +257,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
                                  "total_steps": steps, "num_input_tokens_seen": tokens_seen,
                                  "wandb_run_id": wandb_run.id if wandb_run else None}
                 saved = save_checkpoint(out, step, model, optimizer, trainer_state, config.save_total_limit,
-                                        *updates.state(), ranks=ranks, sharded=sharded)
+                                        *updates.state(), ranks=ranks, sharded=sharded, reference=synced_reference)
             if stop:
                 bar.close()
                 if wandb_run is not None:

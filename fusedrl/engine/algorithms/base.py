@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..config import TrainConfig
 from ..distributed import Ranks, launched_rank, launched_world_size
@@ -102,10 +103,26 @@ class Algorithm:
             if (softcap := logit_transform(ref.config).softcap) != self.softcap:
                 raise ValueError(f"ref_model: {cfg.ref_model} softcaps its logits at {softcap}, base_model "
                                  f"{cfg.base_model} at {self.softcap}; the fused losses take one softcap for both")
+            shapes = {name: p.shape for name, p in ref.named_parameters()}
+            if cfg.sync_ref_model and shapes != {name: p.shape for name, p in self.policy.named_parameters()}:
+                raise ValueError(f"sync_ref_model: ref_model {cfg.ref_model} has other parameters than base_model "
+                                 f"{cfg.base_model} (names or shapes); mixing the policy into it needs the same")
             return ref
         if cfg.adapter == "lora" and not cfg.rl_adapter_ref_model:
             return None
         return frozen_copy(self.policy).to(self.load_device)
+
+    def sync_reference(self) -> None:
+        """TR-DPO's reference update ``ref <- alpha * policy + (1 - alpha) * ref`` (``ref_model_mixup_alpha``),
+        parameter by parameter in the reference's dtype; under FSDP each rank mixes its own shards."""
+        if self.sharded is not None:
+            self.sharded.reshard()
+        policy = dict(self.policy.named_parameters())
+        alpha = self.config.ref_model_mixup_alpha
+        with torch.no_grad():
+            for name, ref in self.reference.named_parameters():
+                target, source = (p.to_local() if isinstance(p, DTensor) else p for p in (ref, policy[name]))
+                target.lerp_(source.to(target.dtype), alpha)
 
     def load_frozen(self, name_or_path: str, key: str):
         """A causal LM that is never trained (a reference, a live teacher) from config key ``key``: loaded in
