@@ -248,11 +248,14 @@ def test_grpo_step_lowers_its_loss_on_the_rollout(files, tmp_path):
     assert after.item() < before - 1e-3
 
 
-def test_grpo_metrics_match_an_eager_computation(files, tmp_path):
-    """Advantages, kl, entropy, clip ratios and the loss from full logits on the same rollout after an update."""
+@pytest.mark.parametrize("quantile", [1.0, 0.3])
+def test_grpo_metrics_match_an_eager_computation(files, tmp_path, quantile):
+    """Advantages, kl, entropy, clip ratios and the loss from full logits on the same rollout after an update;
+    with ``top_entropy_quantile`` 0.3 the policy term counts on the 30% highest-entropy tokens only."""
     g, epsilon, beta, temperature = 4, 0.05, 0.1, 0.8
     config = online_config(files, tmp_path, "grpo", num_iterations=2, epsilon=epsilon, beta=beta,
-                           temperature=temperature, num_generations=g, micro_batch_size=2)
+                           temperature=temperature, num_generations=g, micro_batch_size=2,
+                           top_entropy_quantile=quantile)
     algorithm, batch = build(config)
     updates = algorithm.updates([batch])
     micro = updates[0][0]
@@ -274,7 +277,8 @@ def test_grpo_metrics_match_an_eager_computation(files, tmp_path):
     ratio = torch.exp(torch.where(mask, logp - old, 0.0))
     adv = expected_adv[:, None]
     kl = torch.exp(ref - logp) - (ref - logp) - 1
-    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - epsilon, 1 + epsilon) * adv) + beta * kl
+    kept = entropy >= torch.quantile(entropy[mask], 1 - quantile)
+    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - epsilon, 1 + epsilon) * adv) * kept + beta * kl
     low, high = (ratio < 1 - epsilon) & (adv < 0), (ratio > 1 + epsilon) & (adv > 0)
     expected = {
         "loss": ((per_token * mask).sum(1) / mask.sum(1)).mean(),

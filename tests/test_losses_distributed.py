@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from fusedrl.engine.algorithms.grpo import tokens_per_micro_batch
 from fusedrl.kernels.losses import grpo_advantages
-from fusedrl.kernels.losses.sequence import global_std, global_sum_and_count, stand_in
+from fusedrl.kernels.losses.sequence import global_quantile, global_std, global_sum_and_count, stand_in
 
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, -1.0, 0.25, 3.0, 1.5, 1.5])  # 5 groups of 2; rank 0 takes 3
 LABELS = torch.tensor([[5, 6, -100, -100], [7, -100, -100, -100], [1, 2, 3, 4]])  # 2 + 1 + 4 = 7 tokens
@@ -31,15 +31,19 @@ def _worker(rank: int, port: int, results) -> None:
         tokens = tokens_per_micro_batch(labels, micro_batches=2)
         with stand_in() if rank == 1 else contextlib.nullcontext():
             total, count = global_sum_and_count(torch.full((3,), 10.0 * (rank + 1)))
-        results[rank] = (float(global_std(mine)), advantages, tokens, float(total), float(count))
+            ignored = global_quantile(torch.full((5,), 100.0), 0.5)  # rank 1's values count as none
+        quantile = global_quantile(REWARDS[_rank_slice(rank)], 0.7)  # 6 and 4 values: padded for the gather
+        results[rank] = (float(global_std(mine)), advantages, tokens, float(total), float(count), float(quantile),
+                         float(ignored))
     finally:
         dist.destroy_process_group()
 
 
 def test_batch_statistics_span_every_rank():
     """GRPO's ``scale_rewards: batch`` divides by the std of all ranks' rewards (as TRL, which gathers them);
-    dapo's normaliser is the global batch's tokens over all ranks' micro-batches; a rank inside ``stand_in``
-    (evaluating a stand-in batch) still joins the sum but adds nothing to it."""
+    dapo's normaliser is the global batch's tokens over all ranks' micro-batches; ``top_entropy_quantile``'s
+    threshold is the quantile of every rank's values; a rank inside ``stand_in`` (evaluating a stand-in batch)
+    still joins the sum and the gather but adds nothing to them."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -47,10 +51,15 @@ def test_batch_statistics_span_every_rank():
     mp.spawn(_worker, args=(port, results), nprocs=2, join=True)
     expected, _ = grpo_advantages({"r": REWARDS}, num_generations=2, scale_rewards="batch")
     for rank in (0, 1):
-        std, advantages, tokens, total, count = results[rank]
+        std, advantages, tokens, total, count, quantile, ignored = results[rank]
+        assert quantile == pytest.approx(torch.quantile(REWARDS, 0.7).item(), rel=1e-6)
+        assert ignored == 100.0
         assert std == pytest.approx(torch.std(REWARDS).item(), rel=1e-6)
         torch.testing.assert_close(advantages, expected[_rank_slice(rank)])
         assert tokens == pytest.approx((7 + 3) / (2 * 2))
         assert (total, count) == (30.0, 3.0)  # rank 0's three values of 10 only
     assert float(global_std(REWARDS)) == pytest.approx(torch.std(REWARDS).item(), rel=1e-6)  # one process
+    for q in (0.0, 0.35, 1.0):
+        assert float(global_quantile(REWARDS, q)) == pytest.approx(torch.quantile(REWARDS, q).item(), rel=1e-6)
+    assert global_quantile(REWARDS[:0], 0.5).isnan()
     assert tokens_per_micro_batch(LABELS, micro_batches=2) == pytest.approx(7 / 2)

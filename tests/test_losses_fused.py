@@ -297,8 +297,9 @@ ROWS = 3  # with T = 7: an odd number of tokens
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("level, loss_type", [("token", "grpo"), ("sequence", "dapo")])
-def test_grpo_matches_eager(backend, dtype, level, loss_type):
+@pytest.mark.parametrize("level, loss_type, quantile", [("token", "grpo", 1.0), ("sequence", "dapo", 1.0),
+                                                       ("token", "bnpo", 0.4)])
+def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     temperature, beta, eps, eps_high, delta = 0.9, 0.05, 0.2, 0.28, 1.5
     hidden, weight = make_model(ROWS)
     labels = make_labels(ROWS)
@@ -313,7 +314,8 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type):
         return fused_linear_grpo_loss(hidden, weight, labels, advantages, old_logps=old_logps,
                                       ref_hidden=ref_hidden.to(hidden.dtype), beta=beta, epsilon=eps,
                                       epsilon_high=eps_high, delta=delta, importance_sampling_level=level,
-                                      loss_type=loss_type, temperature=temperature, backend=backend)
+                                      loss_type=loss_type, top_entropy_quantile=quantile, temperature=temperature,
+                                      backend=backend)
 
     def eager(hidden, weight, labels):
         logits = eager_logits(hidden, weight, temperature)
@@ -330,7 +332,9 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type):
         term1 = torch.clamp(rho, max=delta) * a
         term2 = torch.clamp(rho, 1 - eps, 1 + eps_high) * a
         k3 = torch.exp(ref - logps) - (ref - logps) - 1
-        per_token = (-torch.minimum(term1, term2) + beta * k3) * mask
+        kept = entropy.detach() >= torch.quantile(entropy.detach()[mask], 1 - quantile)  # the top 40%
+        assert quantile == 1.0 or 0 < int(kept[mask].sum()) < int(mask.sum())
+        per_token = (-torch.minimum(term1, term2) * kept + beta * k3) * mask
         if loss_type == "grpo":
             loss = (per_token.sum(-1) / mask.sum(-1)).mean()
         else:

@@ -159,6 +159,37 @@ def test_k3_kl_penalty_with_beta():
     torch.testing.assert_close(grad, t([0.05 * (1 - math.exp(-0.5)), 0.05 * (1 - math.exp(1.0)), 0.0]))
 
 
+def test_top_entropy_quantile_trains_the_uncertain_tokens_only():
+    """rho = 0.5 over six completion tokens: the threshold is the median entropy (2.5, between the 3rd and 4th
+    order statistics), so the policy term reaches the three most uncertain tokens; the KL term reaches every
+    token and the grpo aggregation still divides by each row's full length. rho = 1 is the plain loss; rho = 0
+    keeps only the most uncertain token."""
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    mask[1, 3] = False
+    entropy = t([0.5, 3.0, 2.0, 9.0], [4.0, 1.0, 5.0, 9.0])
+    logps = t([-1.0, -2.0, -3.0, -4.0], [-1.5, -1.0, -0.5, -2.0]).requires_grad_()
+    ref = logps.detach() + 0.3
+    adv = t(1.0, -2.0)
+    loss, _ = grpo_loss(logps, None, adv, mask, ref_logps=ref, beta=0.1, entropy=entropy, top_entropy_quantile=0.5)
+    (grad,) = torch.autograd.grad(loss, logps)
+    kl_grad = 0.1 * (1 - math.exp(0.3)) / (3 * 2)  # d k3 / d L, over 3 tokens a row and 2 rows
+    policy = torch.tensor([[0.0, -1.0, 0.0, 0.0], [2.0, 0.0, 2.0, 0.0]]) / (3 * 2)  # -A / |o_i| / rows
+    torch.testing.assert_close(grad, (policy + kl_grad) * mask)
+    plain, _ = grpo_loss(logps, None, adv, mask, ref_logps=ref, beta=0.1)
+    for everything in (None, entropy):
+        torch.testing.assert_close(grpo_loss(logps, None, adv, mask, ref_logps=ref, beta=0.1, entropy=everything,
+                                             top_entropy_quantile=1.0)[0], plain)
+    loss, _ = grpo_loss(logps, None, adv, mask, beta=0.0, entropy=entropy, top_entropy_quantile=0.0)
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert grad.nonzero().tolist() == [[1, 2]]  # entropy 5.0, the highest among the completion tokens
+    with pytest.raises(ValueError, match="entropy: required when top_entropy_quantile < 1"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, top_entropy_quantile=0.5)
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, entropy=entropy, top_entropy_quantile=1.5)
+    with pytest.raises(ValueError, match="entropy"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, entropy=entropy[:, :2], top_entropy_quantile=0.5)
+
+
 def test_grpo_loss_rejects_bad_input():
     mask = torch.ones(2, 3, dtype=torch.bool)
     logps = torch.zeros(2, 3)

@@ -44,7 +44,8 @@ ALIASES = {
 REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
 _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
-              "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern")
+              "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern",
+              "top_entropy_quantile")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
@@ -164,6 +165,7 @@ class TrainConfig:
     scale_rewards: str = field(default="group", metadata=_choices(*SCALE_REWARDS))
     num_iterations: int = field(default=1, metadata=_range(1))
     mask_truncated_completions: bool = False
+    top_entropy_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))
     reward_funcs: list = field(default_factory=list)
     reward_weights: list | None = None
     reward_model: str | None = None

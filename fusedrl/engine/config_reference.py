@@ -192,6 +192,11 @@ DESCRIPTIONS: dict[str, str] = {
                       "sampling policy's logprobs are stored before the first update, so later updates see ρ ≠ 1.",
     "mask_truncated_completions": "`grpo`: completions that reach `max_completion_length` without EOS get no loss "
                                   "(their labels are masked); they still count in their group's reward statistics.",
+    "top_entropy_quantile": "`grpo`: ρ of \"Beyond the 80/20 Rule\" (TRL's key): the policy-gradient term is kept "
+                            "only on tokens whose entropy (at `temperature`, a side output of the fused kernel) is "
+                            "at least the 1 − ρ quantile of the micro-batch's completion tokens on every rank; the "
+                            "KL term and the loss's token count keep all tokens. 1 keeps all (off); 0.2 trains on "
+                            "the 20% most uncertain tokens.",
     "reward_funcs": "`grpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` (against a "
                     "`solution` or `answer` column), `format` (`reward_format_pattern`) and `length` (−tokens / "
                     "`max_completion_length`), or `package.module:function`, `package.module.function`, "
@@ -331,7 +336,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
                 "kd_normalize_topk", "kd_on_policy_ratio", "z_loss"]),
     ("Online RL (GRPO and PPO; sampling also for KD's on-policy steps)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
-      "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions", "reward_funcs",
+      "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
+      "top_entropy_quantile", "reward_funcs",
       "reward_weights", "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange", "vf_coef",
       "cliprange_value", "gamma", "lam", "whiten_rewards", "num_ppo_epochs", "num_mini_batches",
       "num_sample_generations", "local_rollout_forward_batch_size"]),

@@ -37,6 +37,7 @@ def fused_linear_grpo_loss(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     num_items_in_batch: float | None = None,
+    top_entropy_quantile: float = 1.0,
     temperature: float = 0.9,
     softcap: float | None = None,
     ignore_index: int = -100,
@@ -49,7 +50,8 @@ def fused_linear_grpo_loss(
         old_logps: ``[B, T]`` logprobs of the sampling policy (None: this policy, ``rho = 1``).
         The reference (needed when beta > 0): ``ref_logps [B, T]``, or ``ref_hidden [B, T, H]`` through
             ``ref_weight`` / ``ref_bias`` (default: the policy head) under no_grad.
-        Everything else as in ``grpo_loss``.
+        Everything else as in ``grpo_loss``; ``top_entropy_quantile`` selects tokens by the entropy the kernel
+        returns beside the logprobs (at ``temperature``), at no extra pass over the vocabulary.
 
     Returns:
         ``(loss scalar fp32, metrics)``: clip_ratio/{low,high,region}_mean, entropy (token mean at
@@ -70,6 +72,7 @@ def fused_linear_grpo_loss(
         logps, old_logps, advantages, mask, ref_logps=ref_logps if beta > 0 else None, beta=beta, epsilon=epsilon,
         epsilon_high=epsilon_high, delta=delta, importance_sampling_level=importance_sampling_level,
         loss_type=loss_type, max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+        entropy=entropy, top_entropy_quantile=top_entropy_quantile,
     )
     metrics["entropy"] = masked_mean(entropy.detach(), mask)
     return loss, metrics

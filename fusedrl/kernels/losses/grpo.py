@@ -8,7 +8,7 @@ import torch
 
 from .checks import check_batch, check_choice, check_range, check_tokens
 from .policy import token_kl
-from .sequence import global_std, masked_mean, masked_sum
+from .sequence import global_quantile, global_std, masked_mean, masked_sum
 
 SCALE_REWARDS = ("group", "batch", "none")
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -104,6 +104,8 @@ def grpo_loss(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     num_items_in_batch: float | None = None,
+    entropy: torch.Tensor | None = None,
+    top_entropy_quantile: float = 1.0,
 ):
     """GRPO loss per token ``-min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + beta * k3``, aggregated.
 
@@ -120,6 +122,11 @@ def grpo_loss(
             batch's tokens), ``dr_grpo`` (sum / (B * max_completion_length), default T), ``dapo``
             (sum / ``num_items_in_batch``: the completion tokens of the global batch divided by the
             number of processes; default this batch's tokens).
+        entropy: ``[B, T]`` entropy of the policy at each position (needed when ``top_entropy_quantile < 1``).
+        top_entropy_quantile: rho of "Beyond the 80/20 Rule" (Wang et al. 2025; TRL's key): the policy term is
+            kept only on tokens whose entropy is at least the ``1 - rho`` quantile of this micro-batch's
+            completion-token entropies (every rank's); the KL term and the aggregation's token count keep every
+            token. 1 keeps all; 0 only the highest.
 
     Returns:
         ``(loss scalar fp32, metrics)`` with clip_ratio/{low,high,region}_mean (token fractions of
@@ -141,6 +148,11 @@ def grpo_loss(
         check_range("num_items_in_batch", num_items_in_batch, 0, low_open=True)
     if beta > 0 and ref_logps is None:
         raise ValueError("ref_logps: required when beta > 0 (the k3 KL penalty to the reference)")
+    check_range("top_entropy_quantile", top_entropy_quantile, 0.0, 1.0)
+    if top_entropy_quantile < 1.0:
+        if entropy is None:
+            raise ValueError("entropy: required when top_entropy_quantile < 1 (the tokens to keep are chosen by it)")
+        check_tokens(mask, entropy=entropy)
     old = logps.detach() if old_logps is None else old_logps.detach()
     log_ratio = torch.where(mask, logps.float() - old.float(), 0.0)
     if importance_sampling_level == "sequence":
@@ -150,6 +162,9 @@ def grpo_loss(
     clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
     capped = ratio if delta is None else ratio.clamp(max=delta)
     per_token = -torch.minimum(capped * adv, clipped * adv)
+    if top_entropy_quantile < 1.0:
+        threshold = global_quantile(entropy.detach()[mask], 1.0 - top_entropy_quantile)
+        per_token = per_token * (entropy.detach() >= threshold)
     metrics = {}
     if beta > 0:
         kl = token_kl(torch.where(mask, logps.float(), 0.0), torch.where(mask, ref_logps.float(), 0.0), "k3")

@@ -88,3 +88,28 @@ def global_std(values: torch.Tensor) -> torch.Tensor:
     mean = total / count
     squares, _ = global_sum_and_count((values.detach().float() - mean).square())
     return (squares / (count - 1).clamp(min=1)).sqrt()
+
+
+def global_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """fp32 ``q``-quantile (linear interpolation between order statistics, as ``torch.quantile``) of the 1-D
+    ``values`` (detached) of every rank when torch.distributed is initialised (none from a rank inside
+    ``stand_in``); NaN when there are no values at all. Sort-based, so without ``torch.quantile``'s size limit."""
+    values = values.detach().float().flatten()
+    if _STAND_IN:
+        values = values[:0]
+    if dist.is_available() and dist.is_initialized():
+        size = torch.tensor([values.numel()], device=values.device)
+        sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, size)
+        padded = values.new_full((int(max(sizes)),), float("nan"))
+        padded[:values.numel()] = values
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        values = torch.cat([part[:int(n)] for part, n in zip(parts, sizes)])
+    if values.numel() == 0:
+        return values.new_tensor(float("nan"))
+    ordered = values.sort().values
+    position = q * (ordered.numel() - 1)
+    low = int(position)
+    high = min(low + 1, ordered.numel() - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
