@@ -332,10 +332,13 @@ def test_mask_truncated_completions(files, tmp_path, masked):
     assert torch.isfinite(loss)
 
 
-def test_grpo_raises_the_toy_reward(files, tmp_path):
-    """A few dozen steps: the fraction of low-id tokens in the completions climbs clearly above its start."""
+@pytest.mark.parametrize("loss_type", ["grpo", "cispo"])
+def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type):
+    """A few dozen steps: the fraction of low-id tokens in the completions climbs clearly above its start, with
+    the clipped surrogate and with CISPO's weighted policy gradient."""
     config = online_config(files, tmp_path / "run", "grpo", max_steps=30, learning_rate=2e-2, beta=0.0,
-                           num_generations=8, micro_batch_size=2, test_datasets=[], num_sample_generations=3)
+                           num_generations=8, micro_batch_size=2, test_datasets=[], num_sample_generations=3,
+                           loss_type=loss_type)
     result = train(config)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward"] for r in records if r["split"] == "train"]
@@ -511,6 +514,7 @@ def test_online_defaults():
     ({"rl": "grpo", "reward_funcs": []}, "reward_funcs: GRPO needs reward functions or a reward_model"),
     ({"rl": "grpo", "reward_weights": [1.0, 2.0]}, "reward_weights: expected 1 numbers"),
     ({"rl": "grpo", "delta": 1.1}, "delta: expected a value > 1 \\+ epsilon_high"),
+    ({"rl": "grpo", "delta": 2.0, "loss_type": "cispo"}, "delta: loss_type cispo caps the importance weight"),
     ({"rl": "grpo", "reward_format_pattern": "(unclosed"}, "reward_format_pattern: not a valid regular expression"),
     ({"rl": "grpo", "num_generations": 1}, "num_generations: expected a value >= 2"),
     ({"rl": "grpo", "scale_rewards": "group_norm"}, "scale_rewards: expected one of"),

@@ -298,7 +298,7 @@ ROWS = 3  # with T = 7: an odd number of tokens
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("level, loss_type, quantile", [("token", "grpo", 1.0), ("sequence", "dapo", 1.0),
-                                                       ("token", "bnpo", 0.4)])
+                                                       ("token", "bnpo", 0.4), ("sequence", "cispo", 1.0)])
 def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     temperature, beta, eps, eps_high, delta = 0.9, 0.05, 0.2, 0.28, 1.5
     hidden, weight = make_model(ROWS)
@@ -313,7 +313,8 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     def fused(hidden, weight, labels, backend):
         return fused_linear_grpo_loss(hidden, weight, labels, advantages, old_logps=old_logps,
                                       ref_hidden=ref_hidden.to(hidden.dtype), beta=beta, epsilon=eps,
-                                      epsilon_high=eps_high, delta=delta, importance_sampling_level=level,
+                                      epsilon_high=eps_high, delta=None if loss_type == "cispo" else delta,
+                                      importance_sampling_level=level,
                                       loss_type=loss_type, top_entropy_quantile=quantile, temperature=temperature,
                                       backend=backend)
 
@@ -334,13 +335,16 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
         k3 = torch.exp(ref - logps) - (ref - logps) - 1
         kept = entropy.detach() >= torch.quantile(entropy.detach()[mask], 1 - quantile)  # the top 40%
         assert quantile == 1.0 or 0 < int(kept[mask].sum()) < int(mask.sum())
-        per_token = (-torch.minimum(term1, term2) * kept + beta * k3) * mask
+        policy_term = -torch.minimum(term1, term2)
+        if loss_type == "cispo":
+            policy_term = -torch.clamp(rho, max=1 + eps_high).detach() * a * logps
+        per_token = (policy_term * kept + beta * k3) * mask
         if loss_type == "grpo":
             loss = (per_token.sum(-1) / mask.sum(-1)).mean()
         else:
             loss = per_token.sum() / mask.sum()
-        low = ((rho < 1 - eps) & (a < 0)).float()
-        high = ((rho > 1 + eps_high) & (a > 0)).float()
+        low = ((rho < 1 - eps) & (a < 0) & (loss_type != "cispo")).float()
+        high = ((rho > 1 + eps_high) & ((a > 0) | (loss_type == "cispo"))).float()
         metrics = {
             "kl": k3.detach()[mask].mean(), "entropy": entropy.detach()[mask].mean(),
             "clip_ratio/low_mean": low[mask].mean(), "clip_ratio/high_mean": high[mask].mean(),

@@ -475,6 +475,9 @@ def _check_online(config: TrainConfig, source: str) -> None:
     if config.delta is not None and config.delta <= 1 + epsilon_high:
         raise ConfigError(f"{source}: delta: expected a value > 1 + epsilon_high = {1 + epsilon_high}, "
                           f"got {config.delta!r}")
+    if config.delta is not None and config.effective_loss_type == "cispo":
+        raise ConfigError(f"{source}: delta: loss_type cispo caps the importance weight at 1 + epsilon_high and has "
+                          f"no unclipped term to cap; remove delta")
     try:
         re.compile(config.reward_format_pattern)
     except re.error as err:

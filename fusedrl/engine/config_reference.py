@@ -114,8 +114,10 @@ DESCRIPTIONS: dict[str, str] = {
                  f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py); `ipo`: "
                  "`ipo` only; `grpo`: how token losses are aggregated: `grpo` (mean over completions of their token "
                  "mean, default), `bnpo` (mean over the batch's tokens), `dr_grpo` (sum / (completions × "
-                 "`max_completion_length`)) or `dapo` (sum / completion tokens of the global batch). Any other "
-                 "`rl` rejects it.",
+                 "`max_completion_length`)), `dapo` (sum / completion tokens of the global batch), or `cispo` "
+                 "(MiniMax-M1: the token loss becomes `−sg(min(ρ, 1 + ε_high))·A·log π`, every token keeps its "
+                 "gradient, aggregated as `dapo`; its cap is 1 + `epsilon_high` where TRL's is `epsilon_high` "
+                 "itself, so TRL's `epsilon_high: 5` is `4` here). Any other `rl` rejects it.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
                        f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
                        "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
@@ -180,7 +182,8 @@ DESCRIPTIONS: dict[str, str] = {
                              "`dr_grpo` loss divides by it and the built-in `length` reward scales by it.",
     "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`. PPO's clip "
                "range is `cliprange`.",
-    "epsilon_high": "`grpo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`.",
+    "epsilon_high": "`grpo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`. With `loss_type: "
+                    "cispo` the importance weight's cap is 1 + ε_high (the only clip; MiniMax-M1 tunes it).",
     "delta": "`grpo`: optional cap on ρ in the unclipped term (two-sided clipping, `min(ρ, δ)·A`); must be greater "
              "than 1 + ε_high. Null: no cap.",
     "importance_sampling_level": "`grpo`: `token`: one ratio per token, `ρ_t = e^(L_t − L_old,t)`; `sequence` "

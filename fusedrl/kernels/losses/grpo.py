@@ -11,7 +11,7 @@ from .policy import token_kl
 from .sequence import global_quantile, global_std, masked_mean, masked_sum
 
 SCALE_REWARDS = ("group", "batch", "none")
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 ADVANTAGE_EPS = 1e-4
 
@@ -121,7 +121,10 @@ def grpo_loss(
         loss_type: ``grpo`` (mean over rows of the per-row token mean), ``bnpo`` (mean over the
             batch's tokens), ``dr_grpo`` (sum / (B * max_completion_length), default T), ``dapo``
             (sum / ``num_items_in_batch``: the completion tokens of the global batch divided by the
-            number of processes; default this batch's tokens).
+            number of processes; default this batch's tokens). ``cispo`` (MiniMax-M1) changes the token loss to
+            ``-sg(min(rho, 1 + eps_high)) * A * L_t``: the clipped importance weight, without gradient, times the
+            policy-gradient term, so no token's gradient is dropped; aggregated as ``dapo``. Its cap is
+            ``1 + epsilon_high`` like the clip range above (TRL caps at ``epsilon_high`` itself).
         entropy: ``[B, T]`` entropy of the policy at each position (needed when ``top_entropy_quantile < 1``).
         top_entropy_quantile: rho of "Beyond the 80/20 Rule" (Wang et al. 2025; TRL's key): the policy term is
             kept only on tokens whose entropy is at least the ``1 - rho`` quantile of this micro-batch's
@@ -142,6 +145,9 @@ def grpo_loss(
     check_range("epsilon_high", epsilon_high, 0.0)
     if delta is not None:
         check_range("delta", delta, 1.0 + epsilon_high, low_open=True)
+        if loss_type == "cispo":
+            raise ValueError("delta: loss_type cispo caps the importance weight at 1 + epsilon_high and has no "
+                             "unclipped term to cap")
     if max_completion_length is not None:
         check_range("max_completion_length", max_completion_length, 0, low_open=True)
     if num_items_in_batch is not None:
@@ -159,9 +165,12 @@ def grpo_loss(
         log_ratio = masked_mean(log_ratio, mask, dim=-1)[:, None]
     ratio = torch.exp(log_ratio)
     adv = advantages.detach().float()[:, None]
-    clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
-    capped = ratio if delta is None else ratio.clamp(max=delta)
-    per_token = -torch.minimum(capped * adv, clipped * adv)
+    if loss_type == "cispo":
+        per_token = -ratio.clamp(max=1.0 + epsilon_high).detach() * adv * logps.float()
+    else:
+        clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
+        capped = ratio if delta is None else ratio.clamp(max=delta)
+        per_token = -torch.minimum(capped * adv, clipped * adv)
     if top_entropy_quantile < 1.0:
         threshold = global_quantile(entropy.detach()[mask], 1.0 - top_entropy_quantile)
         per_token = per_token * (entropy.detach() >= threshold)
@@ -171,8 +180,11 @@ def grpo_loss(
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask)
     loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
-    low = (ratio < 1.0 - epsilon) & (adv < 0)
-    high = (ratio > 1.0 + epsilon_high) & (adv > 0)
+    if loss_type == "cispo":  # the cap weighs tokens of either advantage sign
+        low, high = torch.zeros_like(ratio, dtype=torch.bool), ratio > 1.0 + epsilon_high
+    else:
+        low = (ratio < 1.0 - epsilon) & (adv < 0)
+        high = (ratio > 1.0 + epsilon_high) & (adv > 0)
     metrics["clip_ratio/low_mean"] = masked_mean(low.float(), mask)
     metrics["clip_ratio/high_mean"] = masked_mean(high.float(), mask)
     metrics["clip_ratio/region_mean"] = masked_mean((low | high).float(), mask)
@@ -188,5 +200,5 @@ def _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_b
     if loss_type == "dr_grpo":
         length = mask.shape[1] if max_completion_length is None else max_completion_length
         return masked_sum(per_token, mask) / (mask.shape[0] * length)
-    tokens = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    tokens = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch  # dapo, cispo
     return masked_sum(per_token, mask) / tokens
