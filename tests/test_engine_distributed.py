@@ -407,6 +407,43 @@ def test_fsdp_on_policy_kd_matches_replicated_ranks(model_dir, tmp_path):
         torch.testing.assert_close(have[name], value, rtol=1e-4, atol=1e-5)
 
 
+def _precompute_worker(rank: int, port: int, raw: dict, results) -> None:
+    """Prepare a DPO run with fsdp and a precomputed reference on two gloo ranks; record the causal LMs still
+    alive once the reference pass is done, and the sharded roots' parameter counts."""
+    import gc
+
+    from transformers import LlamaForCausalLM
+
+    from fusedrl.engine.distributed import init_ranks
+    from fusedrl.engine.trainer import _prepare_run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="")
+    ranks = init_ranks()
+    try:
+        algorithm, data, _ = _prepare_run(config_from_dict(raw), ranks)
+        gc.collect()
+        alive = sum(isinstance(obj, LlamaForCausalLM) for obj in gc.get_objects())
+        results[rank] = (alive, algorithm.reference is None, "ref_chosen_logps" in data.train.column_names,
+                         sum(p.numel() for p in algorithm.sharded.parameters()),
+                         sum(p.numel() for p in algorithm.model.parameters()))
+    finally:
+        ranks.close()
+
+
+def test_fsdp_precomputed_reference_is_freed_after_its_pass(model_dir, tmp_path):
+    """Under fsdp the reference read only by ``precompute_ref_log_probs`` has a sharded root of its own: after
+    the pass no reference model is left on any rank (the policy is the one causal LM alive), and the training
+    root holds the policy's shards only."""
+    raw = train_config(model_dir, tmp_path / "run", "dpo", fsdp=True, precompute_ref_log_probs=True, rpo_alpha=None)
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_precompute_worker, args=(_free_port(), raw, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        alive, released, precomputed, root_size, policy_size = results[rank]
+        assert (alive, released, precomputed) == (1, True, True)
+        assert root_size == policy_size
+
+
 def test_sampling_gathers_each_sharded_layer_once(model_dir):
     """Under ``gathered`` a sharded layer stays whole between its forwards (a per-token forward would
     otherwise gather it from every rank each time), and is sharded again after the block; greedy

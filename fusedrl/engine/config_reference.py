@@ -89,9 +89,9 @@ DESCRIPTIONS: dict[str, str] = {
     "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
                                 "and held-out pair once before training (in batches of `eval_batch_size`) instead "
                                 "of a reference forward pass in every step; the reference model is then released "
-                                "(as TRL), so it costs no memory during training (under `fsdp` the pass runs "
-                                "through the sharded reference, whose shards stay allocated). Split across "
-                                "data-parallel ranks.",
+                                "(as TRL), so it costs no memory during training (under `fsdp` the reference is sharded "
+                                "under a root of its own for the pass, and that root is dropped after it). Split "
+                                "across data-parallel ranks.",
     "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` (beta > 0) and `ppo`: TR-DPO's trust-region reference (Gorbatovski "
                       "et al. 2024; TRL's keys): every `ref_model_sync_steps` optimizer steps the reference becomes "
                       "`α·policy + (1 − α)·reference` (α = `ref_model_mixup_alpha`), parameter by parameter (each "

@@ -1,13 +1,20 @@
 """Pairwise preference methods on stacked chosen/rejected batches: DPO (and IPO, RPO), CPO, SimPO, ORPO."""
 from __future__ import annotations
 
+import gc
+import logging
+
 import torch
 
+from ..distributed import Ranks
 from ..reference_cache import add_reference_logps, collate_with_columns
 from ..training_data import TrainingData
 from ...kernels.losses import (RunningMean, fused_linear_cpo_loss, fused_linear_dpo_loss, fused_linear_orpo_loss,
                                fused_linear_simpo_loss)
+from ..sharding import shard, shard_sizes
 from .base import Algorithm, float_metrics
+
+log = logging.getLogger(__name__)
 
 PAIRWISE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                  "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss")
@@ -38,17 +45,33 @@ class DPO(Pairwise):
         super().__init__(config, device)
         self.loss_type = config.effective_loss_type
         self.bco_running_mean = RunningMean() if self.loss_type == "bco_pair" else None
+        self.reference_root = None  # under fsdp, the precomputing reference's own sharded root
+
+    def models(self) -> list[torch.nn.Module]:
+        """The trained module and, unless only the ``precompute_ref_log_probs`` pass reads it, the reference."""
+        return [self.model] if self.config.precompute_ref_log_probs else super().models()
+
+    def shard(self, ranks: Ranks, compute_dtype: torch.dtype | None = None) -> None:
+        """As ``Algorithm.shard``; a reference that only the ``precompute_ref_log_probs`` pass reads is sharded
+        under a root of its own, which that pass then drops whole."""
+        super().shard(ranks, compute_dtype)
+        if self.config.precompute_ref_log_probs and self.reference is not None:
+            self.reference_root = shard([self.reference], ranks, compute_dtype, from_rank0=True)
+            local, whole = shard_sizes(self.reference_root)
+            log.info("fsdp: the reference for precompute_ref_log_probs has a root of its own: each rank holds "
+                     "%.4g MiB of its %.4g MiB until the pass is done, then none", local / 2**20, whole / 2**20)
 
     def prepare_data(self, data: TrainingData) -> TrainingData:
         """With ``precompute_ref_log_probs``, one reference pass over train and held-out rows before training
-        (under fsdp through the sharded reference); the reference model is released afterwards (under fsdp its
-        shards stay in the sharded root)."""
+        (under fsdp through the reference's own sharded root); the reference model is released afterwards."""
         if not self.config.precompute_ref_log_probs:
             return data
         size = self.config.eval_batch_size or self.config.micro_batch_size
-        train = self.run(add_reference_logps, self, data.train, data.collate, size)
-        held_out = self.run(add_reference_logps, self, data.eval, data.collate, size) if len(data.eval) else data.eval
-        self.reference = None  # every batch now carries its reference logps: free the model (as TRL)
+        run = self.reference_root if self.reference_root is not None else self.run
+        train = run(add_reference_logps, self, data.train, data.collate, size)
+        held_out = run(add_reference_logps, self, data.eval, data.collate, size) if len(data.eval) else data.eval
+        self.reference = self.reference_root = None  # every batch now carries its reference logps (as TRL)
+        gc.collect()  # FSDP's hooks make reference cycles: free the shards now
         return TrainingData(train, held_out, collate_with_columns(data.collate))
 
     def reference_kwargs(self, batch: dict) -> dict:
