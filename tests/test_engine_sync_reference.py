@@ -14,12 +14,22 @@ from fusedrl.engine.trainer import train
 ARITHMETIC = REPO / "data" / "demo" / "arithmetic_train.jsonl"
 ONLINE = {"datasets": [{"path": str(ARITHMETIC)}], "test_datasets": [], "reward_funcs": ["accuracy"],
           "max_length": 96, "max_completion_length": 6, "num_sample_generations": 0}
-EXTRA = {"dpo": {"rpo_alpha": None}, "kto": {}, "grpo": {**ONLINE, "num_generations": 2, "beta": 0.1}}
+EXTRA = {"dpo": {"rpo_alpha": None}, "kto": {}, "grpo": {**ONLINE, "num_generations": 2, "beta": 0.1},
+         "ppo": {**ONLINE, "reward_funcs": [], "num_ppo_epochs": 1}}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", tie_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    from fusedrl.engine.models import RewardModel, load_causal_lm
+
+    folder = tmp_path_factory.mktemp("rm")
+    RewardModel(load_causal_lm(str(save_tiny_model(folder / "backbone", seed=1)))).save_pretrained(str(folder / "rm"))
+    return folder / "rm"
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -31,13 +41,15 @@ def losses(out) -> list[float]:
             if json.loads(line)["split"] == "train"]
 
 
-@pytest.mark.parametrize("rl", ["dpo", "kto", "grpo"])
-def test_every_sync_mixes_the_policy_into_the_reference(rl, model_dir, tmp_path):
+@pytest.mark.parametrize("rl", ["dpo", "kto", "grpo", "ppo"])
+def test_every_sync_mixes_the_policy_into_the_reference(rl, model_dir, reward_model_dir, tmp_path):
     """Checkpointed after every step with syncs after steps 2 and 4: the reference stays the starting model,
     then becomes 0.6 x that step's policy + 0.4 x the reference before, and stays so until the next sync. The
-    loss reads it: up to step 2 the run equals one without syncs, step 3 differs."""
+    loss reads it: up to step 2 the run equals one without syncs, step 3 differs (PPO's policy, inside the
+    policy-and-value module, is mixed by its own parameter names)."""
+    extra = {**EXTRA[rl], **({"reward_model": str(reward_model_dir)} if rl == "ppo" else {})}
     raw = train_config(model_dir, tmp_path / "synced", rl, max_steps=4, save_steps=1, save_total_limit=None,
-                       sync_ref_model=True, ref_model_sync_steps=2, **EXTRA[rl])
+                       sync_ref_model=True, ref_model_sync_steps=2, **extra)
     train(config_from_dict(raw))
     train(config_from_dict({**raw, "output_dir": str(tmp_path / "plain"), "sync_ref_model": False,
                             "ref_model_sync_steps": 512, "save_steps": None}))
