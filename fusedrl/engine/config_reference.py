@@ -89,9 +89,9 @@ DESCRIPTIONS: dict[str, str] = {
     "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
                                 "and held-out pair once before training (in batches of `eval_batch_size`) instead "
                                 "of a reference forward pass in every step; the reference model is then released "
-                                "(as TRL), so it costs no memory during training (under `fsdp` the reference is sharded "
-                                "under a root of its own for the pass, and that root is dropped after it). Split "
-                                "across data-parallel ranks.",
+                                "(as TRL), so it costs no memory during training (under `fsdp` the reference is "
+                                "sharded under a root of its own for the pass, and that root is dropped after "
+                                "it). Split across data-parallel ranks.",
     "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` (beta > 0) and `ppo`: TR-DPO's trust-region reference (Gorbatovski "
                       "et al. 2024; TRL's keys): every `ref_model_sync_steps` optimizer steps the reference becomes "
                       "`α·policy + (1 − α)·reference` (α = `ref_model_mixup_alpha`), parameter by parameter (each "
@@ -173,13 +173,14 @@ DESCRIPTIONS: dict[str, str] = {
     "temperature": "`grpo` and `ppo`: the sampling temperature; the policy, old and reference token logprobs of the "
                    "losses are taken at it too (logits / T). `kd`'s on-policy steps (`kd_on_policy_ratio`) sample at "
                    "it and distil at `kd_temperature`.",
-    "top_p": "`grpo`, `ppo` and `kd`'s on-policy steps: nucleus-sampling threshold (1: off). It shapes sampling only; logprobs use the full "
-             "vocabulary.",
-    "top_k": "`grpo`, `ppo` and `kd`'s on-policy steps: sample from the k most likely tokens only (null or 0: off). It shapes sampling only, "
-             "like `top_p`.",
-    "max_completion_length": "`grpo`, `ppo` and `kd`'s on-policy steps: most new tokens per completion; one with no EOS by then is "
-                             "truncated (`completions/clipped_ratio`, `mask_truncated_completions`). GRPO's "
-                             "`dr_grpo` loss divides by it and the built-in `length` reward scales by it.",
+    "top_p": "`grpo`, `ppo` and `kd`'s on-policy steps: nucleus-sampling threshold (1: off). It shapes sampling "
+             "only; logprobs use the full vocabulary.",
+    "top_k": "`grpo`, `ppo` and `kd`'s on-policy steps: sample from the k most likely tokens only (null or 0: "
+             "off). It shapes sampling only, like `top_p`.",
+    "max_completion_length": "`grpo`, `ppo` and `kd`'s on-policy steps: most new tokens per completion; one "
+                             "with no EOS by then is truncated (`completions/clipped_ratio`, "
+                             "`mask_truncated_completions`). GRPO's `dr_grpo` loss divides by it and the built-in "
+                             "`length` reward scales by it.",
     "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`. PPO's clip "
                "range is `cliprange`.",
     "epsilon_high": "`grpo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`. With `loss_type: "
@@ -280,10 +281,10 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
-    "fsdp_gather_for_generation": "`grpo`/`ppo` (and `kd`'s on-policy steps) under `fsdp`: gather the policy whole on every GPU for each "
-                                  "rollout (fast; as TRL's `ds3_gather_for_generation`). `false` gathers each "
-                                  "layer at each new token instead: slow, for a policy whose whole weights do "
-                                  "not fit on one GPU.",
+    "fsdp_gather_for_generation": "`grpo`/`ppo` (and `kd`'s on-policy steps) under `fsdp`: gather the policy "
+                                  "whole on every GPU for each rollout (fast; as TRL's "
+                                  "`ds3_gather_for_generation`). `false` gathers each layer at each new token "
+                                  "instead: slow, for a policy whose whole weights do not fit on one GPU.",
     "torch_compile": "`torch.compile` each decoder layer of the trained, reference and reward models (regional "
                      "compilation with dynamic shapes: one compile serves every layer and length; names and "
                      "checkpoints unchanged). The fused loss kernels stay as they are; sampling runs the layers "

@@ -142,8 +142,8 @@ class KD(OnlineAlgorithm):
             self.hidden(batch), weight, batch["labels"], batch["target_token_ids"], batch["target_logprobs"],
             target_mask=batch["target_mask"], bias=bias, kd_temperature=cfg.kd_temperature,
             teacher_temperature=cfg.kd_generation_temperature, divergence=cfg.kd_divergence, kd_beta=cfg.kd_beta,
-            kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha, kd_ce_alpha=0.0 if on_policy else cfg.kd_ce_alpha,
-            softcap=self.softcap, backend=cfg.kernel_backend,
+            kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha,
+            kd_ce_alpha=0.0 if on_policy else cfg.kd_ce_alpha, softcap=self.softcap, backend=cfg.kernel_backend,
         )
         drawn = {} if on_policy is None else {"on_policy": float(on_policy)}
         return loss, {**float_metrics(loss, metrics), **drawn, **batch.get("rollout_metrics", {})}

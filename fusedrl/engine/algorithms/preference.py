@@ -6,12 +6,12 @@ import logging
 
 import torch
 
-from ..distributed import Ranks
-from ..reference_cache import add_reference_logps, collate_with_columns
-from ..training_data import TrainingData
 from ...kernels.losses import (RunningMean, fused_linear_cpo_loss, fused_linear_dpo_loss, fused_linear_orpo_loss,
                                fused_linear_simpo_loss)
+from ..distributed import Ranks
+from ..reference_cache import add_reference_logps, collate_with_columns
 from ..sharding import shard, shard_sizes
+from ..training_data import TrainingData
 from .base import Algorithm, float_metrics
 
 log = logging.getLogger(__name__)
