@@ -163,7 +163,8 @@ DESCRIPTIONS: dict[str, str] = {
                           "top-`kd_top_k` is taken on those tokens; the `kd_ce_alpha` term is off on such steps. "
                           "Logs `on_policy` (1 or 0), `completions/mean_length`, `completions/clipped_ratio` and "
                           "text samples. Evaluation always uses the data's replies. 0: never; 1: always. Needs "
-                          "unpacked rows (`sample_packing: false`).",
+                          "unpacked rows (`sample_packing: false`). Multi-turn rows keep their earlier turns as the "
+                          "prompt; plain-text rows (no prompt) continue their first token.",
     "z_loss": "`sft`: coefficient of the z-loss `z_loss·lse²` added per completion token (lse: log-sum-exp of the "
               "logits), which keeps logits small.",
     # Online RL (GRPO and PPO)
