@@ -60,6 +60,14 @@ def test_completion_prompts_are_what_the_last_reply_follows(models, path):
                                                            batch["labels"]), 0)
 
 
+def test_plain_text_rows_continue_their_first_token(models):
+    """A text row trains on every token after the first, so its reply is sampled from that token alone."""
+    tokenizer = load_tokenizer(str(models[1]))
+    batch = sft_batch(tokenizer, FIXTURES / "trl_text.jsonl", 3)
+    ids, mask = completion_prompts(batch["input_ids"], batch["labels"], pad_token_id(tokenizer))
+    assert ids.shape[1] == 1 and bool(mask.all()) and ids[:, 0].tolist() == batch["input_ids"][:, 0].tolist()
+
+
 def test_on_policy_step_distils_the_teachers_topk_on_the_students_own_reply(models, tmp_path):
     """With top_k 1 the student samples greedily, so its replies are those of its own ``generate``; the
     update's micro-batches hold prompt + reply with labels on the reply (EOS included), and the loss is the
