@@ -385,12 +385,14 @@ def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):
 
 
 def test_fsdp_on_policy_kd_matches_replicated_ranks(model_dir, tmp_path):
-    """On-policy KD on two ranks: every rank draws the same steps to sample on (all ranks must sample together
-    under fsdp), and with the student and the live teacher sharded the run samples the same replies and makes
-    the same updates as two replicated ranks."""
+    """On-policy KD on two ranks, the other steps on the teacher's replies: every rank draws the same steps to
+    sample on (all ranks must sample together under fsdp), and with the student and the live teacher sharded
+    the run samples the same replies (the student's and the teacher's) and makes the same updates as two
+    replicated ranks."""
     raw = train_config(model_dir, tmp_path / "replicated", "kd", datasets=SFT_ROWS, max_length=160,
                        kd_teacher=str(save_tiny_model(tmp_path / "teacher", seed=1)), kd_top_k=5,
-                       kd_on_policy_ratio=0.5, kd_ce_alpha=0.5, max_completion_length=6, max_steps=4, test_datasets=[])
+                       kd_on_policy_ratio=0.5, kd_teacher_replies=True, kd_ce_alpha=0.5, max_completion_length=6,
+                       max_steps=4, test_datasets=[])
     torchrun(raw, tmp_path)
     torchrun({**raw, "output_dir": str(tmp_path / "fsdp"), "fsdp": True}, tmp_path)
     expected, got = records(tmp_path / "replicated"), records(tmp_path / "fsdp")
@@ -398,7 +400,7 @@ def test_fsdp_on_policy_kd_matches_replicated_ranks(model_dir, tmp_path):
         r["on_policy"] for r in got) < 4
     for want, have in zip(expected, got):
         assert have.keys() == want.keys()
-        for key in ("loss", "kd_loss", "grad_norm", "completions/mean_length"):
+        for key in ("loss", "kd_loss", "grad_norm", "completions/mean_length", "teacher_completions/mean_length"):
             if key in want:
                 assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     want = load_file(str(tmp_path / "replicated" / "final" / "model.safetensors"))

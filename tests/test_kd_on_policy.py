@@ -111,20 +111,24 @@ def test_on_policy_step_distils_the_teachers_topk_on_the_students_own_reply(mode
         assert loss.item() == pytest.approx(kd / positions, rel=1e-4)
 
 
-def test_on_policy_steps_are_drawn_per_step_and_resume_exactly(models, tmp_path):
-    """Half the steps (drawn from the seed and the step) sample; the others train on the data's replies with
-    the CE term. Text samples are logged for sampling steps only. A run resumed from its step-3 checkpoint
-    draws the same steps, samples the same replies and ends with the same weights."""
+@pytest.mark.parametrize("teacher_replies", [False, True], ids=["data-replies", "teacher-replies"])
+def test_on_policy_steps_are_drawn_per_step_and_resume_exactly(models, tmp_path, teacher_replies):
+    """Half the steps (drawn from the seed and the step) sample the student's replies; the others train with
+    the CE term on the data's replies, or on the teacher's (``kd_teacher_replies``). Text samples are logged
+    for sampling steps only. A run resumed from its step-3 checkpoint draws the same steps, samples the same
+    replies and ends with the same weights."""
     raw = on_policy_config(models, tmp_path / "full", kd_on_policy_ratio=0.5, kd_ce_alpha=0.5, max_steps=6,
-                           save_steps=3, save_total_limit=None, seed=5)
+                           save_steps=3, save_total_limit=None, seed=5, kd_teacher_replies=teacher_replies)
     train(config_from_dict(raw))
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     drawn = [float(random.Random(f"5:{i}").random() < 0.5) for i in range(6)]
     assert [r["on_policy"] for r in records] == drawn and 0 < sum(drawn) < 6
     for r in records:
         assert ("completions/mean_length" in r) == bool(r["on_policy"]) == ("ce_loss" not in r)
+        assert ("teacher_completions/mean_length" in r) == (teacher_replies and not r["on_policy"])
     samples = [json.loads(line) for line in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in samples] == [r["step"] for r in records if r["on_policy"]]
+    sampled = [r["step"] for r in records if r["on_policy"] or teacher_replies]
+    assert [s["step"] for s in samples] == sampled
     assert all("**completion**" in s["text"] for s in samples)
 
     resumed = tmp_path / "resumed"
@@ -138,6 +142,34 @@ def test_on_policy_steps_are_drawn_per_step_and_resume_exactly(models, tmp_path)
     expected = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     got = load_file(str(resumed / "final" / "model.safetensors"))
     assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
+
+
+def test_teacher_replies_are_the_teachers_own_and_train_with_cross_entropy(models, tmp_path):
+    """``kd_teacher_replies`` with greedy sampling (top_k 1): each row's reply is the teacher's own ``generate``
+    output, and the loss is KD on it plus ``kd_ce_alpha`` times the cross-entropy of the teacher's tokens."""
+    teacher_dir, _ = models
+    config = config_from_dict(on_policy_config(models, tmp_path, top_k=1, kd_on_policy_ratio=0.0,
+                                               kd_teacher_replies=True, kd_ce_alpha=0.5, micro_batch_size=5))
+    algorithm = build_algorithm(config, torch.device("cpu"))
+    batch = sft_batch(algorithm.tokenizer, SFT_DATA, 5)
+    ((micro,),) = algorithm.updates([batch])
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    prompts, prompt_mask = completion_prompts(batch["input_ids"], batch["labels"], algorithm.pad_token_id)
+    eos = algorithm.tokenizer.eos_token_id
+    greedy = teacher.generate(input_ids=prompts, attention_mask=prompt_mask, do_sample=False, max_new_tokens=10,
+                              eos_token_id=eos, pad_token_id=algorithm.pad_token_id)
+    for row, (ids, mask) in enumerate(zip(micro["input_ids"], micro["attention_mask"])):
+        reply = greedy[row, prompts.shape[1]:].tolist()
+        reply = reply[:reply.index(eos) + 1] if eos in reply else reply
+        assert ids[mask.bool()].tolist() == prompts[row][prompt_mask[row].bool()].tolist() + reply
+    loss, metrics = algorithm.loss(micro)
+    assert metrics["on_policy"] == 0.0 and "teacher_completions/mean_length" in metrics
+    assert loss.item() == pytest.approx(metrics["kd_loss"] + 0.5 * metrics["ce_loss"], rel=1e-5)
+    with torch.no_grad():
+        logits = algorithm.model(micro["input_ids"], attention_mask=micro["attention_mask"],
+                                 position_ids=micro["position_ids"]).logits.float()
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), micro["labels"].flatten(), ignore_index=-100)
+    assert metrics["ce_loss"] == pytest.approx(nll.item(), rel=1e-4)
 
 
 def on_policy_kl(teacher_dir, student_dir, prompts, prompt_mask, new_tokens: int) -> float:
@@ -169,23 +201,26 @@ def test_on_policy_distillation_closes_the_gap_on_the_students_own_replies(model
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"kd_teacher": None, "kd_top_k": None}, r"kd_on_policy_ratio: on-policy steps need a live kd_teacher"),
+    ({"kd_teacher": None, "kd_top_k": None}, r"kd_on_policy_ratio: sampled replies need a live kd_teacher"),
+    ({"kd_teacher": None, "kd_top_k": None, "kd_on_policy_ratio": 0.0, "kd_teacher_replies": True},
+     r"kd_teacher_replies: sampled replies need a live kd_teacher"),
     ({"sample_packing": True, "attn_implementation": "flash_attention_2"},
-     r"sample_packing: on-policy KD \(kd_on_policy_ratio > 0\) samples a reply per row"),
-    ({"kd_on_policy_ratio": 0.0, "temperature": 0.7}, r"temperature: rl=kd samples only on on-policy steps"),
-    ({"kd_on_policy_ratio": 0.0, "max_completion_length": 64},
-     r"max_completion_length: rl=kd samples only on on-policy steps"),
+     r"sample_packing: kd_on_policy_ratio samples a reply per row"),
+    ({"kd_on_policy_ratio": 0.0, "temperature": 0.7},
+     r"temperature: rl=kd samples only with kd_on_policy_ratio > 0 or kd_teacher_replies: true"),
+    ({"kd_on_policy_ratio": 0.0, "max_completion_length": 64}, r"max_completion_length: rl=kd samples only with"),
     ({"kd_on_policy_ratio": 1.5}, r"kd_on_policy_ratio: .*1\.5"),
-], ids=["no-teacher", "packing", "temperature-unused", "length-unused", "range"])
+], ids=["no-teacher", "teacher-replies-no-teacher", "packing", "temperature-unused", "length-unused", "range"])
 def test_on_policy_config_errors(models, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(on_policy_config(models, tmp_path, **extra))
 
 
-def test_trl_lmbda_spelling_sets_the_ratio_for_kd_only(models, tmp_path):
+def test_trl_lmbda_and_seq_kd_spellings_are_for_kd_only(models, tmp_path):
     raw = on_policy_config(models, tmp_path)
     del raw["kd_on_policy_ratio"]
     assert config_from_dict({**raw, "lmbda": 0.25}).kd_on_policy_ratio == 0.25
+    assert config_from_dict({**raw, "seq_kd": True}).kd_teacher_replies
     with pytest.raises(ConfigError, match="lmbda"):
         config_from_dict({"base_model": str(models[1]), "rl": "sft", "datasets": [{"path": str(SFT_DATA)}],
                           "lmbda": 0.5})

@@ -38,6 +38,7 @@ ALIASES = {
     "epochs": "num_epochs",
     "sft_label_smoothing": "label_smoothing",
     "lmbda": "kd_on_policy_ratio",  # TRL's GKDConfig
+    "seq_kd": "kd_teacher_replies",  # TRL's GKDConfig
 }
 
 # Algorithms that compare the policy with a reference model (GRPO only with beta > 0).
@@ -49,8 +50,9 @@ _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
-            "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio")
-# Sampling keys: read by the online algorithms and by KD's on-policy steps (``kd_on_policy_ratio`` > 0).
+            "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies")
+# Sampling keys: read by the online algorithms and by KD when it samples (``kd_on_policy_ratio`` > 0 or
+# ``kd_teacher_replies``).
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_completion_length", "fsdp_gather_for_generation")
 KEY_READERS = {
     "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
@@ -71,7 +73,7 @@ KEY_READERS = {
 }
 # Aliases that name one algorithm's parameter: under another ``rl`` they would set a different meaning.
 ALIAS_READERS = {"orpo_alpha": ("orpo",), "kto_desirable_weight": ("kto",), "kto_undesirable_weight": ("kto",),
-                 "lmbda": ("kd",)}
+                 "lmbda": ("kd",), "seq_kd": ("kd",)}
 
 # Attention kernels that read per-sequence ``position_ids`` and keep packed sequences apart.
 PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
@@ -150,6 +152,7 @@ class TrainConfig:
     kd_beta: float = field(default=0.5, metadata=_range(0.0, 1.0))
     kd_normalize_topk: bool = False
     kd_on_policy_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    kd_teacher_replies: bool = False
     z_loss: float = field(default=0.0, metadata=_range(0.0))
 
     # Online RL (GRPO and PPO): sampling, rewards, and the update schedule of each rollout.
@@ -355,7 +358,7 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
     if config.sync_ref_model:
         _check_sync_ref_model(config, source)
     if config.rl == "kd":
-        _check_on_policy_kd(config, source)
+        _check_sampling_kd(config, source)
     _check_beta_and_loss_type(config, source)
     _check_label_smoothing(config, source)
     if config.rl in ONLINE_ALGORITHMS:
@@ -374,20 +377,22 @@ def _check_sync_ref_model(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: sync_ref_model: GRPO with beta: 0 loads no reference model to sync")
 
 
-def _check_on_policy_kd(config: TrainConfig, source: str) -> None:
-    """KD samples only with a live teacher to score the samples, unpacked, and reads the sampling keys only then."""
-    if not config.kd_on_policy_ratio:
+def _check_sampling_kd(config: TrainConfig, source: str) -> None:
+    """KD samples replies (on-policy steps, teacher replies) only with a live teacher to score them, on unpacked
+    rows, and reads the sampling keys only then."""
+    switches = [key for key in ("kd_on_policy_ratio", "kd_teacher_replies") if getattr(config, key)]
+    if not switches:
         for key in SAMPLING_KEYS:
             if getattr(config, key) != getattr(TrainConfig, key):
-                raise ConfigError(f"{source}: {key}: rl=kd samples only on on-policy steps (kd_on_policy_ratio > 0, "
-                                  f"here 0), got {getattr(config, key)!r}")
+                raise ConfigError(f"{source}: {key}: rl=kd samples only with kd_on_policy_ratio > 0 or "
+                                  f"kd_teacher_replies: true (neither is set here), got {getattr(config, key)!r}")
         return
     if config.kd_teacher is None:
-        raise ConfigError(f"{source}: kd_on_policy_ratio: on-policy steps need a live kd_teacher to score the "
-                          f"student's samples (stored targets cover the data's replies only)")
+        raise ConfigError(f"{source}: {switches[0]}: sampled replies need a live kd_teacher to score them (stored "
+                          f"targets cover the data's replies only)")
     if config.sample_packing:
-        raise ConfigError(f"{source}: sample_packing: on-policy KD (kd_on_policy_ratio > 0) samples a reply per row "
-                          f"and needs unpacked rows; set sample_packing: false")
+        raise ConfigError(f"{source}: sample_packing: {switches[0]} samples a reply per row and needs unpacked rows; "
+                          f"set sample_packing: false")
 
 
 def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:

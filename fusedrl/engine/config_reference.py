@@ -165,6 +165,11 @@ DESCRIPTIONS: dict[str, str] = {
                           "text samples. Evaluation always uses the data's replies. 0: never; 1: always. Needs "
                           "unpacked rows (`sample_packing: false`). Multi-turn rows keep their earlier turns as the "
                           "prompt; plain-text rows (no prompt) continue their first token.",
+    "kd_teacher_replies": "`kd` with `kd_teacher`: sequence-level KD (TRL's `seq_kd`): every step that is not "
+                          "on-policy replaces the last reply of each row by one the teacher samples (same sampling "
+                          "keys) and trains on it, the teacher's top-k and the `kd_ce_alpha` term alike; logs "
+                          "`teacher_completions/mean_length` and `.../clipped_ratio`. Evaluation uses the data's "
+                          "replies.",
     "z_loss": "`sft`: coefficient of the z-loss `z_loss·lse²` added per completion token (lse: log-sum-exp of the "
               "logits), which keeps logits small.",
     # Online RL (GRPO and PPO)
@@ -172,13 +177,13 @@ DESCRIPTIONS: dict[str, str] = {
                        "each update micro-batch holds `micro_batch_size × num_generations` completions. `ppo` "
                        "samples one completion per prompt.",
     "temperature": "`grpo` and `ppo`: the sampling temperature; the policy, old and reference token logprobs of the "
-                   "losses are taken at it too (logits / T). `kd`'s on-policy steps (`kd_on_policy_ratio`) sample at "
-                   "it and distil at `kd_temperature`.",
-    "top_p": "`grpo`, `ppo` and `kd`'s on-policy steps: nucleus-sampling threshold (1: off). It shapes sampling "
+                   "losses are taken at it too (logits / T). `kd` samples replies at it (`kd_on_policy_ratio`, "
+                   "`kd_teacher_replies`) and distils at `kd_temperature`.",
+    "top_p": "`grpo`, `ppo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It shapes sampling "
              "only; logprobs use the full vocabulary.",
-    "top_k": "`grpo`, `ppo` and `kd`'s on-policy steps: sample from the k most likely tokens only (null or 0: "
+    "top_k": "`grpo`, `ppo` and `kd`'s sampled replies: sample from the k most likely tokens only (null or 0: "
              "off). It shapes sampling only, like `top_p`.",
-    "max_completion_length": "`grpo`, `ppo` and `kd`'s on-policy steps: most new tokens per completion; one "
+    "max_completion_length": "`grpo`, `ppo` and `kd`'s sampled replies: most new tokens per completion; one "
                              "with no EOS by then is truncated (`completions/clipped_ratio`, "
                              "`mask_truncated_completions`). GRPO's `dr_grpo` loss divides by it and the built-in "
                              "`length` reward scales by it.",
@@ -232,8 +237,8 @@ DESCRIPTIONS: dict[str, str] = {
                         "gradient_accumulation_steps × num_mini_batches` prompts per device, one completion each.",
     "num_sample_generations": "`grpo` and `ppo`: how many times, evenly spaced over the run, the first 8 prompts "
                               "and completions of the latest rollout (with what they scored) are logged to "
-                              "`samples.jsonl` and TensorBoard; 0 logs none. `kd`'s on-policy steps log theirs "
-                              "the same way when the step is on-policy.",
+                              "`samples.jsonl` and TensorBoard; 0 logs none. `kd` logs its sampled replies (the "
+                              "student's or the teacher's) the same way, on steps that sampled.",
     "local_rollout_forward_batch_size": "`grpo` and `ppo`: rows per chunk of the no-grad forward passes over a "
                                         "rollout (old and reference logprobs, values, reward-model scores); lower "
                                         "it to save memory. Generation runs one micro-batch of prompts at a time.",
@@ -282,7 +287,7 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
-    "fsdp_gather_for_generation": "`grpo`/`ppo` (and `kd`'s on-policy steps) under `fsdp`: gather the policy "
+    "fsdp_gather_for_generation": "`grpo`/`ppo` (and `kd`'s sampled replies) under `fsdp`: gather the policy "
                                   "whole on every GPU for each rollout (fast; as TRL's "
                                   "`ds3_gather_for_generation`). `false` gathers each layer at each new token "
                                   "instead: slow, for a policy whose whole weights do not fit on one GPU.",
@@ -338,8 +343,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Losses", ["beta", "loss_type", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
                 "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",
-                "kd_normalize_topk", "kd_on_policy_ratio", "z_loss"]),
-    ("Online RL (GRPO and PPO; sampling also for KD's on-policy steps)",
+                "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
+    ("Online RL (GRPO and PPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
       "top_entropy_quantile", "reward_funcs",

@@ -1,6 +1,7 @@
 """Knowledge distillation from top-k teacher logprobs (``rl: kd``): stored by ``fusedrl kd-extract``, or
-computed in each step from a live teacher (``kd_teacher``), on the data's completions or, for a
-``kd_on_policy_ratio`` share of the steps, on completions the student samples itself (GKD)."""
+computed in each step from a live teacher (``kd_teacher``), on the data's completions, on completions the
+teacher samples (``kd_teacher_replies``, sequence-level KD) or, for a ``kd_on_policy_ratio`` share of the
+steps, on completions the student samples itself (GKD)."""
 from __future__ import annotations
 
 import random
@@ -8,9 +9,10 @@ import random
 import torch
 
 from ...kernels.losses import fused_linear_topk_kd_loss
+from ..distributed import Ranks
 from ..kd_extract import read_metadata, teacher_topk, vocab_fingerprint
 from ..models import load_tokenizer
-from ..rollout import completion_prompts
+from ..rollout import HFGenerator, completion_prompts
 from .base import as_floats, float_metrics
 from .online import OnlineAlgorithm, select_rows
 
@@ -25,16 +27,21 @@ class KD(OnlineAlgorithm):
     probability ``kd_on_policy_ratio``, drawn from ``seed`` and the step's number (every rank draws alike). An
     on-policy step replaces the last reply of every row by one the student samples from what precedes it
     (``temperature``, ``top_p``, ``top_k``, ``max_completion_length``) and distils the teacher's top-k on those
-    tokens. Evaluation always uses the data's replies, so its metrics compare across steps and ratios."""
+    tokens. With ``kd_teacher_replies`` (TRL's ``seq_kd``) the other steps train on replies the teacher samples
+    instead of the data's, the ``kd_ce_alpha`` term included (sequence-level KD). Evaluation always uses the
+    data's replies, so its metrics compare across steps and settings."""
 
     token_mean_loss = True
     progress_keys = ("loss", "kd_loss")
-    plot_keys = ("loss", "kd_loss", "ce_loss", "on_policy", "completions/mean_length")
+    plot_keys = ("loss", "kd_loss", "ce_loss", "on_policy", "completions/mean_length",
+                 "teacher_completions/mean_length")
     summary_keys = ("loss", "kd_loss", "ce_loss")
 
     def __init__(self, config, device):
         super().__init__(config, device)
         self.teacher = self._build_teacher() if config.kd_teacher else None
+        self.teacher_generator = (HFGenerator(self.teacher, self.generator.sampling, self.generator.eos_token_ids,
+                                              self.pad_token_id) if config.kd_teacher_replies else None)
         self.rounds = 0  # optimizer steps drawn so far: on-policy or not
 
     @property
@@ -43,7 +50,13 @@ class KD(OnlineAlgorithm):
 
     @property
     def samples_completions(self) -> bool:
-        return self.config.kd_on_policy_ratio > 0
+        return self.config.kd_on_policy_ratio > 0 or self.config.kd_teacher_replies
+
+    def shard(self, ranks: Ranks, compute_dtype: torch.dtype | None = None) -> None:
+        """As ``OnlineAlgorithm.shard``; the teacher samples in lockstep too."""
+        super().shard(ranks, compute_dtype)
+        if self.teacher_generator is not None:
+            self.teacher_generator.synced_gpus = True
 
     def _build_teacher(self):
         """The frozen ``kd_teacher``, refused unless its tokenizer has the student's vocabulary."""
@@ -82,34 +95,39 @@ class KD(OnlineAlgorithm):
         return data
 
     def updates(self, batches: list[dict]) -> list[list[dict]]:
-        """One update over ``batches``, or over the student's own replies to their prompts on an on-policy step."""
+        """One update over ``batches``, over the student's own replies to their prompts on an on-policy step, or
+        else over the teacher's replies (``kd_teacher_replies``)."""
         if not self.samples_completions:
             return [batches]
         on_policy = random.Random(f"{self.config.seed}:{self.rounds}").random() < self.config.kd_on_policy_ratio
         self.rounds += 1
-        if not on_policy:
-            self.latest = []  # no samples to log for this step
-            return [[{**batch, "on_policy": False} for batch in batches]]
-        return [self.on_policy_batches(batches)]
+        if on_policy:
+            return [self.sampled_batches(batches, on_policy=True)]
+        if self.teacher_generator is not None:
+            return [self.sampled_batches(batches, on_policy=False)]
+        self.latest = []  # no samples to log for this step
+        return [[{**batch, "on_policy": False} for batch in batches]]
 
-    def on_policy_batches(self, batches: list[dict]) -> list[dict]:
-        """The rows of ``batches`` with their last reply replaced by one the student samples, as micro-batches of
-        ``micro_batch_size`` rows (labels on the sampled tokens, EOS included; the ``kd_ce_alpha`` term is off
-        there, as the cross-entropy of the student's own samples would reinforce them)."""
+    def sampled_batches(self, batches: list[dict], on_policy: bool) -> list[dict]:
+        """The rows of ``batches`` with their last reply replaced by one the student (``on_policy``) or the teacher
+        samples, as micro-batches of ``micro_batch_size`` rows (labels on the sampled tokens, EOS included). The
+        ``kd_ce_alpha`` term is off on the student's samples, whose cross-entropy would only reinforce them."""
         prompt_batches = []
         for batch in batches:
             ids, mask = completion_prompts(batch["input_ids"], batch["labels"], self.pad_token_id)
             texts = self.tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)],
                                                 skip_special_tokens=True)
             prompt_batches.append({"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": texts})
-        sampled = self.sample(prompt_batches)
+        sampled = self.sample(prompt_batches, self.generator if on_policy else self.teacher_generator)
         rollout = sampled.rollout
-        metrics = as_floats({"completions/mean_length": rollout.completion_lengths.float().mean(),
-                             "completions/clipped_ratio": rollout.truncated.float().mean()})
+        source = "completions" if on_policy else "teacher_completions"
+        metrics = as_floats({f"{source}/mean_length": rollout.completion_lengths.float().mean(),
+                             f"{source}/clipped_ratio": rollout.truncated.float().mean()})
         lengths, truncated = rollout.completion_lengths.tolist(), rollout.truncated.tolist()
-        self.remember(sampled, lambda row: f"{lengths[row]} tokens" + (" (truncated)" if truncated[row] else ""))
+        author = "student" if on_policy else "teacher"
+        self.remember(sampled, lambda row: f"{author}, {lengths[row]} tokens" + (" (truncated)" * truncated[row]))
         rows = torch.arange(rollout.rows, device=self.device).split(self.config.micro_batch_size)
-        return [{**select_rows(sampled.sequences, index), "on_policy": True, "rollout_metrics": metrics}
+        return [{**select_rows(sampled.sequences, index), "on_policy": on_policy, "rollout_metrics": metrics}
                 for index in rows]
 
     def evaluation_batches(self, batch: dict) -> list[dict]:

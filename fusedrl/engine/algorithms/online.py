@@ -109,12 +109,14 @@ class OnlineAlgorithm(Algorithm):
         """Rows of an update micro-batch (completions) or of a prompt batch (prompts)."""
         return int(batch["input_ids" if "input_ids" in batch else "prompt_input_ids"].shape[0])
 
-    def sample(self, batches: list[dict]) -> Sampled:
-        """Generate ``num_generations`` completions per prompt of every batch and decode them."""
+    def sample(self, batches: list[dict], generator: HFGenerator | None = None) -> Sampled:
+        """Generate ``num_generations`` completions per prompt of every batch with ``generator`` (default: the
+        policy's) and decode them."""
         g = self.num_generations
+        generator = generator or self.generator
         gather = self.sharded is not None and self.config.fsdp_gather_for_generation
-        with gathered(self.policy) if gather else contextlib.nullcontext():
-            rollout = Rollout.cat([self.generator.generate(b["prompt_input_ids"], b["prompt_attention_mask"], g)
+        with gathered(generator.model) if gather else contextlib.nullcontext():
+            rollout = Rollout.cat([generator.generate(b["prompt_input_ids"], b["prompt_attention_mask"], g)
                                    for b in batches], self.pad_token_id)
         prompts = [p for b in batches for p in b["prompts"] for _ in range(g)]
         columns = {k: [v for b in batches for v in b[k] for _ in range(g)] for k in batches[0] if k not in PROMPT_KEYS}
