@@ -25,6 +25,8 @@ RESUME_CASES = {
     "lora": {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.2},
     # bco_pair's loss depends on a running mean of every training reward so far (evaluated every step)
     "bco_pair": {"loss_type": "bco_pair", "eval_steps": 1},
+    # MPO: bco_pair's running mean inside a weighted sum of loss types
+    "mpo": {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0], "rpo_alpha": None},
 }
 
 

@@ -66,6 +66,16 @@ def test_aliases_and_defaults():
     ({"datasets": "data.jsonl"}, r"datasets: expected list, got 'data.jsonl' \(str\)"),
     ({"rl": "kto", "eval_batch_size": 1}, "eval_batch_size: KTO needs >= 2"),
     ({"trust_remote_code": "yes"}, "trust_remote_code: expected"),
+    ({"loss_type": ["sigmoid", "bco_pair", "sft"]}, "rpo_alpha: loss_type lists sft, the same chosen NLL term"),
+    ({"loss_type": ["sigmoid", "sigmoid"]}, "loss_type: expected distinct names"),
+    ({"loss_type": ["sigmoid", "dapo"]}, "loss_type: expected distinct names"),
+    ({"loss_type": ["sft"], "rpo_alpha": None}, "loss_type: expected distinct names .* at least one preference"),
+    ({"rl": "grpo", "reward_funcs": ["accuracy"], "loss_type": ["grpo", "dapo"]},
+     "loss_type: a list of loss types \\(MPO\\) is for rl=dpo only"),
+    ({"loss_type": ["sigmoid", "hinge"], "loss_weights": [1.0]}, r"loss_weights: expected 2 numbers >= 0"),
+    ({"loss_weights": [0.5, 0.5]}, r"loss_weights: expected 1 numbers >= 0 \(one per loss_type: \['sigmoid'\]\)"),
+    ({"loss_type": ["sigmoid", "hinge"], "label_smoothing": 0.1}, "label_smoothing: loss_type 'hinge' does not use it"),
+    ({"rl": "cpo", "loss_weights": [1.0]}, "loss_weights: rl=cpo does not read it"),
 ])
 def test_bad_config_names_the_key(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -73,9 +83,16 @@ def test_bad_config_names_the_key(bad, message):
 
 
 @pytest.mark.parametrize("extra", [{"rl": "dpo", "loss_type": "robust"}, {"rl": "dpo"}, {"rl": "cpo"},
-                                   {"rl": "simpo"}])
+                                   {"rl": "simpo"}, {"rl": "dpo", "loss_type": ["sigmoid", "robust"]}])
 def test_label_smoothing_where_the_loss_reads_it(extra):
     assert config_from_dict({**BASE, **extra, "label_smoothing": 0.1}).label_smoothing == 0.1
+
+
+def test_mpo_loss_type_list_for_dpo():
+    config = config_from_dict({**BASE, "loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0],
+                               "rpo_alpha": None})
+    assert config.dpo_loss_types == ["sigmoid", "bco_pair", "sft"] and config.loss_weights == [0.8, 0.2, 1.0]
+    assert config_from_dict(BASE).dpo_loss_types == ["sigmoid"]
 
 
 def test_missing_base_model():

@@ -157,7 +157,7 @@ def compare(fused, eager, tensors, dtype, backend, grad_names=("hidden", "weight
 # ----------------------------------------------------------------------------- DPO family
 
 
-def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None):
+def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None, loss_weights=None):
     hidden, weight = make_model(2 * PAIRS)
     labels = make_labels(2 * PAIRS)
     # bf16-representable, so that the fused side sees the same reference in either input dtype
@@ -170,8 +170,8 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
         ref_kw = dict(ref_hidden=ref_hidden.to(hidden.dtype)) if ref_from_hidden else dict(
             ref_chosen_logps=ref_seq[:PAIRS], ref_rejected_logps=ref_seq[PAIRS:])
         return fused_linear_dpo_loss(hidden, weight, labels, bias=bias, softcap=softcap, beta=beta,
-                                     loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
-                                     backend=backend, **ref_kw)
+                                     loss_type=loss_type, loss_weights=loss_weights,
+                                     label_smoothing=label_smoothing, rpo_alpha=rpo_alpha, backend=backend, **ref_kw)
 
     def eager(hidden, weight, labels, bias=None):
         p = eager_pairs(hidden, weight, labels, bias=bias, softcap=softcap)
@@ -179,8 +179,11 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
             ref = eager_token_logps(ref_hidden, weight, labels, bias=bias, softcap=softcap).sum(-1) \
                 if ref_from_hidden else ref_seq
         dc, dr = p["c"] - ref[:PAIRS], p["r"] - ref[PAIRS:]
-        losses = eager_dpo_losses(loss_type, dc, dr, beta, label_smoothing, p["lc"], p["lr"])
-        loss = losses.mean() + rpo_alpha * p["nll"]
+        types = [loss_type] if isinstance(loss_type, str) else loss_type
+        weights = dict(zip(types, loss_weights or [1.0] * len(types)))
+        loss = rpo_alpha * p["nll"] + weights.pop("sft", 0.0) * p["nll"]
+        for name, w in weights.items():
+            loss = loss + w * eager_dpo_losses(name, dc, dr, beta, label_smoothing, p["lc"], p["lr"]).mean()
         return loss, eager_pair_metrics(p, beta * dc, beta * dr, p["c"], p["r"])
 
     return fused, eager, dict(hidden=hidden, weight=weight, labels=labels)
@@ -192,6 +195,28 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
 def test_dpo_rpo_matches_eager(backend, dtype, loss_type, label_smoothing):
     fused, eager, tensors = dpo_case(loss_type, label_smoothing, rpo_alpha=0.5, ref_from_hidden=True)
     compare(fused, eager, tensors, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mpo_weighted_loss_types_match_eager(backend, dtype):
+    """MPO (TRL's list of loss types): 0.8 sigmoid + 0.2 bco_pair + 1.0 chosen NLL (``sft``), values and grads."""
+    fused, eager, tensors = dpo_case(["sigmoid", "bco_pair", "sft"], 0.0, rpo_alpha=0.0, ref_from_hidden=True,
+                                     loss_weights=[0.8, 0.2, 1.0])
+    compare(fused, eager, tensors, dtype, backend)
+
+
+def test_mpo_loss_types_are_checked():
+    _, _, tensors = dpo_case("sigmoid", 0.0, rpo_alpha=0.0, ref_from_hidden=False)
+    hidden, weight, labels = tensors["hidden"], tensors["weight"], tensors["labels"]
+    zeros = torch.zeros(PAIRS, device=device())
+    ref = dict(ref_chosen_logps=zeros, ref_rejected_logps=zeros)
+    for kwargs, message in [({"loss_type": ["sigmoid", "sigmoid"]}, "each type may appear once"),
+                            ({"loss_type": ["sigmoid", "hinge"], "loss_weights": [1.0]}, "one weight per loss type"),
+                            ({"loss_type": ["sft"]}, "at least one preference loss type besides sft"),
+                            ({"loss_type": ["sigmoid"], "loss_weights": [-1.0]}, "loss_weights")]:
+        with pytest.raises(ValueError, match=message):
+            fused_linear_dpo_loss(hidden, weight, labels, backend="torch", **ref, **kwargs)
 
 
 @pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)

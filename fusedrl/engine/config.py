@@ -58,6 +58,7 @@ KEY_READERS = {
     "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
     "z_loss": ("sft",),
     "precompute_ref_log_probs": ("dpo", "ipo"),
+    "loss_weights": ("dpo",),
     "sync_ref_model": REFERENCE_ALGORITHMS,
     "rpo_alpha": ("dpo", "ipo"),
     "cpo_alpha": ("cpo", "simpo"),
@@ -135,7 +136,8 @@ class TrainConfig:
     ref_model_sync_steps: int = field(default=512, metadata=_range(1))
 
     beta: float | None = None  # range checked per algorithm (GRPO accepts 0)
-    loss_type: str | None = None  # choices per algorithm (LOSS_TYPES)
+    loss_type: str | list | None = None  # choices per algorithm (LOSS_TYPES); dpo: also a list (MPO)
+    loss_weights: list | None = None
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # < 0.5 unless rl: sft
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
     cpo_alpha: float = field(default=1.0, metadata=_range(0.0))
@@ -230,7 +232,13 @@ class TrainConfig:
         return self.beta if self.beta is not None else DEFAULT_BETA.get(self.rl, 0.1)
 
     @property
-    def effective_loss_type(self) -> str | None:
+    def dpo_loss_types(self) -> list[str]:
+        """``rl: dpo``'s loss types as a list (one, or MPO's several)."""
+        loss_type = self.effective_loss_type
+        return list(loss_type) if isinstance(loss_type, list) else [loss_type]
+
+    @property
+    def effective_loss_type(self) -> str | list | None:
         """``loss_type`` or the algorithm's default (DPO sigmoid, IPO ipo, GRPO grpo; None for the others)."""
         return self.loss_type if self.loss_type is not None else DEFAULT_LOSS_TYPE.get(self.rl)
 
@@ -360,6 +368,8 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
     if config.rl == "kd":
         _check_sampling_kd(config, source)
     _check_beta_and_loss_type(config, source)
+    if config.loss_weights is not None:
+        _check_loss_weights(config, source)
     _check_label_smoothing(config, source)
     if config.rl in ONLINE_ALGORITHMS:
         _check_online(config, source)
@@ -407,9 +417,27 @@ def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
     if config.rl not in LOSS_TYPES:
         raise ConfigError(f"{source}: loss_type: rl={config.rl} has no loss types (only {sorted(LOSS_TYPES)} do), "
                           f"got {config.loss_type!r}")
-    if config.loss_type not in LOSS_TYPES[config.rl]:
+    if isinstance(config.loss_type, list):
+        _check_loss_type_list(config, source)
+    elif config.loss_type not in LOSS_TYPES[config.rl]:
         raise ConfigError(f"{source}: loss_type: expected one of {list(LOSS_TYPES[config.rl])} for rl={config.rl}, "
                           f"got {config.loss_type!r}")
+
+
+def _check_loss_type_list(config: TrainConfig, source: str) -> None:
+    """DPO's multi-loss form (MPO, TRL's list): distinct DPO loss types, ``sft`` for the chosen NLL (instead of
+    ``rpo_alpha``), and one ``loss_weights`` entry per type."""
+    types = config.loss_type
+    if config.rl != "dpo":
+        raise ConfigError(f"{source}: loss_type: a list of loss types (MPO) is for rl=dpo only, got {types!r}")
+    choices = [*LOSS_TYPES["dpo"], "sft"]
+    bad = [t for t in types if t not in choices]
+    if bad or not types or len(set(types)) != len(types) or types == ["sft"]:
+        raise ConfigError(f"{source}: loss_type: expected distinct names from {choices} with at least one preference "
+                          f"loss, got {types!r}")
+    if "sft" in types and config.rpo_alpha:
+        raise ConfigError(f"{source}: rpo_alpha: loss_type lists sft, the same chosen NLL term; set rpo_alpha: null "
+                          f"and weigh sft in loss_weights")
 
 
 # Keys read only when a switch has a value: (switch, the value that turns them on, keys).
@@ -448,6 +476,15 @@ def _check_keys_read(config: TrainConfig, source: str) -> None:
                               f"remove it or leave the default {defaults[key]!r}, got {value!r}")
 
 
+def _check_loss_weights(config: TrainConfig, source: str) -> None:
+    """One non-negative number per DPO loss type."""
+    weights, types = config.loss_weights, config.dpo_loss_types
+    if len(weights) != len(types) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
+        raise ConfigError(f"{source}: loss_weights: expected {len(types)} numbers >= 0 (one per loss_type: {types}), "
+                          f"got {weights!r}")
+
+
 def _check_label_smoothing(config: TrainConfig, source: str) -> None:
     """Only the losses that read ``label_smoothing`` accept a nonzero value (it would be silently ignored)."""
     if not config.label_smoothing:
@@ -455,8 +492,9 @@ def _check_label_smoothing(config: TrainConfig, source: str) -> None:
     if config.rl not in ("sft", "dpo", "cpo", "simpo"):
         raise ConfigError(f"{source}: label_smoothing: rl={config.rl} does not use it (sft, dpo, cpo and simpo do); "
                           f"expected 0, got {config.label_smoothing!r}")
-    if config.rl == "dpo" and config.effective_loss_type not in SMOOTHED_LOSS_TYPES:
-        raise ConfigError(f"{source}: label_smoothing: loss_type {config.effective_loss_type!r} does not use it "
+    if config.rl == "dpo" and (unsmoothed := [t for t in config.dpo_loss_types
+                                              if t not in (*SMOOTHED_LOSS_TYPES, "sft")]):
+        raise ConfigError(f"{source}: label_smoothing: loss_type {unsmoothed[0]!r} does not use it "
                           f"(only {list(SMOOTHED_LOSS_TYPES)} do); expected 0, got {config.label_smoothing!r}")
 
 

@@ -111,13 +111,17 @@ DESCRIPTIONS: dict[str, str] = {
             "loads no reference model. Must be > 0 (>= 0 for `grpo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) "
             "do not read it.",
     "loss_type": "The loss variant; null takes the algorithm's default (`effective_loss_type`). `dpo`: "
-                 f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py); `ipo`: "
+                 f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py), or a list "
+                 "of distinct ones summed with `loss_weights` (MPO, TRL's multi-loss form; `sft` in the list is the "
+                 "chosen NLL, then `rpo_alpha` must be null), e.g. `[sigmoid, bco_pair, sft]`; `ipo`: "
                  "`ipo` only; `grpo`: how token losses are aggregated: `grpo` (mean over completions of their token "
                  "mean, default), `bnpo` (mean over the batch's tokens), `dr_grpo` (sum / (completions × "
                  "`max_completion_length`)), `dapo` (sum / completion tokens of the global batch), or `cispo` "
                  "(MiniMax-M1: the token loss becomes `−sg(min(ρ, 1 + ε_high))·A·log π`, every token keeps its "
                  "gradient, aggregated as `dapo`; its cap is 1 + `epsilon_high` where TRL's is `epsilon_high` "
                  "itself, so TRL's `epsilon_high: 5` is `4` here). Any other `rl` rejects it.",
+    "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
+                    "sft]`); null weighs each 1.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
                        f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
                        "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
@@ -340,7 +344,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
-    ("Losses", ["beta", "loss_type", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
+    ("Losses", ["beta", "loss_type", "loss_weights", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
                 "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",
                 "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),

@@ -43,8 +43,7 @@ class DPO(Pairwise):
 
     def __init__(self, config, device):
         super().__init__(config, device)
-        self.loss_type = config.effective_loss_type
-        self.bco_running_mean = RunningMean() if self.loss_type == "bco_pair" else None
+        self.bco_running_mean = RunningMean() if "bco_pair" in config.dpo_loss_types else None
         self.reference_root = None  # under fsdp, the precomputing reference's own sharded root
 
     def models(self) -> list[torch.nn.Module]:
@@ -85,7 +84,8 @@ class DPO(Pairwise):
         cfg = self.config
         loss, metrics = fused_linear_dpo_loss(
             self.hidden(batch), labels=batch["labels"], **self.common_kwargs(), **self.reference_kwargs(batch),
-            beta=cfg.effective_beta, loss_type=self.loss_type, label_smoothing=cfg.label_smoothing,
+            beta=cfg.effective_beta, loss_type=cfg.effective_loss_type, loss_weights=cfg.loss_weights,
+            label_smoothing=cfg.label_smoothing,
             rpo_alpha=cfg.rpo_alpha or 0.0, bco_running_mean=self._bco_mean_for_this_call(),
         )
         return loss, float_metrics(loss, metrics)

@@ -10,6 +10,7 @@ No ``[tokens, vocab]`` tensor is built: everything comes from the fused kernels.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -105,7 +106,8 @@ def fused_linear_dpo_loss(
     ref_weight: torch.Tensor | None = None,
     ref_bias: torch.Tensor | None = None,
     beta: float = 0.1,
-    loss_type: str = "sigmoid",
+    loss_type: str | Sequence[str] = "sigmoid",
+    loss_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
     rpo_alpha: float = 1.0,
     discopop_tau: float = 0.05,
@@ -121,13 +123,17 @@ def fused_linear_dpo_loss(
         The reference: ``ref_chosen_logps`` and ``ref_rejected_logps`` ``[B]`` (summed), or
             ``ref_hidden [2B, T, H]`` run through ``ref_weight`` / ``ref_bias`` (default: the policy head)
             under no_grad.
-        beta, loss_type, label_smoothing, discopop_tau, bco_running_mean: as in ``dpo_loss``.
+        loss_type: one type, or several whose losses are summed with ``loss_weights`` (default 1 each; MPO,
+            TRL's multi-loss form); the type ``sft`` stands for the chosen NLL and adds its weight to
+            ``rpo_alpha``'s. Each type appears once.
+        beta, label_smoothing, discopop_tau, bco_running_mean: as in ``dpo_loss``.
 
     Returns:
         ``(loss scalar fp32, metrics)``: rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected},
         logits/{chosen,rejected}, nll_loss.
     """
     check_range("rpo_alpha", rpo_alpha, 0.0)
+    terms, nll_weight = _weighted_loss_types(loss_type, loss_weights)
     policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
                              backend=backend)
     if ref_hidden is not None:
@@ -140,13 +146,33 @@ def fused_linear_dpo_loss(
     elif ref_chosen_logps is None or ref_rejected_logps is None:
         raise ValueError("ref_chosen_logps: DPO needs the reference: give ref_chosen_logps and ref_rejected_logps, "
                          "or ref_hidden")
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        policy.chosen_logps, policy.rejected_logps, ref_chosen_logps.detach(), ref_rejected_logps.detach(),
-        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, chosen_lengths=policy.chosen_lengths,
-        rejected_lengths=policy.rejected_lengths, discopop_tau=discopop_tau, bco_running_mean=bco_running_mean,
-    )
-    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, rpo_alpha,
+    losses = 0.0
+    for term, term_weight in terms:  # the rewards (beta * log ratios) are the same for every type
+        term_losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy.chosen_logps, policy.rejected_logps, ref_chosen_logps.detach(), ref_rejected_logps.detach(),
+            beta=beta, loss_type=term, label_smoothing=label_smoothing, chosen_lengths=policy.chosen_lengths,
+            rejected_lengths=policy.rejected_lengths, discopop_tau=discopop_tau, bco_running_mean=bco_running_mean,
+        )
+        losses = losses + term_weight * term_losses
+    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, rpo_alpha + nll_weight,
                             policy.chosen_logps, policy.rejected_logps)
+
+
+def _weighted_loss_types(loss_type: str | Sequence[str], loss_weights: Sequence[float] | None
+                         ) -> tuple[list[tuple[str, float]], float]:
+    """``([(dpo loss type, weight), ...], weight of the sft term)`` of ``fused_linear_dpo_loss``'s arguments."""
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    weights = [1.0] * len(types) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(types):
+        raise ValueError(f"loss_weights: expected one weight per loss type ({len(types)}), got {len(weights)}")
+    if len(set(types)) != len(types):
+        raise ValueError(f"loss_type: each type may appear once, got {types}")
+    for w in weights:
+        check_range("loss_weights", w, 0.0)
+    terms = [(t, w) for t, w in zip(types, weights) if t != "sft"]
+    if not terms:
+        raise ValueError("loss_type: expected at least one preference loss type besides sft")
+    return terms, sum(w for t, w in zip(types, weights) if t == "sft")
 
 
 def fused_linear_cpo_loss(
