@@ -361,11 +361,13 @@ def test_ppo_step_lowers_its_loss_on_the_rollout(files, tmp_path):
     assert after.item() < before - 1e-3
 
 
-def test_ppo_rollout_matches_an_eager_computation(files, tmp_path):
-    """Old / reference logprobs, values, reward-model scores (unpadded) and the KL penalty, on one rollout."""
+@pytest.mark.parametrize("penalty", [None, 1.5])
+def test_ppo_rollout_matches_an_eager_computation(files, tmp_path, penalty):
+    """Old / reference logprobs, values, reward-model scores (unpadded; less ``missing_eos_penalty`` for a
+    completion without EOS) and the KL penalty, on one rollout."""
     temperature, kl_coef = 0.7, 0.3
     config = online_config(files, tmp_path, "ppo", micro_batch_size=4, temperature=temperature, kl_coef=kl_coef,
-                           num_ppo_epochs=1)
+                           num_ppo_epochs=1, missing_eos_penalty=penalty)
     algorithm, batch = build(config)
     with torch.no_grad():
         for p in algorithm.reference.parameters():  # a reference that differs from the policy
@@ -380,6 +382,10 @@ def test_ppo_rollout_matches_an_eager_computation(files, tmp_path):
         real = ids[attention.bool()][None]
         scores.append(algorithm.reward_model(real, torch.ones_like(real)))
     scores = torch.cat(scores)
+    if penalty is not None:
+        ended = torch.isin(micro["labels"], torch.tensor(algorithm.eos_token_ids())).any(1)
+        assert not ended.all()
+        scores = scores - penalty * (~ended).float()
     metrics = micro["rollout_metrics"]
     assert metrics["objective/scores"] == pytest.approx(float(scores.mean()), abs=1e-5)
     kl = ((old - ref) * mask).sum(1).mean()

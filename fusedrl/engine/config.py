@@ -48,7 +48,7 @@ _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance
               "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern",
               "top_entropy_quantile")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
-             "num_ppo_epochs", "num_mini_batches")
+             "num_ppo_epochs", "num_mini_batches", "missing_eos_penalty")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
             "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies")
 # Sampling keys: read by the online algorithms and by KD when it samples (``kd_on_policy_ratio`` > 0 or
@@ -183,6 +183,7 @@ class TrainConfig:
     gamma: float = field(default=1.0, metadata=_range(0.0, 1.0))
     lam: float = field(default=0.95, metadata=_range(0.0, 1.0))
     whiten_rewards: bool = False
+    missing_eos_penalty: float | None = field(default=None, metadata=_range(0.0, low_open=True))
     num_ppo_epochs: int = field(default=4, metadata=_range(1))
     num_mini_batches: int = field(default=1, metadata=_range(1))
     num_sample_generations: int = field(default=10, metadata=_range(0))

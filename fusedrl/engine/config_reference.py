@@ -234,6 +234,9 @@ DESCRIPTIONS: dict[str, str] = {
     "cliprange_value": "`ppo`: the value clip cv in `0.5·mean(max((v − ret)², (clip(v, v_old ± cv) − ret)²))`.",
     "gamma": "`ppo`: the GAE discount γ in `δ_t = r_t + γ·V_(t+1) − V_t`.",
     "lam": "`ppo`: the GAE λ in `A_t = δ_t + γλ·A_(t+1)`; returns are A + V, and A is then whitened.",
+    "missing_eos_penalty": "`ppo`: subtracted from the reward-model score of every completion that reaches "
+                           "`max_completion_length` without an EOS (TRL's key; null: none); `objective/scores` "
+                           "includes it.",
     "whiten_rewards": "`ppo`: scale the per-token rewards to unit variance over the completion tokens (their mean "
                       "not shifted) before GAE.",
     "num_ppo_epochs": "`ppo`: passes over each rollout, each over a fresh permutation of its rows.",
@@ -353,7 +356,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
       "top_entropy_quantile", "reward_funcs",
       "reward_weights", "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange", "vf_coef",
-      "cliprange_value", "gamma", "lam", "whiten_rewards", "num_ppo_epochs", "num_mini_batches",
+      "cliprange_value", "gamma", "lam", "whiten_rewards", "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches",
       "num_sample_generations", "local_rollout_forward_batch_size"]),
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
