@@ -349,6 +349,55 @@ def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type):
     assert len(samples) == 3 and "low_ids=" in samples[0]["text"]
 
 
+# ---- Online DPO --------------------------------------------------------------------------------
+
+
+def test_online_dpo_ranks_each_pair_by_score_and_takes_the_dpo_loss(files, tmp_path):
+    """Two completions per prompt: each micro-batch holds the better-scored one of every pair first and the
+    other second (same prompt), the rollout metrics are the scores', and the loss is DPO's sigmoid loss of the
+    pairs against the reference, from full logits."""
+    beta, temperature = 0.3, 1.0
+    config = online_config(files, tmp_path, "online_dpo", micro_batch_size=4, beta=beta, reward_model=None,
+                           reward_funcs=[f"{files['rewards']}:low_ids"])
+    algorithm, batch = build(config)
+    with torch.no_grad():
+        for p in algorithm.reference.parameters():  # a reference that differs from the policy
+            p.add_(0.05 * torch.randn_like(p))
+    ((micro,),) = [algorithm.updates([batch])]
+    assert len(micro) == 1 and algorithm.batch_rows(micro[0]) == 4
+    micro = micro[0]
+    rows, mask = micro["input_ids"].shape[0] // 2, micro["labels"] != -100
+    prompt = ~mask.cumsum(1).bool() & micro["attention_mask"].bool()  # tokens before the first label
+    for c, r in zip(range(rows), range(rows, 2 * rows)):
+        assert micro["input_ids"][c][prompt[c]].tolist()[:-1] == micro["input_ids"][r][prompt[r]].tolist()[:-1]
+    scores = torch.tensor([float((row[m] < LOW_IDS).float().mean()) for row, m in zip(micro["labels"], mask)])
+    assert bool((scores[:rows] >= scores[rows:]).all())
+    metrics = micro["rollout_metrics"]
+    assert metrics["objective/scores"] == pytest.approx(float(scores.mean()), abs=1e-6)
+    assert metrics["objective/scores_margin"] == pytest.approx(float((scores[:rows] - scores[rows:]).mean()),
+                                                               abs=1e-6)
+    loss, got = algorithm.loss(micro)
+    policy = (eager_logps(algorithm.policy, micro, temperature)[0] * mask).sum(1)
+    reference = (eager_logps(algorithm.reference, micro, temperature)[0] * mask).sum(1)
+    margin = (policy - reference)[:rows] - (policy - reference)[rows:]
+    assert loss.item() == pytest.approx(float(-torch.nn.functional.logsigmoid(beta * margin).mean()), rel=1e-4)
+    assert got["rewards/margins"] == pytest.approx(float(beta * margin.mean()), abs=1e-5, rel=1e-4)
+    assert "nll_loss" in got and got["loss"] == pytest.approx(loss.item())  # logged, not in the loss
+
+
+def test_online_dpo_raises_the_toy_reward(files, tmp_path):
+    config = online_config(files, tmp_path / "run", "online_dpo", max_steps=30, learning_rate=2e-2, beta=0.1,
+                           micro_batch_size=4, test_datasets=[], num_sample_generations=2, reward_model=None,
+                           reward_funcs=[f"{files['rewards']}:low_ids"])
+    result = train(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["objective/scores"] for r in records if r["split"] == "train"]
+    assert result.step == 30 and len(scores) == 30
+    assert sum(scores[-5:]) / 5 > sum(scores[:5]) / 5 + 0.2, scores
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and "(chosen)" in samples[0]["text"] and "(rejected)" in samples[0]["text"]
+
+
 # ---- PPO ---------------------------------------------------------------------------------------
 
 def test_ppo_step_lowers_its_loss_on_the_rollout(files, tmp_path):
@@ -517,7 +566,13 @@ def test_online_defaults():
     ({"rl": "dpo", "loss_type": "dapo"}, "loss_type: expected one of .* for rl=dpo"),
     ({"rl": "sft", "loss_type": "grpo"}, "loss_type: rl=sft has no loss types"),
     ({"rl": "ppo", "reward_model": None}, "reward_model: PPO needs a reward model"),
-    ({"rl": "grpo", "reward_funcs": []}, "reward_funcs: GRPO needs reward functions or a reward_model"),
+    ({"rl": "grpo", "reward_funcs": []}, "reward_funcs: rl=grpo needs reward functions or a reward_model"),
+    ({"rl": "online_dpo", "reward_funcs": []}, "reward_funcs: rl=online_dpo needs reward functions or a reward_model"),
+    ({"rl": "online_dpo", "reward_funcs": ["accuracy"], "loss_type": "hinge"},
+     "loss_type: expected one of \\[.sigmoid., .ipo.\\] for rl=online_dpo"),
+    ({"rl": "online_dpo", "reward_funcs": ["accuracy"], "rpo_alpha": 0.5}, "rpo_alpha: rl=online_dpo does not read it"),
+    ({"rl": "online_dpo", "reward_funcs": ["accuracy"], "num_generations": 4},
+     "num_generations: rl=online_dpo does not read it"),
     ({"rl": "grpo", "reward_weights": [1.0, 2.0]}, "reward_weights: expected 1 numbers"),
     ({"rl": "grpo", "delta": 1.1}, "delta: expected a value > 1 \\+ epsilon_high"),
     ({"rl": "grpo", "delta": 2.0, "loss_type": "cispo"}, "delta: loss_type cispo caps the importance weight"),

@@ -15,7 +15,7 @@ ARITHMETIC = REPO / "data" / "demo" / "arithmetic_train.jsonl"
 ONLINE = {"datasets": [{"path": str(ARITHMETIC)}], "test_datasets": [], "reward_funcs": ["accuracy"],
           "max_length": 96, "max_completion_length": 6, "num_sample_generations": 0}
 EXTRA = {"dpo": {"rpo_alpha": None}, "kto": {}, "grpo": {**ONLINE, "num_generations": 2, "beta": 0.1},
-         "ppo": {**ONLINE, "reward_funcs": [], "num_ppo_epochs": 1}}
+         "ppo": {**ONLINE, "reward_funcs": [], "num_ppo_epochs": 1}, "online_dpo": ONLINE}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def losses(out) -> list[float]:
             if json.loads(line)["split"] == "train"]
 
 
-@pytest.mark.parametrize("rl", ["dpo", "kto", "grpo", "ppo"])
+@pytest.mark.parametrize("rl", ["dpo", "kto", "grpo", "ppo", "online_dpo"])
 def test_every_sync_mixes_the_policy_into_the_reference(rl, model_dir, reward_model_dir, tmp_path):
     """Checkpointed after every step with syncs after steps 2 and 4: the reference stays the starting model,
     then becomes 0.6 x that step's policy + 0.4 x the reference before, and stays so until the next sync. The

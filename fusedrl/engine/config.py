@@ -25,7 +25,7 @@ from .data.loading import looks_local
 from .rewards import DEFAULT_FORMAT_PATTERN
 
 OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd")
-ONLINE_ALGORITHMS = ("ppo", "grpo")
+ONLINE_ALGORITHMS = ("ppo", "grpo", "online_dpo")
 
 # axolotl / seed-doc spellings that mean one of our keys.
 ALIASES = {
@@ -42,20 +42,19 @@ ALIASES = {
 }
 
 # Algorithms that compare the policy with a reference model (GRPO only with beta > 0).
-REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo")
+REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo", "online_dpo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
 _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
-              "num_iterations", "mask_truncated_completions", "reward_weights", "reward_format_pattern",
-              "top_entropy_quantile")
+              "num_iterations", "mask_truncated_completions", "top_entropy_quantile")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
-             "num_ppo_epochs", "num_mini_batches", "missing_eos_penalty")
+             "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
             "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies")
 # Sampling keys: read by the online algorithms and by KD when it samples (``kd_on_policy_ratio`` > 0 or
 # ``kd_teacher_replies``).
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_completion_length", "fsdp_gather_for_generation")
 KEY_READERS = {
-    "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo"),
+    "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo", "online_dpo"),
     "z_loss": ("sft",),
     "precompute_ref_log_probs": ("dpo", "ipo"),
     "loss_weights": ("dpo",),
@@ -69,6 +68,8 @@ KEY_READERS = {
     **{key: ("kd",) for key in _KD_ONLY},
     **{key: ("grpo",) for key in _GRPO_ONLY},
     **{key: ("ppo",) for key in _PPO_ONLY},
+    **{key: ("grpo", "online_dpo") for key in ("reward_weights", "reward_format_pattern")},
+    "missing_eos_penalty": ("ppo", "online_dpo"),
     **{key: (*ONLINE_ALGORITHMS, "kd") for key in SAMPLING_KEYS},
     **{key: ONLINE_ALGORITHMS for key in ("local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
 }
@@ -82,8 +83,8 @@ PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
 # Per-algorithm default of ``beta`` (losses.md); 0.1 elsewhere.
 DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
 # ``loss_type`` choices and default of the algorithms that have one; the others take none.
-LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES}
-DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo"}
+LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES, "online_dpo": ("sigmoid", "ipo")}
+DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo", "online_dpo": "sigmoid"}
 
 
 # A float that YAML 1.1 leaves a string: exponent without a dot (``3e-4``, ``1E5``).
@@ -507,8 +508,9 @@ def _check_online(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: reward_model: PPO needs a reward model (a folder written by rl: rm)")
     if config.rl == "ppo" and config.reward_funcs:
         raise ConfigError(f"{source}: reward_funcs: PPO scores with reward_model only; use rl: grpo for functions")
-    if config.rl == "grpo" and not (config.reward_funcs or config.reward_model):
-        raise ConfigError(f"{source}: reward_funcs: GRPO needs reward functions or a reward_model")
+    if config.rl in ("grpo", "online_dpo") and not (config.reward_funcs or config.reward_model):
+        raise ConfigError(f"{source}: reward_funcs: rl={config.rl} needs reward functions or a reward_model to "
+                          f"score its completions")
     sources = len(config.reward_funcs) + bool(config.reward_model)
     if config.reward_weights is not None:
         if len(config.reward_weights) != sources or not all(

@@ -22,7 +22,7 @@ DESCRIPTIONS: dict[str, str] = {
     "base_model": "The model to train: a local folder or a Hugging Face hub id (the folder or repo holding "
                   "`gguf_file` when that is set). Its tokenizer is used unless `tokenizer` is set.",
     "rl": "The algorithm: offline `sft`, `dpo`, `ipo` (DPO with loss_type `ipo`), `cpo`, `simpo`, `orpo`, `kto`, "
-          "`rm` (reward model) and `kd` (distillation from stored teacher top-k logprobs); online `grpo` and `ppo`. "
+          "`rm` (reward model) and `kd` (top-k distillation); online `grpo`, `ppo` and `online_dpo`. "
           "It picks the dataset row kind, the loss and the defaults of `beta`, `loss_type` and `disable_dropout`.",
     "gguf_file": "A GGUF file inside `base_model` to load the policy from (dequantised to `model_dtype`), and its "
                  "tokenizer unless `tokenizer` is set; not used for `ref_model` or `reward_model`.",
@@ -48,9 +48,9 @@ DESCRIPTIONS: dict[str, str] = {
     "val_set_size": "Fraction of the tokenised training rows split off (shuffled with `seed`) as the held-out set "
                     "when `test_datasets` is empty; 0 holds out nothing.",
     "max_length": "Most tokens per tokenised sequence (prompt + completion): the prompt keeps its last "
-                  "`max_prompt_length` tokens, then the completion loses its tail; a prompt that leaves no room "
-                  "for one completion token is a bad row. For `grpo` and `ppo` it bounds the prompt alone (which "
-                  "must be shorter); with `sample_packing` it is also the length of a packed row.",
+                  "`max_prompt_length` tokens, then the completion loses its tail; a prompt that leaves no room for "
+                  "one completion token is a bad row. For `grpo`, `ppo` and `online_dpo` it bounds the prompt alone "
+                  "(which must be shorter); with `sample_packing` it is also the length of a packed row.",
     "max_prompt_length": "Prompts keep only their last this many tokens; null keeps whole prompts. Must be less "
                          "than `max_length`; applies to every algorithm's prompts, GRPO and PPO generation "
                          "prompts included.",
@@ -105,21 +105,21 @@ DESCRIPTIONS: dict[str, str] = {
     "ref_model_sync_steps": "`sync_ref_model`: τ, optimizer steps between syncs (after steps τ, 2τ, ...; TRL's "
                             "default 512).",
     # Losses
-    "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 "
-            "for `grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`: the β of the loss; `orpo`: λ, the "
-            "weight of the odds-ratio term (alias `orpo_alpha`); `grpo`: the weight of the k3 KL penalty, where 0 "
-            "loads no reference model. Must be > 0 (>= 0 for `grpo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) "
-            "do not read it.",
+    "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 for "
+            "`grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`, `online_dpo`: the β of the loss; `orpo`: λ, "
+            "the weight of the odds-ratio term (alias `orpo_alpha`); `grpo`: the weight of the k3 KL penalty, where 0 "
+            "loads no reference model. Must be > 0 (>= 0 for `grpo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) do "
+            "not read it.",
     "loss_type": "The loss variant; null takes the algorithm's default (`effective_loss_type`). `dpo`: "
                  f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py), or a list "
                  "of distinct ones summed with `loss_weights` (MPO, TRL's multi-loss form; `sft` in the list is the "
-                 "chosen NLL, then `rpo_alpha` must be null), e.g. `[sigmoid, bco_pair, sft]`; `ipo`: "
-                 "`ipo` only; `grpo`: how token losses are aggregated: `grpo` (mean over completions of their token "
-                 "mean, default), `bnpo` (mean over the batch's tokens), `dr_grpo` (sum / (completions × "
-                 "`max_completion_length`)), `dapo` (sum / completion tokens of the global batch), or `cispo` "
-                 "(MiniMax-M1: the token loss becomes `−sg(min(ρ, 1 + ε_high))·A·log π`, every token keeps its "
-                 "gradient, aggregated as `dapo`; its cap is 1 + `epsilon_high` where TRL's is `epsilon_high` "
-                 "itself, so TRL's `epsilon_high: 5` is `4` here). Any other `rl` rejects it.",
+                 "chosen NLL, then `rpo_alpha` must be null), e.g. `[sigmoid, bco_pair, sft]`; `ipo`: `ipo` only; "
+                 "`online_dpo`: `sigmoid` (default) or `ipo`; `grpo`: how token losses are aggregated: `grpo` (mean "
+                 "over completions of their token mean, default), `bnpo` (mean over the batch's tokens), `dr_grpo` "
+                 "(sum / (completions × `max_completion_length`)), `dapo` (sum / completion tokens of the global "
+                 "batch), or `cispo` (MiniMax-M1: the token loss becomes `−sg(min(ρ, 1 + ε_high))·A·log π`, every "
+                 "token keeps its gradient, aggregated as `dapo`; its cap is 1 + `epsilon_high` where TRL's is "
+                 "`epsilon_high` itself, so TRL's `epsilon_high: 5` is `4` here). Any other `rl` rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
@@ -180,15 +180,16 @@ DESCRIPTIONS: dict[str, str] = {
     "num_generations": "`grpo`: completions sampled per prompt, the group whose rewards are normalised together; "
                        "each update micro-batch holds `micro_batch_size × num_generations` completions. `ppo` "
                        "samples one completion per prompt.",
-    "temperature": "`grpo` and `ppo`: the sampling temperature; the policy, old and reference token logprobs of the "
-                   "losses are taken at it too (logits / T). `kd` samples replies at it (`kd_on_policy_ratio`, "
-                   "`kd_teacher_replies`) and distils at `kd_temperature`.",
-    "top_p": "`grpo`, `ppo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It shapes sampling "
-             "only; logprobs use the full vocabulary.",
-    "top_k": "`grpo`, `ppo` and `kd`'s sampled replies: sample from the k most likely tokens only (null or 0: "
-             "off). It shapes sampling only, like `top_p`.",
-    "max_completion_length": "`grpo`, `ppo` and `kd`'s sampled replies: most new tokens per completion; one "
-                             "with no EOS by then is truncated (`completions/clipped_ratio`, "
+    "temperature": "`grpo`, `ppo` and `online_dpo`: the sampling temperature; the policy, old and reference token "
+                   "logprobs of the losses are taken at it too (logits / T). `online_dpo` samples at it; its DPO loss "
+                   "reads the models' own logprobs (T = 1), as offline DPO. `kd` samples replies at it "
+                   "(`kd_on_policy_ratio`, `kd_teacher_replies`) and distils at `kd_temperature`.",
+    "top_p": "`grpo`, `ppo`, `online_dpo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It shapes "
+             "sampling only; logprobs use the full vocabulary.",
+    "top_k": "`grpo`, `ppo`, `online_dpo` and `kd`'s sampled replies: sample from the k most likely tokens only (null "
+             "or 0: off). It shapes sampling only, like `top_p`.",
+    "max_completion_length": "`grpo`, `ppo`, `online_dpo` and `kd`'s sampled replies: most new tokens per completion; "
+                             "one with no EOS by then is truncated (`completions/clipped_ratio`, "
                              "`mask_truncated_completions`). GRPO's `dr_grpo` loss divides by it and the built-in "
                              "`length` reward scales by it.",
     "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`. PPO's clip "
@@ -211,20 +212,20 @@ DESCRIPTIONS: dict[str, str] = {
                             "at least the 1 − ρ quantile of the micro-batch's completion tokens on every rank; the "
                             "KL term and the loss's token count keep all tokens. 1 keeps all (off); 0.2 trains on "
                             "the 20% most uncertain tokens.",
-    "reward_funcs": "`grpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` (against a "
-                    "`solution` or `answer` column), `format` (`reward_format_pattern`) and `length` (−tokens / "
-                    "`max_completion_length`), or `package.module:function`, `package.module.function`, "
+    "reward_funcs": "`grpo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` "
+                    "(against a `solution` or `answer` column), `format` (`reward_format_pattern`) and `length` "
+                    "(−tokens / `max_completion_length`), or `package.module:function`, `package.module.function`, "
                     "`path/file.py:function`, called as `f(prompts, completions, **columns) -> list[float | None]`. "
-                    "GRPO needs these or `reward_model`; `ppo` rejects them.",
-    "reward_weights": "`grpo`: one weight per reward source, the `reward_funcs` in order and then `reward_model` "
-                      "when set; null weighs each 1.0. A None reward leaves that source out of the sample's sum. "
-                      "(`ppo` accepts one number here and does not use it.)",
+                    "GRPO and online DPO need these or `reward_model`; `ppo` rejects them.",
+    "reward_weights": "`grpo` and `online_dpo`: one weight per reward source, the `reward_funcs` in order and then "
+                      "`reward_model` when set; null weighs each 1.0. A None reward leaves that source out of the "
+                      "sample's sum.",
     "reward_model": "A folder written by `rl: rm` (backbone + `value_head.safetensors`) that scores prompt + "
                     "completion at its last token. `ppo`: required; the frozen scorer and the starting weights of "
-                    "the trained value model. `grpo`: an optional reward source next to `reward_funcs`.",
-    "reward_format_pattern": "`grpo`: the regular expression the built-in `format` reward searches each completion "
-                             "for (1.0 on a match, else 0.0); the default wants `<think>...</think>` then "
-                             "`<answer>...</answer>`.",
+                    "the trained value model. `grpo`, `online_dpo`: an optional reward source next to `reward_funcs`.",
+    "reward_format_pattern": "`grpo` and `online_dpo`: the regular expression the built-in `format` reward searches "
+                             "each completion for (1.0 on a match, else 0.0); the default wants `<think>...</think>` "
+                             "then `<answer>...</answer>`.",
     "kl_coef": "`ppo`: weight of the per-token KL penalty in the rewards: `r_t = −kl_coef·KL_t`, plus the reward "
                "model's score on the last completion token (GRPO's KL weight is `beta`).",
     "kl_estimator": "`ppo`: the per-token KL estimate of those rewards: `k1` = L − R, or `k3` = e^(R − L) − (R − L) "
@@ -234,7 +235,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cliprange_value": "`ppo`: the value clip cv in `0.5·mean(max((v − ret)², (clip(v, v_old ± cv) − ret)²))`.",
     "gamma": "`ppo`: the GAE discount γ in `δ_t = r_t + γ·V_(t+1) − V_t`.",
     "lam": "`ppo`: the GAE λ in `A_t = δ_t + γλ·A_(t+1)`; returns are A + V, and A is then whitened.",
-    "missing_eos_penalty": "`ppo`: subtracted from the reward-model score of every completion that reaches "
+    "missing_eos_penalty": "`ppo` and `online_dpo`: subtracted from the score of every completion that reaches "
                            "`max_completion_length` without an EOS (TRL's key; null: none); `objective/scores` "
                            "includes it.",
     "whiten_rewards": "`ppo`: scale the per-token rewards to unit variance over the completion tokens (their mean "
@@ -242,13 +243,14 @@ DESCRIPTIONS: dict[str, str] = {
     "num_ppo_epochs": "`ppo`: passes over each rollout, each over a fresh permutation of its rows.",
     "num_mini_batches": "`ppo`: optimizer updates per pass; a rollout takes `micro_batch_size × "
                         "gradient_accumulation_steps × num_mini_batches` prompts per device, one completion each.",
-    "num_sample_generations": "`grpo` and `ppo`: how many times, evenly spaced over the run, the first 8 prompts "
-                              "and completions of the latest rollout (with what they scored) are logged to "
+    "num_sample_generations": "`grpo`, `ppo` and `online_dpo`: how many times, evenly spaced over the run, the first 8 "
+                              "prompts and completions of the latest rollout (with what they scored) are logged to "
                               "`samples.jsonl` and TensorBoard; 0 logs none. `kd` logs its sampled replies (the "
                               "student's or the teacher's) the same way, on steps that sampled.",
-    "local_rollout_forward_batch_size": "`grpo` and `ppo`: rows per chunk of the no-grad forward passes over a "
-                                        "rollout (old and reference logprobs, values, reward-model scores); lower "
-                                        "it to save memory. Generation runs one micro-batch of prompts at a time.",
+    "local_rollout_forward_batch_size": "`grpo`, `ppo` and `online_dpo`: rows per chunk of the no-grad forward passes "
+                                        "over a rollout (old and reference logprobs, values, reward-model scores); "
+                                        "lower it to save memory. Generation runs one micro-batch of prompts at a "
+                                        "time.",
     # Optimisation
     "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` needs >= 2, and "
                         "a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` and `rm` (two "
@@ -294,10 +296,10 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
-    "fsdp_gather_for_generation": "`grpo`/`ppo` (and `kd`'s sampled replies) under `fsdp`: gather the policy "
-                                  "whole on every GPU for each rollout (fast; as TRL's "
-                                  "`ds3_gather_for_generation`). `false` gathers each layer at each new token "
-                                  "instead: slow, for a policy whose whole weights do not fit on one GPU.",
+    "fsdp_gather_for_generation": "`grpo`/`ppo`/`online_dpo` (and `kd`'s sampled replies) under `fsdp`: gather the "
+                                  "policy whole on every GPU for each rollout (fast; as TRL's "
+                                  "`ds3_gather_for_generation`). `false` gathers each layer at each new token instead: "
+                                  "slow, for a policy whose whole weights do not fit on one GPU.",
     "torch_compile": "`torch.compile` each decoder layer of the trained, reference and reward models (regional "
                      "compilation with dynamic shapes: one compile serves every layer and length; names and "
                      "checkpoints unchanged). The fused loss kernels stay as they are; sampling runs the layers "
@@ -347,21 +349,22 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
-    ("Losses", ["beta", "loss_type", "loss_weights", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
-                "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
+    ("Losses", ["beta", "loss_type", "loss_weights", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma",
+                "desirable_weight", "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",
                 "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
-    ("Online RL (GRPO and PPO; sampling also for KD's sampled replies)",
+    ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
-      "top_entropy_quantile", "reward_funcs",
-      "reward_weights", "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange", "vf_coef",
-      "cliprange_value", "gamma", "lam", "whiten_rewards", "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches",
-      "num_sample_generations", "local_rollout_forward_batch_size"]),
+      "top_entropy_quantile", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
+      "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
+      "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
+      "local_rollout_forward_batch_size"]),
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
-                      "cosine_min_lr_ratio", "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16", "gradient_checkpointing",
-                      "fsdp", "fsdp_gather_for_generation", "torch_compile", "disable_dropout", "seed", "kernel_backend"]),
+                      "cosine_min_lr_ratio", "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16",
+                      "gradient_checkpointing", "fsdp", "fsdp_gather_for_generation", "torch_compile",
+                      "disable_dropout", "seed", "kernel_backend"]),
     ("Logging and checkpoints", ["logging_steps", "eval_steps", "save_steps", "save_total_limit",
                                  "resume_from_checkpoint", "overwrite_output_dir", "tensorboard", "wandb_project",
                                  "wandb_entity", "wandb_name", "wandb_mode", "plot", "progress_bar"]),

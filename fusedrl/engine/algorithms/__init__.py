@@ -8,6 +8,7 @@ from .base import Algorithm
 from .distill import KD
 from .grpo import GRPO
 from .kto import KTO
+from .online_dpo import OnlineDPO
 from .ppo import PPO
 from .preference import CPO, DPO, ORPO, SimPO
 from .reward_model import RewardModelling
@@ -15,7 +16,7 @@ from .sft import SFT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "sft": SFT, "dpo": DPO, "ipo": DPO, "cpo": CPO, "simpo": SimPO, "orpo": ORPO, "kto": KTO,
-    "rm": RewardModelling, "kd": KD, "grpo": GRPO, "ppo": PPO,
+    "rm": RewardModelling, "kd": KD, "grpo": GRPO, "ppo": PPO, "online_dpo": OnlineDPO,
 }
 
 

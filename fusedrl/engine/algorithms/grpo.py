@@ -15,9 +15,8 @@ import torch
 from ...kernels.losses import fused_linear_grpo_loss, grpo_advantages
 from ...kernels.losses.sequence import global_sum_and_count
 from ..data import IGNORE_INDEX
-from ..rewards import call_reward_function, load_reward_functions
 from .base import as_floats, float_metrics
-from .online import OnlineAlgorithm, Sampled, select_rows
+from .online import OnlineAlgorithm, select_rows
 
 
 class GRPO(OnlineAlgorithm):
@@ -28,11 +27,6 @@ class GRPO(OnlineAlgorithm):
     plot_keys = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl", "entropy",
                  "clip_ratio/region_mean", "loss")
     summary_keys = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio")
-
-    def __init__(self, config, device):
-        super().__init__(config, device)
-        self.reward_functions = load_reward_functions(config.reward_funcs, format_pattern=config.reward_format_pattern,
-                                                      max_completion_length=config.max_completion_length)
 
     @property
     def needs_reference(self) -> bool:
@@ -46,14 +40,6 @@ class GRPO(OnlineAlgorithm):
     @property
     def updates_per_round(self) -> int:
         return self.config.num_iterations
-
-    def rewards(self, sampled: Sampled) -> dict:
-        """Per-source rewards of the rollout: each reward function's list (None allowed), then ``reward_model``."""
-        out = {f.name: call_reward_function(f, sampled.prompts, sampled.completions, sampled.columns)
-               for f in self.reward_functions}
-        if self.reward_model is not None:
-            out["reward_model"] = self.reward_model_scores(sampled.sequences)
-        return out
 
     def updates(self, batches: list[dict]) -> list[list[dict]]:
         """Sample and score one rollout of ``batches``; return ``num_iterations`` updates over its micro-batches."""

@@ -18,7 +18,7 @@ from ...kernels import linear_logprobs
 from ..data import pad_token_id
 from ..models import RewardModel
 from ..rollout import HFGenerator, Rollout, SamplingParams
-from ..rewards import completion_text
+from ..rewards import call_reward_function, completion_text, load_reward_functions
 from ..sharding import gathered
 from .base import Algorithm
 
@@ -68,6 +68,8 @@ class OnlineAlgorithm(Algorithm):
         self.generator = (HFGenerator(self.policy, sampling, self.eos_token_ids(), self.pad_token_id)
                           if self.samples_completions else None)
         self.reward_model = self.load_reward_model() if config.reward_model else None
+        self.reward_functions = load_reward_functions(config.reward_funcs, format_pattern=config.reward_format_pattern,
+                                                      max_completion_length=config.max_completion_length)
         self.latest: list[tuple[str, str, str]] = []
 
     def models(self) -> list[torch.nn.Module]:
@@ -158,6 +160,14 @@ class OnlineAlgorithm(Algorithm):
         positions = torch.arange(values.shape[1], device=values.device)
         last = torch.where(sequences["attention_mask"].bool(), positions, -1).max(-1).values
         return values.gather(1, last[:, None]).squeeze(1)
+
+    def rewards(self, sampled: Sampled) -> dict:
+        """Per-source rewards of the rollout: each reward function's list (None allowed), then ``reward_model``."""
+        out = {f.name: call_reward_function(f, sampled.prompts, sampled.completions, sampled.columns)
+               for f in self.reward_functions}
+        if self.reward_model is not None:
+            out["reward_model"] = self.reward_model_scores(sampled.sequences)
+        return out
 
     def remember(self, sampled: Sampled, note: Callable[[int], str]) -> None:
         """Keep the first rows of the latest training rollout: prompt, completion and ``note(row)`` (what it

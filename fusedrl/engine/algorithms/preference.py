@@ -73,6 +73,11 @@ class DPO(Pairwise):
         gc.collect()  # FSDP's hooks make reference cycles: free the shards now
         return TrainingData(train, held_out, collate_with_columns(data.collate))
 
+    @property
+    def nll_weight(self) -> float:
+        """The chosen-NLL (RPO) term's weight: ``rpo_alpha`` (null or 0: none)."""
+        return self.config.rpo_alpha or 0.0
+
     def reference_kwargs(self, batch: dict) -> dict:
         """Precomputed reference logps when the batch has them, else the reference model's hidden states."""
         if "ref_chosen_logps" in batch:
@@ -86,7 +91,7 @@ class DPO(Pairwise):
             self.hidden(batch), labels=batch["labels"], **self.common_kwargs(), **self.reference_kwargs(batch),
             beta=cfg.effective_beta, loss_type=cfg.effective_loss_type, loss_weights=cfg.loss_weights,
             label_smoothing=cfg.label_smoothing,
-            rpo_alpha=cfg.rpo_alpha or 0.0, bco_running_mean=self._bco_mean_for_this_call(),
+            rpo_alpha=self.nll_weight, bco_running_mean=self._bco_mean_for_this_call(),
         )
         return loss, float_metrics(loss, metrics)
 

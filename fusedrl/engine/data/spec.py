@@ -16,6 +16,7 @@ DATA_KINDS = {
     "kto": "kto",
     "ppo": "prompt",
     "grpo": "prompt",
+    "online_dpo": "prompt",
     "kd": "kd",
 }
 KINDS = ("sft", "pairwise", "kto", "prompt", "kd")

@@ -31,6 +31,30 @@ def _reward_matrix(rewards: Mapping[str, Sequence[float | None] | torch.Tensor],
     return torch.stack(columns, dim=1)
 
 
+def weighted_rewards(
+    rewards: Mapping[str, Sequence[float | None] | torch.Tensor],
+    reward_weights: Sequence[float] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total [B], per_function [B, F])`` fp32: each sample's ``reward_weights``-weighted sum of its rewards.
+
+    ``rewards`` maps a reward-function name to ``B`` rewards (list with None, or a ``[B]`` tensor); a None (NaN)
+    leaves that function out of that sample's sum. Weights: one per function in the mapping's order (default
+    1.0 each). ``device``: where list rewards are placed (tensors keep theirs when None)."""
+    if not isinstance(rewards, Mapping) or not rewards:
+        raise ValueError("rewards: expected a non-empty mapping of reward-function name -> per-sample rewards")
+    if device is None:
+        device = next((v.device for v in rewards.values() if isinstance(v, torch.Tensor)), "cpu")
+    per_func = _reward_matrix(rewards, device)
+    num_funcs = per_func.shape[1]
+    weights = torch.ones(num_funcs, device=device) if reward_weights is None else torch.tensor(
+        [float(w) for w in reward_weights], device=device)
+    if weights.shape != (num_funcs,):
+        raise ValueError(f"reward_weights: expected {num_funcs} weights (one per reward function), "
+                         f"got {len(reward_weights)}")
+    return (per_func * weights).nansum(dim=1), per_func
+
+
 def grpo_advantages(
     rewards: Mapping[str, Sequence[float | None] | torch.Tensor],
     *,
@@ -55,23 +79,13 @@ def grpo_advantages(
         std), frac_reward_zero_std (fraction of groups with zero std) and rewards/<name>/mean
         (mean over the samples the function scored).
     """
-    if not isinstance(rewards, Mapping) or not rewards:
-        raise ValueError("rewards: expected a non-empty mapping of reward-function name -> per-sample rewards")
     check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
     if not isinstance(num_generations, int) or num_generations < 2:
         raise ValueError(f"num_generations: expected an int >= 2, got {num_generations!r}")
-    if device is None:
-        device = next((v.device for v in rewards.values() if isinstance(v, torch.Tensor)), "cpu")
-    per_func = _reward_matrix(rewards, device)
-    batch, num_funcs = per_func.shape
-    if batch % num_generations:
-        raise ValueError(f"rewards: expected a multiple of num_generations={num_generations} samples, got {batch}")
-    weights = torch.ones(num_funcs, device=device) if reward_weights is None else torch.tensor(
-        [float(w) for w in reward_weights], device=device)
-    if weights.shape != (num_funcs,):
-        raise ValueError(f"reward_weights: expected {num_funcs} weights (one per reward function), "
-                         f"got {len(reward_weights)}")
-    total = (per_func * weights).nansum(dim=1)
+    total, per_func = weighted_rewards(rewards, reward_weights, device)
+    if total.shape[0] % num_generations:
+        raise ValueError(f"rewards: expected a multiple of num_generations={num_generations} samples, "
+                         f"got {total.shape[0]}")
     grouped = total.view(-1, num_generations)
     group_std = grouped.std(dim=1)
     advantages = total - grouped.mean(dim=1).repeat_interleave(num_generations)
