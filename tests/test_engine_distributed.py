@@ -384,6 +384,25 @@ def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):
             torch.testing.assert_close(have[name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_fsdp_online_dpo_matches_replicated_ranks(model_dir, tmp_path):
+    """Online DPO with the policy and its reference sharded: the same pairs and updates as two replicated ranks."""
+    raw = train_config(model_dir, tmp_path / "replicated", "online_dpo",
+                       datasets=[{"path": str(REPO / "data" / "demo" / "arithmetic_train.jsonl")}], test_datasets=[],
+                       reward_funcs=["length"], max_length=96, max_completion_length=6, max_steps=3,
+                       num_sample_generations=0)
+    torchrun(raw, tmp_path)
+    torchrun({**raw, "output_dir": str(tmp_path / "fsdp"), "fsdp": True}, tmp_path)
+    expected, got = records(tmp_path / "replicated"), records(tmp_path / "fsdp")
+    assert len(got) == len(expected) == 3
+    for want, have in zip(expected, got):
+        for key in ("loss", "objective/scores", "objective/scores_margin", "rewards/margins", "grad_norm"):
+            assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    want = load_file(str(tmp_path / "replicated" / "final" / "model.safetensors"))
+    have = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
+    for name, value in want.items():
+        torch.testing.assert_close(have[name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_fsdp_on_policy_kd_matches_replicated_ranks(model_dir, tmp_path):
     """On-policy KD on two ranks, the other steps on the teacher's replies: every rank draws the same steps to
     sample on (all ranks must sample together under fsdp), and with the student and the live teacher sharded
