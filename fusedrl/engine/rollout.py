@@ -46,6 +46,11 @@ class Rollout:
         """``[N]`` int64: completion tokens per row (EOS included)."""
         return self.completion_mask.sum(-1)
 
+    def length_metrics(self, prefix: str = "completions") -> dict[str, torch.Tensor]:
+        """``<prefix>/mean_length`` (tokens, EOS included) and ``<prefix>/clipped_ratio`` (rows with no EOS)."""
+        return {f"{prefix}/mean_length": self.completion_lengths.float().mean(),
+                f"{prefix}/clipped_ratio": self.truncated.float().mean()}
+
     def sequences(self) -> dict[str, torch.Tensor]:
         """Training tensors ``[N, P + C]``: ``input_ids``, ``attention_mask``, ``position_ids``, ``labels``.
 

@@ -120,9 +120,7 @@ class KD(OnlineAlgorithm):
             prompt_batches.append({"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": texts})
         sampled = self.sample(prompt_batches, self.generator if on_policy else self.teacher_generator)
         rollout = sampled.rollout
-        source = "completions" if on_policy else "teacher_completions"
-        metrics = as_floats({f"{source}/mean_length": rollout.completion_lengths.float().mean(),
-                             f"{source}/clipped_ratio": rollout.truncated.float().mean()})
+        metrics = as_floats(rollout.length_metrics("completions" if on_policy else "teacher_completions"))
         lengths, truncated = rollout.completion_lengths.tolist(), rollout.truncated.tolist()
         author = "student" if on_policy else "teacher"
         self.remember(sampled, lambda row: f"{author}, {lengths[row]} tokens" + (" (truncated)" * truncated[row]))

@@ -50,8 +50,7 @@ class GRPO(OnlineAlgorithm):
         advantages, metrics = grpo_advantages(rewards, num_generations=self.num_generations,
                                               reward_weights=cfg.reward_weights, scale_rewards=cfg.scale_rewards,
                                               device=self.device)
-        metrics["completions/mean_length"] = rollout.completion_lengths.float().mean()
-        metrics["completions/clipped_ratio"] = rollout.truncated.float().mean()
+        metrics.update(rollout.length_metrics())
         if cfg.mask_truncated_completions:
             sequences["labels"] = sequences["labels"].masked_fill(rollout.truncated[:, None], IGNORE_INDEX)
         tensors = {**sequences, "advantages": advantages}

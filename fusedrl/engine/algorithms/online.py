@@ -169,6 +169,11 @@ class OnlineAlgorithm(Algorithm):
             out["reward_model"] = self.reward_model_scores(sampled.sequences)
         return out
 
+    def eos_penalised(self, scores: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """``[N]`` scores less ``missing_eos_penalty`` (when set) for each completion cut without an EOS."""
+        penalty = self.config.missing_eos_penalty
+        return scores if penalty is None else scores - penalty * rollout.truncated.float()
+
     def remember(self, sampled: Sampled, note: Callable[[int], str]) -> None:
         """Keep the first rows of the latest training rollout: prompt, completion and ``note(row)`` (what it
         scored); evaluation rollouts (model in eval mode) are not logged as training samples."""

@@ -38,16 +38,14 @@ class OnlineDPO(OnlineAlgorithm, DPO):
         cfg = self.config
         sampled = self.sample(batches)
         rollout = sampled.rollout
-        scores, _ = weighted_rewards(self.rewards(sampled), cfg.reward_weights, self.device)
-        if cfg.missing_eos_penalty is not None:
-            scores = scores - cfg.missing_eos_penalty * rollout.truncated.float()
+        scores = self.eos_penalised(weighted_rewards(self.rewards(sampled), cfg.reward_weights, self.device)[0],
+                                    rollout)
         first = torch.arange(0, rollout.rows, 2, device=self.device)
         first_wins = scores[first] >= scores[first + 1]
         chosen, rejected = torch.where(first_wins, first, first + 1), torch.where(first_wins, first + 1, first)
         metrics = as_floats({
             "objective/scores": scores.mean(), "objective/scores_margin": (scores[chosen] - scores[rejected]).mean(),
-            "val/contain_eos_token": (~rollout.truncated).float().mean(),
-            "completions/mean_length": rollout.completion_lengths.float().mean(),
+            "val/contain_eos_token": (~rollout.truncated).float().mean(), **rollout.length_metrics(),
         })
         is_chosen = torch.zeros(rollout.rows, dtype=torch.bool, device=self.device).index_fill(0, chosen, True)
         self.remember(sampled, lambda row: f"score={float(scores[row]):.4g} "

@@ -62,9 +62,7 @@ class PPO(OnlineAlgorithm):
         mask = sequences["labels"] != IGNORE_INDEX
         logps, ref_logps = self.policy_logps(sequences), self.reference_logps(sequences)
         values = self.token_values(self.model.value, sequences)
-        scores = self.reward_model_scores(sequences)
-        if cfg.missing_eos_penalty is not None:  # completions cut at max_completion_length score less
-            scores = scores - cfg.missing_eos_penalty * sampled.rollout.truncated.float()
+        scores = self.eos_penalised(self.reward_model_scores(sequences), sampled.rollout)
         rewards, metrics = ppo_rewards(scores, logps, ref_logps, mask, kl_coef=cfg.kl_coef,
                                        kl_estimator=cfg.kl_estimator)
         advantages, returns = gae_advantages(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam,
