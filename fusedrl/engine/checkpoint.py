@@ -12,8 +12,9 @@ train on). Rank 0's lie in the folder itself, rank ``r``'s in ``rank-<r>/``. Und
 and of the optimizer into its folder instead, with no gathering (the final model is
 written whole). A reference model that training changes (``sync_ref_model``) is saved
 beside the model: ``reference/`` in Hugging Face format, or each rank's
-``reference_shard.safetensors`` under fsdp. It is written to a temporary sibling folder and renamed into place, so
-an interrupted save leaves the previous checkpoint intact.
+``reference_shard.safetensors`` under fsdp. A checkpoint is written to a temporary
+sibling folder and renamed into place, so an interrupted save leaves the previous
+checkpoint intact.
 """
 from __future__ import annotations
 
