@@ -25,7 +25,7 @@ from fusedrl.kernels.triton.vocab_stats_fwd import vocab_stats_fwd_kernel
 
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 FLOAT_SCALARS = {"inv_temperature", "softcap"}
-FWD_OUTPUTS = ("max_ptr", "sumexp_ptr", "ent_ptr", "logit_sum_ptr", "target_ptr")
+FWD_OUTPUTS = ("max_ptr", "sumexp_ptr", "ent_ptr", "logit_sum_ptr", "sq_sum_ptr", "target_ptr")
 BWD_FP32 = ("lse_ptr", "g_target_ptr", "coef_a_ptr", "coef_c_ptr", "g_logit_sum_ptr", "dh_ptr", "dw_ptr", "db_ptr")
 
 

@@ -45,7 +45,8 @@ def test_logits_of_magnitude_1e4(backend):
     hidden = torch.randint(-3, 4, (19, 24), device=dev).float() * 500.0
     weight = torch.randint(-2, 3, (77, 24), device=dev).float()
     ids = torch.randint(0, 77, (19, 2), device=dev)
-    out = [linear_logprobs(*fp32_leaves(hidden, weight), ids, return_entropy=True, return_lse=True, backend=be)
+    out = [linear_logprobs(*fp32_leaves(hidden, weight), ids, return_entropy=True, return_lse=True,
+                           return_log_sum_p_sq=True, backend=be)
            for be in (backend, "eager")]
     assert (hidden @ weight.T).abs().max() >= 1e4
     for got, want in zip(*out):
@@ -54,6 +55,23 @@ def test_logits_of_magnitude_1e4(backend):
     h, w = fp32_leaves(hidden, weight)
     linear_cross_entropy(h, w, ids[:, 0], backend=backend).backward()
     assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_log_sum_p_sq_of_uniform_and_peaked_rows(backend):
+    """``log sum p**2`` is ``-log V`` for equal logits and 0 for a certain token (V = 101: several vocab blocks)."""
+    skip_unless_backend_runs(backend)
+    dev = device()
+    weight = torch.zeros(101, 8, device=dev)
+    weight[57, 0] = 1.0
+    hidden = torch.zeros(3, 8, device=dev)
+    hidden[1, 0], hidden[2, 0] = 200.0, 1.0
+    ids = torch.tensor([0, 57, 57], device=dev)
+    _, log_sum_p_sq = linear_logprobs(hidden, weight, ids, return_log_sum_p_sq=True, backend=backend)
+    p57 = torch.e / (torch.e + 100)
+    want = torch.tensor([-torch.log(torch.tensor(101.0)), 0.0,
+                         torch.log(torch.tensor(p57**2 + 100 * ((1 - p57) / 100) ** 2))])
+    torch.testing.assert_close(log_sum_p_sq.cpu(), want, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)

@@ -41,8 +41,10 @@ def grads_of(out, inputs, upstream):
 
 
 def run_logprobs(backend, hidden, weight, b, ids, upstream, **kw):
-    out = linear_logprobs(hidden, weight, ids, bias=b, return_entropy=True, return_lse=True, backend=backend, **kw)
-    return out, grads_of(out, (hidden, weight, b), upstream)
+    """(logp, entropy, lse, log_sum_p_sq) and the gradients of the first three against ``upstream``."""
+    out = linear_logprobs(hidden, weight, ids, bias=b, return_entropy=True, return_lse=True,
+                          return_log_sum_p_sq=True, backend=backend, **kw)
+    return out, grads_of(out[:3], (hidden, weight, b), upstream)
 
 
 CASES = {
@@ -68,10 +70,11 @@ def test_logprobs_entropy_lse_match_eager(backend, dtype, case, monkeypatch):
     out, grads = run_logprobs(backend, hidden, weight, b, ids, upstream, chunk_size=8, **kw)
     ref_inputs = fp32_leaves(hidden, weight, b)
     ref_out, ref_grads = run_logprobs("eager", *ref_inputs, ids, upstream, **kw)
-    for name, got, want in zip(("logp", "entropy", "lse"), out, ref_out):
+    for name, got, want in zip(("logp", "entropy", "lse", "log_sum_p_sq"), out, ref_out):
         assert got.dtype == torch.float32
         assert_close(got, want, dtype, name)
     assert torch.all(out[0][ids == -100] == 0)
+    assert not out[3].requires_grad
     for name, got, want in zip(("d_hidden", "d_weight", "d_bias"), grads, ref_grads):
         assert got.dtype == dtype
         assert_close(got, want, dtype, name)

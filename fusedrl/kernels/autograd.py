@@ -24,12 +24,12 @@ class _FusedVocabStats(torch.autograd.Function):
         ctx.temperature, ctx.softcap = temperature, softcap
         ctx.backend_module, ctx.chunk_size = backend_module, chunk_size
         max_logp = raw.max_logit - raw.lse
-        ctx.mark_non_differentiable(max_logp)
+        ctx.mark_non_differentiable(max_logp, raw.log_sum_p_sq)
         ctx.set_materialize_grads(False)
-        return logp, raw.lse, raw.entropy, raw.logit_sum, max_logp
+        return logp, raw.lse, raw.entropy, raw.logit_sum, max_logp, raw.log_sum_p_sq
 
     @staticmethod
-    def backward(ctx, g_logp, g_lse, g_entropy, g_logit_sum, _g_max_logp):
+    def backward(ctx, g_logp, g_lse, g_entropy, g_logit_sum, _g_max_logp, _g_log_sum_p_sq):
         hidden, weight, bias, ids, lse, entropy = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if not (need_h or need_w or need_b):

@@ -37,7 +37,8 @@ def _chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: in
 
 
 def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
-    """Target logits, lse, entropy and logit sums for every token, one token chunk at a time."""
+    """Target logits, lse, entropy, logit sums, max logits and ``log sum p**2`` of every token, a token chunk
+    at a time."""
     hidden, weight, ids = problem.hidden, problem.weight, problem.ids
     n, vocab = hidden.shape[0], weight.shape[0]
     dev = hidden.device
@@ -46,6 +47,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     entropy = torch.empty_like(lse)
     logit_sum = torch.empty_like(lse)
     max_logit = torch.empty_like(lse)
+    log_sum_p_sq = torch.empty_like(lse)
     weight32 = weight.float()
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
@@ -57,9 +59,11 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
         max_logit[start:stop] = z.max(-1).values
         chunk_lse = torch.logsumexp(z, dim=-1)
         lse[start:stop] = chunk_lse
-        z -= chunk_lse[:, None]
-        entropy[start:stop] = -(z.exp() * z).sum(-1)
-    return ForwardStats(target, lse, entropy, logit_sum, max_logit)
+        logp = z.sub_(chunk_lse[:, None])
+        p = logp.exp()
+        entropy[start:stop] = -(p * logp).sum(-1)
+        log_sum_p_sq[start:stop] = p.square_().sum(-1).log_()
+    return ForwardStats(target, lse, entropy, logit_sum, max_logit, log_sum_p_sq)
 
 
 def backward_stats(

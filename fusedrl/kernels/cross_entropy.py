@@ -21,6 +21,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     return_mean_logit: bool = False,
     return_accuracy: bool = False,
+    return_log_sum_p_sq: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
 ):
@@ -36,9 +37,11 @@ def linear_cross_entropy(
         return_mean_logit: also return the per-token mean logit ``sum_v z_v / V`` ``[...]``.
         return_accuracy: also return ``[...]`` floats, 1 where the label is the argmax of the logits
             (ties count as correct) and 0 elsewhere or where ignored.
+        return_log_sum_p_sq: also return the per-token ``log sum_v p_v**2`` ``[...]`` (no gradient; WPO's weight).
 
     Returns:
-        fp32 loss (scalar, or ``[...]`` for ``none``); with ``return_*`` a tuple ``(loss, [mean_logit], [accuracy])``.
+        fp32 loss (scalar, or ``[...]`` for ``none``); with ``return_*`` a tuple
+        ``(loss, [mean_logit], [accuracy], [log_sum_p_sq])``.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
@@ -68,11 +71,9 @@ def linear_cross_entropy(
         loss = per_token.sum()
     else:
         loss = per_token.sum() / valid.sum().clamp(min=1)
-    if not (return_mean_logit or return_accuracy):
+    extras = [(return_mean_logit, stats.logit_sum / vocab),
+              (return_accuracy, (valid & (stats.logp[:, 0] >= stats.max_logp)).float()),
+              (return_log_sum_p_sq, stats.log_sum_p_sq)]
+    if not any(wanted for wanted, _ in extras):
         return loss
-    outs = [loss]
-    if return_mean_logit:
-        outs.append((stats.logit_sum / vocab).reshape(lead))
-    if return_accuracy:
-        outs.append((valid & (stats.logp[:, 0] >= stats.max_logp)).float().reshape(lead))
-    return tuple(outs)
+    return (loss, *(stat.reshape(lead) for wanted, stat in extras if wanted))

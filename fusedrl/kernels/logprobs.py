@@ -16,6 +16,7 @@ def linear_logprobs(
     ignore_index: int = -100,
     return_entropy: bool = False,
     return_lse: bool = False,
+    return_log_sum_p_sq: bool = False,
     softcap: float | None = None,
     backend: str = "auto",
     chunk_size: int | None = None,
@@ -27,13 +28,14 @@ def linear_logprobs(
         weight: ``[V, H]`` lm_head weight; bias: optional ``[V]``.
         ids: ``[...]`` (one id per token) or ``[..., K]`` (K ids per token); ``ignore_index`` entries give 0.
         return_entropy / return_lse: also return the per-token entropy / logsumexp, each ``[...]``.
+        return_log_sum_p_sq: also return the per-token ``log sum_v p_v**2`` ``[...]`` (no gradient; WPO).
         softcap: optional ``s`` for ``s * tanh(logits / s)`` before the temperature.
         backend: ``auto`` | ``triton`` | ``torch`` | ``eager``.
         chunk_size: tokens per chunk of the ``torch`` backend and of the ``triton`` backward (default: from a
             memory budget).
 
     Returns:
-        fp32 logprobs shaped like ``ids``; with ``return_*`` a tuple ``(logp, [entropy], [lse])``.
+        fp32 logprobs shaped like ``ids``; with ``return_*`` a tuple ``(logp, [entropy], [lse], [log_sum_p_sq])``.
         Differentiable w.r.t. hidden, weight and bias, through logp, entropy and lse.
     """
     problem, lead = prepare_problem(
@@ -41,11 +43,7 @@ def linear_logprobs(
     )
     stats = vocab_stats(problem, backend, chunk_size)
     logp = stats.logp.reshape(ids.shape)
-    if not (return_entropy or return_lse):
+    extras = [(return_entropy, stats.entropy), (return_lse, stats.lse), (return_log_sum_p_sq, stats.log_sum_p_sq)]
+    if not any(wanted for wanted, _ in extras):
         return logp
-    outs = [logp]
-    if return_entropy:
-        outs.append(stats.entropy.reshape(lead))
-    if return_lse:
-        outs.append(stats.lse.reshape(lead))
-    return tuple(outs)
+    return (logp, *(stat.reshape(lead) for wanted, stat in extras if wanted))

@@ -28,4 +28,5 @@ def eager_vocab_stats(
     lse = torch.logsumexp(z, dim=-1)
     entropy = -(logsm.exp() * logsm).sum(-1)
     max_logp = logsm.max(-1).values.detach()
-    return VocabStats(logp, lse, entropy, z.sum(-1), max_logp)
+    log_sum_p_sq = torch.logsumexp(2.0 * logsm, dim=-1).detach()
+    return VocabStats(logp, lse, entropy, z.sum(-1), max_logp, log_sum_p_sq)

@@ -6,9 +6,10 @@ For one token with logits ``z = softcap(h @ W.T + b) / T`` over the whole vocabu
 - ``lse = logsumexp(z)``,
 - ``entropy = lse - sum(softmax(z) * z)``,
 - ``logit_sum = sum(z)`` (label smoothing and the mean-logit metric),
-- ``max_logp = max(z) - lse`` (no gradient: the logprob of the argmax, for token accuracy).
+- ``max_logp = max(z) - lse`` (no gradient: the logprob of the argmax, for token accuracy),
+- ``log_sum_p_sq = log sum(softmax(z)**2)`` (no gradient: WPO's per-token weight adjustment).
 
-All are fp32; all but ``max_logp`` are differentiable. Backends return them as a ``VocabStats``.
+All are fp32; all but ``max_logp`` and ``log_sum_p_sq`` are differentiable. Backends return them as a ``VocabStats``.
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import torch
 
 
 class VocabStats(NamedTuple):
-    """Per-token statistics over the vocabulary: logp ``[N, K]``, lse/entropy/logit_sum/max_logp ``[N]``."""
+    """Per-token statistics over the vocabulary: logp ``[N, K]``; lse, entropy, logit_sum, max_logp,
+    log_sum_p_sq ``[N]``."""
 
     logp: torch.Tensor
     lse: torch.Tensor
     entropy: torch.Tensor
     logit_sum: torch.Tensor
     max_logp: torch.Tensor
+    log_sum_p_sq: torch.Tensor
 
 
 def apply_softcap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -64,10 +67,11 @@ class StatsGrad(NamedTuple):
 
 class ForwardStats(NamedTuple):
     """Raw forward outputs of a backend: target logits ``[N, K]`` (0 where ignored); lse, entropy, logit_sum,
-    max_logit ``[N]``."""
+    max_logit, log_sum_p_sq ``[N]``."""
 
     target_logits: torch.Tensor
     lse: torch.Tensor
     entropy: torch.Tensor
     logit_sum: torch.Tensor
     max_logit: torch.Tensor
+    log_sum_p_sq: torch.Tensor

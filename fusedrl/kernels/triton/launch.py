@@ -25,25 +25,26 @@ def vocab_splits(n_token_blocks: int, n_vocab_blocks: int, device: torch.device)
 
 
 def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
-    """Target logits ``[N, K]``, lse, entropy, logit_sum ``[N]`` (fp32); ``chunk_size`` is unused here."""
+    """Target logits ``[N, K]``; lse, entropy, logit_sum, max logit, ``log sum p**2`` ``[N]`` (fp32).
+    ``chunk_size`` is unused here."""
     hidden, weight, ids = problem.hidden, problem.weight, problem.ids
     (n, h), vocab, k = hidden.shape, weight.shape[0], ids.shape[1]
     dev = hidden.device
     target = torch.zeros((n, k), dtype=torch.float32, device=dev)
     if n == 0:
-        return ForwardStats(target, *(torch.zeros(0, dtype=torch.float32, device=dev) for _ in range(4)))
+        return ForwardStats(target, *(torch.zeros(0, dtype=torch.float32, device=dev) for _ in range(5)))
     cfg = tile_config(hidden.dtype)
     n_blocks, v_blocks = triton.cdiv(n, cfg.block_n), triton.cdiv(vocab, cfg.block_v)
     splits = vocab_splits(n_blocks, v_blocks, dev)
     v_per_split = triton.cdiv(v_blocks, splits) * cfg.block_v
     splits = triton.cdiv(vocab, v_per_split)
-    part_max, part_sum, part_ent, part_logit_sum = (
-        torch.empty((splits, n), dtype=torch.float32, device=dev) for _ in range(4)
+    part_max, part_sum, part_ent, part_logit_sum, part_sq_sum = (
+        torch.empty((splits, n), dtype=torch.float32, device=dev) for _ in range(5)
     )
     inv_t, softcap = scalar_args(problem)
     vocab_stats_fwd_kernel[(n_blocks, splits)](
         hidden, weight, problem.bias if problem.bias is not None else hidden, ids,
-        part_max, part_sum, part_ent, part_logit_sum, target,
+        part_max, part_sum, part_ent, part_logit_sum, part_sq_sum, target,
         n, vocab, h, k, v_per_split, inv_t, softcap,
         HAS_BIAS=problem.bias is not None, HAS_SOFTCAP=problem.softcap is not None,
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
@@ -57,4 +58,5 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     log_sumexp = torch.log(sumexp)
     lse = row_max + log_sumexp
     entropy = log_sumexp - ent_acc / sumexp
-    return ForwardStats(target, lse, entropy, part_logit_sum.sum(0), row_max)
+    log_sum_p_sq = torch.log((scale.square() * part_sq_sum).sum(0)) - 2.0 * log_sumexp
+    return ForwardStats(target, lse, entropy, part_logit_sum.sum(0), row_max, log_sum_p_sq)

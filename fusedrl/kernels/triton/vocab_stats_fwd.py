@@ -3,7 +3,7 @@
 Grid ``(token blocks, vocab splits)``. Each program owns ``BLOCK_N`` tokens and
 one contiguous vocab range; it recomputes logits tile by tile
 (``BLOCK_N x BLOCK_V``, fp32 accumulator over ``BLOCK_H`` slices of H), keeps an
-online max / sum-exp / sum-exp-weighted-logit / logit-sum per token, and stores
+online max / sum-exp / sum-exp-weighted-logit / logit-sum / sum-exp-squared per token, and stores
 each target logit from the tile that holds it. Partial statistics of the
 splits are merged by ``launch.forward_stats``.
 
@@ -58,7 +58,7 @@ def linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
 @triton.jit
 def vocab_stats_fwd_kernel(
     h_ptr, w_ptr, b_ptr, ids_ptr,
-    max_ptr, sumexp_ptr, ent_ptr, logit_sum_ptr, target_ptr,
+    max_ptr, sumexp_ptr, ent_ptr, logit_sum_ptr, sq_sum_ptr, target_ptr,
     N, V, H, K, v_per_split, inv_temperature, softcap,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -75,6 +75,7 @@ def vocab_stats_fwd_kernel(
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ent = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_logit_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    run_sq_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(v_begin, v_end, BLOCK_V):
         cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         col_mask = cols < v_end
@@ -95,6 +96,7 @@ def vocab_stats_fwd_kernel(
         alpha = tl.exp(run_max - new_max)
         run_ent = alpha * (run_ent + (run_max - new_max) * run_sum) + tl.sum(e * shift, axis=1)
         run_sum = alpha * run_sum + tl.sum(e, axis=1)
+        run_sq_sum = alpha * alpha * run_sq_sum + tl.sum(e * e, axis=1)
         run_logit_sum += tl.sum(tl.where(col_mask[None, :], z, 0.0), axis=1)
         run_max = new_max
 
@@ -103,3 +105,4 @@ def vocab_stats_fwd_kernel(
     tl.store(sumexp_ptr + out, run_sum, mask=row_mask)
     tl.store(ent_ptr + out, run_ent, mask=row_mask)
     tl.store(logit_sum_ptr + out, run_logit_sum, mask=row_mask)
+    tl.store(sq_sum_ptr + out, run_sq_sum, mask=row_mask)
