@@ -76,6 +76,7 @@ def test_aliases_and_defaults():
     ({"loss_weights": [0.5, 0.5]}, r"loss_weights: expected 1 numbers >= 0 \(one per loss_type: \['sigmoid'\]\)"),
     ({"loss_type": ["sigmoid", "hinge"], "label_smoothing": 0.1}, "label_smoothing: loss_type 'hinge' does not use it"),
     ({"rl": "cpo", "loss_weights": [1.0]}, "loss_weights: rl=cpo does not read it"),
+    ({"rl": "simpo", "use_weighting": True}, "use_weighting: rl=simpo does not read it"),
 ])
 def test_bad_config_names_the_key(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -34,13 +34,14 @@ def test_training_lowers_held_out_loss(rl, model_dir, tmp_path):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("rl", ALGOS)
-def test_fused_path_matches_eager_logits(rl, model_dir, tmp_path):
+@pytest.mark.parametrize("rl, extra", [(rl, {}) for rl in ALGOS] + [("dpo", {"use_weighting": True})],
+                         ids=ALGOS + ["dpo-wpo"])
+def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
     """Same batch through the chunked kernel and through full logits: same loss and parameter grads."""
     results = []
     for backend in ("torch", "eager"):
         torch.manual_seed(0)
-        config = config_from_dict(train_config(model_dir, tmp_path / backend, rl, kernel_backend=backend))
+        config = config_from_dict(train_config(model_dir, tmp_path / backend, rl, kernel_backend=backend, **extra))
         algorithm = build_algorithm(config, pick_device())
         data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
         batch = algorithm.to_device(fixed_batches(data.train, 2, data.collate)[0])
@@ -51,6 +52,9 @@ def test_fused_path_matches_eager_logits(rl, model_dir, tmp_path):
     (loss_a, metrics_a, grads_a), (loss_b, metrics_b, grads_b) = results
     torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-4)
     assert metrics_a.keys() == metrics_b.keys()
+    assert ("policy_weights" in metrics_a) == bool(extra.get("use_weighting"))
+    for key in metrics_a:
+        assert metrics_a[key] == pytest.approx(metrics_b[key], rel=1e-4, abs=1e-5), key
     assert grads_a.keys() == grads_b.keys() and grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -157,7 +157,20 @@ def compare(fused, eager, tensors, dtype, backend, grad_names=("hidden", "weight
 # ----------------------------------------------------------------------------- DPO family
 
 
-def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None, loss_weights=None):
+def eager_wpo_weights(hidden, weight, labels, **head):
+    """WPO's pair weights ``[B]`` from full logits (TRL's use_weighting, each token's factor at its own position)."""
+    with torch.no_grad():
+        logsm = torch.log_softmax(eager_logits(hidden, weight, **head), dim=-1)
+        mask = labels != -100
+        adjusted = torch.where(mask, eager_token_logps(hidden, weight, labels, **head)
+                               - torch.logsumexp(2 * logsm, dim=-1), 0.0)
+        per_row = adjusted.sum(-1) / mask.sum(-1)
+        b = labels.shape[0] // 2
+        return torch.exp(per_row[:b] + per_row[b:]).clamp(max=1)
+
+
+def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None, loss_weights=None,
+             use_weighting=False):
     hidden, weight = make_model(2 * PAIRS)
     labels = make_labels(2 * PAIRS)
     # bf16-representable, so that the fused side sees the same reference in either input dtype
@@ -171,7 +184,8 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
             ref_chosen_logps=ref_seq[:PAIRS], ref_rejected_logps=ref_seq[PAIRS:])
         return fused_linear_dpo_loss(hidden, weight, labels, bias=bias, softcap=softcap, beta=beta,
                                      loss_type=loss_type, loss_weights=loss_weights,
-                                     label_smoothing=label_smoothing, rpo_alpha=rpo_alpha, backend=backend, **ref_kw)
+                                     label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
+                                     use_weighting=use_weighting, backend=backend, **ref_kw)
 
     def eager(hidden, weight, labels, bias=None):
         p = eager_pairs(hidden, weight, labels, bias=bias, softcap=softcap)
@@ -181,10 +195,17 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
         dc, dr = p["c"] - ref[:PAIRS], p["r"] - ref[PAIRS:]
         types = [loss_type] if isinstance(loss_type, str) else loss_type
         weights = dict(zip(types, loss_weights or [1.0] * len(types)))
-        loss = rpo_alpha * p["nll"] + weights.pop("sft", 0.0) * p["nll"]
+        losses = weights.pop("sft", 0.0) * p["nll"]
         for name, w in weights.items():
-            loss = loss + w * eager_dpo_losses(name, dc, dr, beta, label_smoothing, p["lc"], p["lr"]).mean()
-        return loss, eager_pair_metrics(p, beta * dc, beta * dr, p["c"], p["r"])
+            losses = losses + w * eager_dpo_losses(name, dc, dr, beta, label_smoothing, p["lc"], p["lr"])
+        metrics = eager_pair_metrics(p, beta * dc, beta * dr, p["c"], p["r"])
+        if use_weighting:
+            pair_weights = eager_wpo_weights(hidden, weight, labels, bias=bias, softcap=softcap)
+            # a real weighting: below the clamp at 1, and unequal pairs (so a pair must get its own weight)
+            assert pair_weights.max() < 0.95 and pair_weights.max() > 1.2 * pair_weights.min()
+            losses = losses * pair_weights
+            metrics["policy_weights"] = pair_weights.mean()
+        return rpo_alpha * p["nll"] + losses.mean(), metrics
 
     return fused, eager, dict(hidden=hidden, weight=weight, labels=labels)
 
@@ -203,6 +224,17 @@ def test_mpo_weighted_loss_types_match_eager(backend, dtype):
     """MPO (TRL's list of loss types): 0.8 sigmoid + 0.2 bco_pair + 1.0 chosen NLL (``sft``), values and grads."""
     fused, eager, tensors = dpo_case(["sigmoid", "bco_pair", "sft"], 0.0, rpo_alpha=0.0, ref_from_hidden=True,
                                      loss_weights=[0.8, 0.2, 1.0])
+    compare(fused, eager, tensors, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("loss_type, rpo_alpha", [("sigmoid", 0.5), (["ipo", "sft"], 0.0)])
+def test_wpo_weighted_dpo_matches_eager(backend, dtype, loss_type, rpo_alpha):
+    """WPO (use_weighting): each pair's loss times min(1, exp(mean adjusted logps of chosen + rejected))."""
+    fused, eager, tensors = dpo_case(loss_type, 0.0, rpo_alpha=rpo_alpha, ref_from_hidden=True,
+                                     loss_weights=None if isinstance(loss_type, str) else [1.0, 0.5],
+                                     use_weighting=True, softcap=3.0)
     compare(fused, eager, tensors, dtype, backend)
 
 

@@ -58,6 +58,7 @@ KEY_READERS = {
     "z_loss": ("sft",),
     "precompute_ref_log_probs": ("dpo", "ipo"),
     "loss_weights": ("dpo",),
+    "use_weighting": ("dpo", "ipo"),
     "sync_ref_model": REFERENCE_ALGORITHMS,
     "rpo_alpha": ("dpo", "ipo"),
     "cpo_alpha": ("cpo", "simpo"),
@@ -139,6 +140,7 @@ class TrainConfig:
     beta: float | None = None  # range checked per algorithm (GRPO accepts 0)
     loss_type: str | list | None = None  # choices per algorithm (LOSS_TYPES); dpo: also a list (MPO)
     loss_weights: list | None = None
+    use_weighting: bool = False
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # < 0.5 unless rl: sft
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
     cpo_alpha: float = field(default=1.0, metadata=_range(0.0))

@@ -126,6 +126,10 @@ DESCRIPTIONS: dict[str, str] = {
                        f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
                        "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
                        "type requires 0. Alias `sft_label_smoothing`.",
+    "use_weighting": "`dpo` and `ipo`: WPO (Zhou et al. 2024; TRL's `use_weighting`): each pair's preference loss is "
+                     "multiplied by min(1, exp(a_chosen + a_rejected)), where a is the reply's mean over its tokens of "
+                     "log π(token) − log Σ_v π(v)², computed by the fused kernels from the policy's logits without "
+                     "gradient; the `rpo_alpha` term is not weighted. Logs `policy_weights`, the mean pair weight.",
     "rpo_alpha": "`dpo` and `ipo`: weight of the token-mean NLL of the chosen completions added to the preference "
                  "loss (RPO); 0 or null gives the pure DPO / IPO loss.",
     "cpo_alpha": "`cpo` and `simpo`: weight of the token-mean NLL of the chosen completions added to the preference "
@@ -349,8 +353,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
-    ("Losses", ["beta", "loss_type", "loss_weights", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma",
-                "desirable_weight", "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
+    ("Losses", ["beta", "loss_type", "loss_weights", "use_weighting", "label_smoothing", "rpo_alpha", "cpo_alpha",
+                "simpo_gamma", "desirable_weight", "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",
                 "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
     ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",

@@ -27,7 +27,8 @@ from .sequence import completion_mask, masked_mean, sequence_logps
 
 
 class PairwisePolicy(NamedTuple):
-    """The policy side of a pairwise batch: sequence logps and lengths ``[B]`` each, the chosen NLL, metrics."""
+    """The policy side of a pairwise batch: sequence logps and lengths ``[B]`` each, the chosen NLL, metrics,
+    and WPO's pair weights ``[B]`` (None unless asked for)."""
 
     chosen_logps: torch.Tensor
     rejected_logps: torch.Tensor
@@ -35,6 +36,7 @@ class PairwisePolicy(NamedTuple):
     rejected_lengths: torch.Tensor
     nll: torch.Tensor
     metrics: dict[str, torch.Tensor]
+    weights: torch.Tensor | None = None
 
 
 def _num_pairs(hidden: torch.Tensor, labels: torch.Tensor) -> int:
@@ -55,15 +57,21 @@ def pairwise_policy(
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
+    use_weighting: bool = False,
 ) -> PairwisePolicy:
     """Policy sequence logps, lengths and chosen NLL of a ``[2B, T]`` pairwise batch in one kernel pass.
 
-    Metrics: logits/{chosen,rejected} (mean logit over vocabulary and completion tokens) and nll_loss.
+    With ``use_weighting``, also WPO's pair weights (Zhou et al. 2024, eq. 2, as TRL's DPO ``use_weighting``):
+    ``min(1, exp(a_chosen + a_rejected))`` where ``a`` is a row's mean over completion tokens of
+    ``logp(token) - log sum_v p_v**2``; no gradient.
+
+    Metrics: logits/{chosen,rejected} (mean logit over vocabulary and completion tokens), nll_loss, and with
+    ``use_weighting`` policy_weights (the mean pair weight).
     """
     pairs = _num_pairs(hidden, labels)
-    nll_tokens, mean_logit = linear_cross_entropy(hidden, weight, labels, bias=bias, softcap=softcap,
-                                                  ignore_index=ignore_index, reduction="none",
-                                                  return_mean_logit=True, backend=backend)
+    nll_tokens, mean_logit, *log_sum_p_sq = linear_cross_entropy(
+        hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index, reduction="none",
+        return_mean_logit=True, return_log_sum_p_sq=use_weighting, backend=backend)
     mask = completion_mask(labels, ignore_index)
     lengths = mask.sum(-1)
     check_lengths("labels", lengths)
@@ -75,7 +83,12 @@ def pairwise_policy(
         "logits/rejected": masked_mean(mean_logit[pairs:], mask[pairs:]),
         "nll_loss": nll.detach(),
     }
-    return PairwisePolicy(logps[:pairs], logps[pairs:], lengths[:pairs], lengths[pairs:], nll, metrics)
+    weights = None
+    if use_weighting:
+        adjusted = masked_mean(-nll_tokens.detach() - log_sum_p_sq[0], mask, dim=-1)
+        weights = torch.exp(adjusted[:pairs] + adjusted[pairs:]).clamp(max=1.0)
+        metrics["policy_weights"] = weights.mean()
+    return PairwisePolicy(logps[:pairs], logps[pairs:], lengths[:pairs], lengths[pairs:], nll, metrics, weights)
 
 
 def _average_logps(policy: PairwisePolicy) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +125,7 @@ def fused_linear_dpo_loss(
     rpo_alpha: float = 1.0,
     discopop_tau: float = 0.05,
     bco_running_mean: RunningMean | None = None,
+    use_weighting: bool = False,
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
@@ -124,18 +138,20 @@ def fused_linear_dpo_loss(
             ``ref_hidden [2B, T, H]`` run through ``ref_weight`` / ``ref_bias`` (default: the policy head)
             under no_grad.
         loss_type: one type, or several whose losses are summed with ``loss_weights`` (default 1 each; MPO,
-            TRL's multi-loss form); the type ``sft`` stands for the chosen NLL and adds its weight to
-            ``rpo_alpha``'s. Each type appears once.
+            TRL's multi-loss form); the type ``sft`` stands for the chosen NLL (the term ``rpo_alpha`` also
+            adds). Each type appears once.
         beta, label_smoothing, discopop_tau, bco_running_mean: as in ``dpo_loss``.
+        use_weighting: WPO: each pair's loss (the weighted loss types, ``sft`` included) times its pair weight
+            (see ``pairwise_policy``); the ``rpo_alpha`` term is not weighted (as TRL).
 
     Returns:
         ``(loss scalar fp32, metrics)``: rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected},
-        logits/{chosen,rejected}, nll_loss.
+        logits/{chosen,rejected}, nll_loss, and with ``use_weighting`` policy_weights.
     """
     check_range("rpo_alpha", rpo_alpha, 0.0)
     terms, nll_weight = _weighted_loss_types(loss_type, loss_weights)
     policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
-                             backend=backend)
+                             backend=backend, use_weighting=use_weighting)
     if ref_hidden is not None:
         if ref_chosen_logps is not None or ref_rejected_logps is not None:
             raise ValueError("ref_hidden: give either ref_hidden or ref_chosen_logps/ref_rejected_logps, not both")
@@ -146,7 +162,7 @@ def fused_linear_dpo_loss(
     elif ref_chosen_logps is None or ref_rejected_logps is None:
         raise ValueError("ref_chosen_logps: DPO needs the reference: give ref_chosen_logps and ref_rejected_logps, "
                          "or ref_hidden")
-    losses = 0.0
+    losses = nll_weight * policy.nll
     for term, term_weight in terms:  # the rewards (beta * log ratios) are the same for every type
         term_losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy.chosen_logps, policy.rejected_logps, ref_chosen_logps.detach(), ref_rejected_logps.detach(),
@@ -154,7 +170,9 @@ def fused_linear_dpo_loss(
             rejected_lengths=policy.rejected_lengths, discopop_tau=discopop_tau, bco_running_mean=bco_running_mean,
         )
         losses = losses + term_weight * term_losses
-    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, rpo_alpha + nll_weight,
+    if policy.weights is not None:
+        losses = losses * policy.weights
+    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, rpo_alpha,
                             policy.chosen_logps, policy.rejected_logps)
 
 
