@@ -332,10 +332,10 @@ def test_mask_truncated_completions(files, tmp_path, masked):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "cispo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "cispo", "sapo"])
 def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type):
     """A few dozen steps: the fraction of low-id tokens in the completions climbs clearly above its start, with
-    the clipped surrogate and with CISPO's weighted policy gradient."""
+    the clipped surrogate, with CISPO's weighted policy gradient and with SAPO's soft gate."""
     config = online_config(files, tmp_path / "run", "grpo", max_steps=30, learning_rate=2e-2, beta=0.0,
                            num_generations=8, micro_batch_size=2, test_datasets=[], num_sample_generations=3,
                            loss_type=loss_type)
@@ -575,7 +575,12 @@ def test_online_defaults():
      "num_generations: rl=online_dpo does not read it"),
     ({"rl": "grpo", "reward_weights": [1.0, 2.0]}, "reward_weights: expected 1 numbers"),
     ({"rl": "grpo", "delta": 1.1}, "delta: expected a value > 1 \\+ epsilon_high"),
-    ({"rl": "grpo", "delta": 2.0, "loss_type": "cispo"}, "delta: loss_type cispo caps the importance weight"),
+    ({"rl": "grpo", "delta": 2.0, "loss_type": "cispo"}, "delta: loss_type cispo has no unclipped importance-weight"),
+    ({"rl": "grpo", "delta": 2.0, "loss_type": "sapo"}, "delta: loss_type sapo has no unclipped importance-weight"),
+    ({"rl": "grpo", "epsilon_high": 0.28, "loss_type": "sapo"}, "epsilon_high: loss_type sapo has no clip range"),
+    ({"rl": "grpo", "epsilon": 0.1, "loss_type": "sapo"}, "epsilon: loss_type sapo has no clip range"),
+    ({"rl": "grpo", "sapo_temperature_neg": 2.0}, "sapo_temperature_neg: only read with loss_type: sapo"),
+    ({"rl": "grpo", "loss_type": "sapo", "sapo_temperature_pos": 0}, "sapo_temperature_pos: expected a value > 0"),
     ({"rl": "grpo", "reward_format_pattern": "(unclosed"}, "reward_format_pattern: not a valid regular expression"),
     ({"rl": "grpo", "num_generations": 1}, "num_generations: expected a value >= 2"),
     ({"rl": "grpo", "scale_rewards": "group_norm"}, "scale_rewards: expected one of"),

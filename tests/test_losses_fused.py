@@ -355,7 +355,8 @@ ROWS = 3  # with T = 7: an odd number of tokens
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("level, loss_type, quantile", [("token", "grpo", 1.0), ("sequence", "dapo", 1.0),
-                                                       ("token", "bnpo", 0.4), ("sequence", "cispo", 1.0)])
+                                                       ("token", "bnpo", 0.4), ("sequence", "cispo", 1.0),
+                                                       ("token", "sapo", 1.0)])
 def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     temperature, beta, eps, eps_high, delta = 0.9, 0.05, 0.2, 0.28, 1.5
     hidden, weight = make_model(ROWS)
@@ -370,10 +371,10 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     def fused(hidden, weight, labels, backend):
         return fused_linear_grpo_loss(hidden, weight, labels, advantages, old_logps=old_logps,
                                       ref_hidden=ref_hidden.to(hidden.dtype), beta=beta, epsilon=eps,
-                                      epsilon_high=eps_high, delta=None if loss_type == "cispo" else delta,
+                                      epsilon_high=eps_high, delta=None if loss_type in ("cispo", "sapo") else delta,
                                       importance_sampling_level=level,
                                       loss_type=loss_type, top_entropy_quantile=quantile, temperature=temperature,
-                                      backend=backend)
+                                      sapo_temperature_pos=0.8, sapo_temperature_neg=1.3, backend=backend)
 
     def eager(hidden, weight, labels):
         logits = eager_logits(hidden, weight, temperature)
@@ -395,13 +396,16 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
         policy_term = -torch.minimum(term1, term2)
         if loss_type == "cispo":
             policy_term = -torch.clamp(rho, max=1 + eps_high).detach() * a * logps
+        if loss_type == "sapo":
+            tau = torch.where(a > 0, 0.8, 1.3)
+            policy_term = -torch.sigmoid(tau * (rho - 1)) * 4 / tau * a
         per_token = (policy_term * kept + beta * k3) * mask
-        if loss_type == "grpo":
+        if loss_type in ("grpo", "sapo"):
             loss = (per_token.sum(-1) / mask.sum(-1)).mean()
         else:
             loss = per_token.sum() / mask.sum()
-        low = ((rho < 1 - eps) & (a < 0) & (loss_type != "cispo")).float()
-        high = ((rho > 1 + eps_high) & ((a > 0) | (loss_type == "cispo"))).float()
+        low = ((rho < 1 - eps) & (a < 0) & (loss_type not in ("cispo", "sapo"))).float()
+        high = ((rho > 1 + eps_high) & ((a > 0) | (loss_type == "cispo")) & (loss_type != "sapo")).float()
         metrics = {
             "kl": k3.detach()[mask].mean(), "entropy": entropy.detach()[mask].mean(),
             "clip_ratio/low_mean": low[mask].mean(), "clip_ratio/high_mean": high[mask].mean(),

@@ -66,7 +66,7 @@ AGGREGATIONS = {
 
 
 def test_aggregation_table_covers_every_loss_type():
-    assert set(AGGREGATIONS) == set(GRPO_LOSS_TYPES) - {"cispo"}  # cispo changes the token loss: tested below
+    assert set(AGGREGATIONS) == set(GRPO_LOSS_TYPES) - {"cispo", "sapo"}  # they change the token loss: see below
 
 
 @pytest.mark.parametrize("loss_type", list(AGGREGATIONS))
@@ -206,8 +206,33 @@ def test_cispo_weighs_every_token_by_its_capped_ratio_without_its_gradient():
         torch.testing.assert_close(grad, t([-w * float(adv) / 3 for w in weights] + [0.0]))
         assert metrics["clip_ratio/high_mean"].item() == pytest.approx(1 / 3)
         assert metrics["clip_ratio/low_mean"].item() == 0.0
-    with pytest.raises(ValueError, match="delta: loss_type cispo caps the importance weight"):
+    with pytest.raises(ValueError, match="delta: loss_type cispo has no unclipped importance-weight term"):
         grpo_loss(logps, old, t(1.0), mask, beta=0.0, loss_type="cispo", delta=2.0)
+
+
+def test_sapo_gates_each_token_softly_by_the_sign_of_its_advantage():
+    """SAPO's token loss is ``-sigmoid(tau (rho - 1)) * 4 / tau * A`` (tau 1.0 where A > 0, 1.05 elsewhere by
+    default), aggregated as grpo. Its gradient w.r.t. the logprob is ``-4 s (1 - s) rho A`` with
+    ``s = sigmoid(tau (rho - 1))``: exactly ``-A`` on-policy, smaller (never zero) away from rho = 1, where a hard
+    clip would give nothing."""
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    rho = [[1.0, 3.0, 0.4, 1.0], [1.0, 2.5, 1.0, 1.0]]
+    logps = torch.log(torch.tensor(rho)).requires_grad_()
+    adv = t(2.0, -1.5)
+    loss, metrics = grpo_loss(logps, torch.zeros(2, 4), adv, mask, beta=0.0, loss_type="sapo",
+                              sapo_temperature_pos=1.0, sapo_temperature_neg=2.0)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    token_loss = [[-sig(tau * (r - 1)) * 4 / tau * a for r in row] for row, a, tau in zip(rho, (2.0, -1.5), (1.0, 2.0))]
+    expected = (sum(token_loss[0][:3]) / 3 + sum(token_loss[1][:2]) / 2) / 2
+    torch.testing.assert_close(loss, torch.tensor(expected))
+    (grad,) = torch.autograd.grad(loss, logps)
+    want = [[-4 * sig(tau * (r - 1)) * (1 - sig(tau * (r - 1))) * r * a / n * keep for r, keep in zip(row, keeps)]
+            for row, a, tau, n, keeps in zip(rho, (2.0, -1.5), (1.0, 2.0), (3, 2), mask.tolist())]
+    torch.testing.assert_close(grad, torch.tensor(want) / 2)
+    assert grad[0, 0] == pytest.approx(-2.0 / 3 / 2) and grad[0, 1] != 0 and grad[1, 1] != 0
+    assert metrics["clip_ratio/region_mean"].item() == 0.0
+    with pytest.raises(ValueError, match="sapo_temperature_neg"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, loss_type="sapo", sapo_temperature_neg=0.0)
 
 
 def test_grpo_loss_rejects_bad_input():

@@ -45,7 +45,8 @@ ALIASES = {
 REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo", "online_dpo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
 _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
-              "num_iterations", "mask_truncated_completions", "top_entropy_quantile")
+              "num_iterations", "mask_truncated_completions", "top_entropy_quantile", "sapo_temperature_pos",
+              "sapo_temperature_neg")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
@@ -174,6 +175,8 @@ class TrainConfig:
     num_iterations: int = field(default=1, metadata=_range(1))
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    sapo_temperature_pos: float = field(default=1.0, metadata=_range(0.0, low_open=True))
+    sapo_temperature_neg: float = field(default=1.05, metadata=_range(0.0, low_open=True))
     reward_funcs: list = field(default_factory=list)
     reward_weights: list | None = None
     reward_model: str | None = None
@@ -450,6 +453,7 @@ SWITCHED_KEYS = (
     ("fsdp", True, ("fsdp_gather_for_generation",)),
     ("lr_scheduler", "cosine", ("cosine_min_lr_ratio",)),
     ("sync_ref_model", True, ("ref_model_mixup_alpha", "ref_model_sync_steps")),
+    ("loss_type", "sapo", ("sapo_temperature_pos", "sapo_temperature_neg")),
 )
 
 
@@ -462,11 +466,16 @@ def yaml_text(value) -> str:
     return str(value)
 
 
+def _field_defaults() -> dict:
+    """Every ``TrainConfig`` field's default (``base_model`` has none)."""
+    return {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(TrainConfig) if f.name != "base_model"}
+
+
 def _check_keys_read(config: TrainConfig, source: str) -> None:
     """A key that only some algorithms read, set away from its default for another algorithm, is an error
     (it would be silently ignored); so is a key of ``SWITCHED_KEYS`` set while its switch is off."""
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-                for f in dataclasses.fields(TrainConfig) if f.name != "base_model"}
+    defaults = _field_defaults()
     for switch, on, keys in SWITCHED_KEYS:
         current = getattr(config, switch)
         for key in keys if current != on else ():
@@ -523,9 +532,15 @@ def _check_online(config: TrainConfig, source: str) -> None:
     if config.delta is not None and config.delta <= 1 + epsilon_high:
         raise ConfigError(f"{source}: delta: expected a value > 1 + epsilon_high = {1 + epsilon_high}, "
                           f"got {config.delta!r}")
-    if config.delta is not None and config.effective_loss_type == "cispo":
-        raise ConfigError(f"{source}: delta: loss_type cispo caps the importance weight at 1 + epsilon_high and has "
-                          f"no unclipped term to cap; remove delta")
+    loss_type = config.effective_loss_type
+    if config.delta is not None and loss_type in ("cispo", "sapo"):
+        raise ConfigError(f"{source}: delta: loss_type {loss_type} has no unclipped importance-weight term to cap; "
+                          f"remove delta")
+    defaults = _field_defaults()
+    for key in ("epsilon", "epsilon_high") if loss_type == "sapo" else ():
+        if getattr(config, key) != defaults[key]:
+            raise ConfigError(f"{source}: {key}: loss_type sapo has no clip range (sapo_temperature_pos and "
+                              f"sapo_temperature_neg shape its soft gate); remove {key}")
     try:
         re.compile(config.reward_format_pattern)
     except re.error as err:

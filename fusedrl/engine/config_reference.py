@@ -119,7 +119,10 @@ DESCRIPTIONS: dict[str, str] = {
                  "(sum / (completions × `max_completion_length`)), `dapo` (sum / completion tokens of the global "
                  "batch), or `cispo` (MiniMax-M1: the token loss becomes `−sg(min(ρ, 1 + ε_high))·A·log π`, every "
                  "token keeps its gradient, aggregated as `dapo`; its cap is 1 + `epsilon_high` where TRL's is "
-                 "`epsilon_high` itself, so TRL's `epsilon_high: 5` is `4` here). Any other `rl` rejects it.",
+                 "`epsilon_high` itself, so TRL's `epsilon_high: 5` is `4` here), or `sapo` (Soft Adaptive Policy "
+                 "Optimization, as TRL: the clip becomes a soft gate, token loss `−σ(τ(ρ − 1))·4/τ·A` with τ = "
+                 "`sapo_temperature_pos` where A > 0 and `sapo_temperature_neg` elsewhere, aggregated as `grpo`; no "
+                 "`epsilon`, `epsilon_high` or `delta`). Any other `rl` rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
@@ -216,6 +219,10 @@ DESCRIPTIONS: dict[str, str] = {
                             "at least the 1 − ρ quantile of the micro-batch's completion tokens on every rank; the "
                             "KL term and the loss's token count keep all tokens. 1 keeps all (off); 0.2 trains on "
                             "the 20% most uncertain tokens.",
+    "sapo_temperature_pos": "`grpo` with `loss_type: sapo`: the gate's temperature τ for tokens of positive "
+                            "advantage (TRL's default); larger τ attenuates off-policy tokens (ρ far from 1) faster.",
+    "sapo_temperature_neg": "`grpo` with `loss_type: sapo`: τ for tokens of zero or negative advantage (TRL's "
+                            "default, slightly above the positive one as in the SAPO paper).",
     "reward_funcs": "`grpo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` "
                     "(against a `solution` or `answer` column), `format` (`reward_format_pattern`) and `length` "
                     "(−tokens / `max_completion_length`), or `package.module:function`, `package.module.function`, "
@@ -360,7 +367,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
-      "top_entropy_quantile", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
+      "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
       "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
       "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
       "local_rollout_forward_batch_size"]),

@@ -74,7 +74,8 @@ class GRPO(OnlineAlgorithm):
             epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, delta=cfg.delta,
             importance_sampling_level=cfg.importance_sampling_level, loss_type=cfg.effective_loss_type,
             max_completion_length=cfg.max_completion_length, num_items_in_batch=batch["num_items_in_batch"],
-            top_entropy_quantile=cfg.top_entropy_quantile, temperature=cfg.temperature, softcap=self.softcap,
+            top_entropy_quantile=cfg.top_entropy_quantile, sapo_temperature_pos=cfg.sapo_temperature_pos,
+            sapo_temperature_neg=cfg.sapo_temperature_neg, temperature=cfg.temperature, softcap=self.softcap,
             backend=cfg.kernel_backend,
         )
         return loss, {**float_metrics(loss, metrics), **batch["rollout_metrics"]}

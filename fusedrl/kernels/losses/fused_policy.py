@@ -38,6 +38,8 @@ def fused_linear_grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: float | None = None,
     top_entropy_quantile: float = 1.0,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
     temperature: float = 0.9,
     softcap: float | None = None,
     ignore_index: int = -100,
@@ -72,7 +74,8 @@ def fused_linear_grpo_loss(
         logps, old_logps, advantages, mask, ref_logps=ref_logps if beta > 0 else None, beta=beta, epsilon=epsilon,
         epsilon_high=epsilon_high, delta=delta, importance_sampling_level=importance_sampling_level,
         loss_type=loss_type, max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
-        entropy=entropy, top_entropy_quantile=top_entropy_quantile,
+        entropy=entropy, top_entropy_quantile=top_entropy_quantile, sapo_temperature_pos=sapo_temperature_pos,
+        sapo_temperature_neg=sapo_temperature_neg,
     )
     metrics["entropy"] = masked_mean(entropy.detach(), mask)
     return loss, metrics

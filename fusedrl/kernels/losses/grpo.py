@@ -11,7 +11,7 @@ from .policy import token_kl
 from .sequence import global_quantile, global_std, masked_mean, masked_sum
 
 SCALE_REWARDS = ("group", "batch", "none")
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 ADVANTAGE_EPS = 1e-4
 
@@ -120,6 +120,8 @@ def grpo_loss(
     num_items_in_batch: float | None = None,
     entropy: torch.Tensor | None = None,
     top_entropy_quantile: float = 1.0,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
 ):
     """GRPO loss per token ``-min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + beta * k3``, aggregated.
 
@@ -138,7 +140,11 @@ def grpo_loss(
             number of processes; default this batch's tokens). ``cispo`` (MiniMax-M1) changes the token loss to
             ``-sg(min(rho, 1 + eps_high)) * A * L_t``: the clipped importance weight, without gradient, times the
             policy-gradient term, so no token's gradient is dropped; aggregated as ``dapo``. Its cap is
-            ``1 + epsilon_high`` like the clip range above (TRL caps at ``epsilon_high`` itself).
+            ``1 + epsilon_high`` like the clip range above (TRL caps at ``epsilon_high`` itself). ``sapo``
+            (Soft Adaptive Policy Optimization, as TRL) replaces the clip by a soft gate:
+            ``-sigmoid(tau * (rho - 1)) * 4 / tau * A`` with ``tau = sapo_temperature_pos`` where A > 0, else
+            ``sapo_temperature_neg`` (its gradient at rho = 1 is the plain policy gradient); aggregated as
+            ``grpo``; it reads neither the clip range nor ``delta``.
         entropy: ``[B, T]`` entropy of the policy at each position (needed when ``top_entropy_quantile < 1``).
         top_entropy_quantile: rho of "Beyond the 80/20 Rule" (Wang et al. 2025; TRL's key): the policy term is
             kept only on tokens whose entropy is at least the ``1 - rho`` quantile of this micro-batch's
@@ -159,9 +165,8 @@ def grpo_loss(
     check_range("epsilon_high", epsilon_high, 0.0)
     if delta is not None:
         check_range("delta", delta, 1.0 + epsilon_high, low_open=True)
-        if loss_type == "cispo":
-            raise ValueError("delta: loss_type cispo caps the importance weight at 1 + epsilon_high and has no "
-                             "unclipped term to cap")
+        if loss_type in ("cispo", "sapo"):
+            raise ValueError(f"delta: loss_type {loss_type} has no unclipped importance-weight term to cap")
     if max_completion_length is not None:
         check_range("max_completion_length", max_completion_length, 0, low_open=True)
     if num_items_in_batch is not None:
@@ -169,6 +174,8 @@ def grpo_loss(
     if beta > 0 and ref_logps is None:
         raise ValueError("ref_logps: required when beta > 0 (the k3 KL penalty to the reference)")
     check_range("top_entropy_quantile", top_entropy_quantile, 0.0, 1.0)
+    check_range("sapo_temperature_pos", sapo_temperature_pos, 0.0, low_open=True)
+    check_range("sapo_temperature_neg", sapo_temperature_neg, 0.0, low_open=True)
     if top_entropy_quantile < 1.0:
         if entropy is None:
             raise ValueError("entropy: required when top_entropy_quantile < 1 (the tokens to keep are chosen by it)")
@@ -181,6 +188,9 @@ def grpo_loss(
     adv = advantages.detach().float()[:, None]
     if loss_type == "cispo":
         per_token = -ratio.clamp(max=1.0 + epsilon_high).detach() * adv * logps.float()
+    elif loss_type == "sapo":
+        tau = torch.where(adv > 0, sapo_temperature_pos, sapo_temperature_neg)
+        per_token = -torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau) * adv
     else:
         clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
         capped = ratio if delta is None else ratio.clamp(max=delta)
@@ -194,11 +204,12 @@ def grpo_loss(
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask)
     loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
+    low = (ratio < 1.0 - epsilon) & (adv < 0)
+    high = (ratio > 1.0 + epsilon_high) & (adv > 0)
     if loss_type == "cispo":  # the cap weighs tokens of either advantage sign
-        low, high = torch.zeros_like(ratio, dtype=torch.bool), ratio > 1.0 + epsilon_high
-    else:
-        low = (ratio < 1.0 - epsilon) & (adv < 0)
-        high = (ratio > 1.0 + epsilon_high) & (adv > 0)
+        low, high = torch.zeros_like(low), ratio > 1.0 + epsilon_high
+    elif loss_type == "sapo":  # a soft gate clips nothing
+        low = high = torch.zeros_like(low)
     metrics["clip_ratio/low_mean"] = masked_mean(low.float(), mask)
     metrics["clip_ratio/high_mean"] = masked_mean(high.float(), mask)
     metrics["clip_ratio/region_mean"] = masked_mean((low | high).float(), mask)
@@ -207,7 +218,7 @@ def grpo_loss(
 
 def _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch):
     """Reduce the per-token losses ``[B, T]`` (or ``[B, 1]``, broadcast over the mask) as ``loss_type`` says."""
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):
         return masked_mean(per_token, mask, dim=-1).mean()
     if loss_type == "bnpo":
         return masked_mean(per_token, mask)
