@@ -77,6 +77,11 @@ def test_aliases_and_defaults():
     ({"loss_type": ["sigmoid", "hinge"], "label_smoothing": 0.1}, "label_smoothing: loss_type 'hinge' does not use it"),
     ({"rl": "cpo", "loss_weights": [1.0]}, "loss_weights: rl=cpo does not read it"),
     ({"rl": "simpo", "use_weighting": True}, "use_weighting: rl=simpo does not read it"),
+    ({"rl": "cpo", "f_divergence_type": "js_divergence"}, "f_divergence_type: rl=cpo does not read it"),
+    ({"f_divergence_type": "kl"}, "f_divergence_type: expected one of"),
+    ({"f_alpha_divergence_coef": 0.5}, "f_alpha_divergence_coef: only read with f_divergence_type: alpha_divergence"),
+    ({"loss_type": ["sigmoid", "aot"], "f_divergence_type": "forward_kl"},
+     "f_divergence_type: loss_type 'aot' compares log ratios only"),
 ])
 def test_bad_config_names_the_key(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -60,6 +60,24 @@ def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_dpo_loss_options_reach_the_loss(model_dir, tmp_path):
+    """f_divergence_type, use_weighting and the AOT loss types each change the loss of the same batch (the policy
+    is moved off the reference first: at the reference every variant gives ln 2)."""
+    losses = {}
+    for name, extra in {"plain": {}, "js": {"f_divergence_type": "js_divergence"}, "wpo": {"use_weighting": True},
+                        "aot_unpaired": {"loss_type": "aot_unpaired"}}.items():
+        torch.manual_seed(0)
+        config = config_from_dict(train_config(model_dir, tmp_path / name, "dpo", rpo_alpha=0.0, **extra))
+        algorithm = build_algorithm(config, pick_device())
+        data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+        batch = algorithm.to_device(fixed_batches(data.train, 4, data.collate)[0])
+        with torch.no_grad():
+            for param in algorithm.model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+            losses[name] = float(algorithm.loss(batch)[0])
+    assert len({round(v, 6) for v in losses.values()}) == len(losses), losses
+
+
 def test_eval_command_scores_a_model_as_training_does(model_dir, tmp_path, capsys):
     """``fusedrl eval`` on the starting model gives the run's held-out metrics before training, and on its
     final/ (with the starting model as ref_model, the run's reference) those after training."""

@@ -22,6 +22,7 @@ from fusedrl.kernels.losses import (
     fused_linear_simpo_loss,
     fused_linear_topk_kd_loss,
 )
+from fusedrl.kernels.losses.dpo import SMOOTHED_LOSS_TYPES
 
 V, H, T = 97, 29, 7
 PAIRS = 3
@@ -97,10 +98,15 @@ def eager_pair_metrics(p, chosen_rewards, rejected_rewards, chosen_logps, reject
     }
 
 
-def eager_dpo_losses(loss_type, dc, dr, beta, eps, lc, lr):
-    """Each DPO variant straight from the reference sheet; dc, dr are summed log ratios."""
+def eager_dpo_losses(loss_type, dc, dr, beta, eps, lc, lr, policy_odds=None, ref_odds=None):
+    """Each DPO variant straight from the reference sheet; dc, dr are summed log ratios (or f-DPO scores);
+    AOT also reads the policy's and the reference's log-odds ``Lc - Lr`` and ``Rc - Rr``."""
     ls = F.logsigmoid
     z = beta * (dc - dr)
+    if loss_type in ("aot", "aot_unpaired"):
+        pol, ref = (policy_odds, ref_odds) if loss_type == "aot" else (dc, dr)
+        za = beta * (pol.sort().values - ref.sort().values)
+        return -(1 - eps) * ls(za) - eps * ls(-za)
     if loss_type == "sigmoid":
         return -(1 - eps) * ls(z) - eps * ls(-z)
     if loss_type == "hinge":
@@ -169,8 +175,19 @@ def eager_wpo_weights(hidden, weight, labels, **head):
         return torch.exp(per_row[:b] + per_row[b:]).clamp(max=1)
 
 
+def eager_f_scores(log_ratios, divergence, alpha):
+    """f-DPO's f'(u) of each log ratio, written out (TRL's forms)."""
+    if divergence == "forward_kl":
+        return -torch.exp(-log_ratios)
+    if divergence == "js_divergence":
+        return torch.log(torch.exp(log_ratios) / (1 + torch.exp(log_ratios)))
+    if divergence == "alpha_divergence":
+        return torch.exp(log_ratios) ** (alpha - 1) / (alpha - 1)
+    return log_ratios
+
+
 def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None, loss_weights=None,
-             use_weighting=False):
+             use_weighting=False, f_divergence=("reverse_kl", 1.0)):
     hidden, weight = make_model(2 * PAIRS)
     labels = make_labels(2 * PAIRS)
     # bf16-representable, so that the fused side sees the same reference in either input dtype
@@ -185,7 +202,8 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
         return fused_linear_dpo_loss(hidden, weight, labels, bias=bias, softcap=softcap, beta=beta,
                                      loss_type=loss_type, loss_weights=loss_weights,
                                      label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
-                                     use_weighting=use_weighting, backend=backend, **ref_kw)
+                                     use_weighting=use_weighting, f_divergence_type=f_divergence[0],
+                                     f_alpha_divergence_coef=f_divergence[1], backend=backend, **ref_kw)
 
     def eager(hidden, weight, labels, bias=None):
         p = eager_pairs(hidden, weight, labels, bias=bias, softcap=softcap)
@@ -196,8 +214,10 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
         types = [loss_type] if isinstance(loss_type, str) else loss_type
         weights = dict(zip(types, loss_weights or [1.0] * len(types)))
         losses = weights.pop("sft", 0.0) * p["nll"]
+        sc, sr = (eager_f_scores(d, *f_divergence) for d in (dc, dr))
         for name, w in weights.items():
-            losses = losses + w * eager_dpo_losses(name, dc, dr, beta, label_smoothing, p["lc"], p["lr"])
+            losses = losses + w * eager_dpo_losses(name, sc, sr, beta, label_smoothing, p["lc"], p["lr"],
+                                                   policy_odds=p["c"] - p["r"], ref_odds=ref[:PAIRS] - ref[PAIRS:])
         metrics = eager_pair_metrics(p, beta * dc, beta * dr, p["c"], p["r"])
         if use_weighting:
             pair_weights = eager_wpo_weights(hidden, weight, labels, bias=bias, softcap=softcap)
@@ -251,9 +271,20 @@ def test_mpo_loss_types_are_checked():
             fused_linear_dpo_loss(hidden, weight, labels, backend="torch", **ref, **kwargs)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("f_divergence", [("forward_kl", 1.0), ("js_divergence", 1.0), ("alpha_divergence", 0.5)],
+                         ids=lambda f: f[0])
+def test_f_divergence_dpo_matches_eager(backend, dtype, f_divergence):
+    """f-DPO: sigmoid plus IPO (length-normalised scores) on f'(pi / pi_ref) instead of the log ratios."""
+    fused, eager, tensors = dpo_case(["sigmoid", "ipo"], 0.0, rpo_alpha=0.0, ref_from_hidden=True,
+                                     f_divergence=f_divergence)
+    compare(fused, eager, tensors, dtype, backend)
+
+
 @pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
 def test_dpo_every_loss_type_matches_eager(loss_type):
-    smoothing = 0.2 if loss_type in ("sigmoid", "robust", "exo_pair") else 0.0
+    smoothing = 0.2 if loss_type in SMOOTHED_LOSS_TYPES else 0.0
     fused, eager, tensors = dpo_case(loss_type, smoothing, rpo_alpha=0.0, ref_from_hidden=False)
     compare(fused, eager, tensors, torch.float32, "torch")
 

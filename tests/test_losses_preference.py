@@ -41,6 +41,9 @@ HAND = {
     "nca_pair": (0.0, -math.log(2 / 3) - 0.5 * math.log(1 / 3) - 0.5 * math.log(1 / 2)),
     "bco_pair": (0.0, -2 * logsig(LN2 / 2)),
     "sppo_hard": (0.0, (2 * LN2 - 1) ** 2 + 1.0),
+    # one pair: the sorted quantiles are the pair itself, so both AOT forms are the smoothed sigmoid loss
+    "aot": (0.1, -0.9 * math.log(2 / 3) - 0.1 * math.log(1 / 3)),
+    "aot_unpaired": (0.1, -0.9 * math.log(2 / 3) - 0.1 * math.log(1 / 3)),
     "apo_zero": (0.0, 1 / 3 + 1 / 2),
     "apo_down": (0.0, 2 / 3 + 1 / 3),
     "discopop": (0.0, math.log(3 / 2) * (1 - 1 / (1 + math.exp(-LN2 / 0.05)))
@@ -52,7 +55,8 @@ HAND = {
 EQUAL = {
     "sigmoid": LN2, "hinge": 1.0, "ipo": 1.0, "robust": LN2,
     "exo_pair": 0.5 * (math.log(0.5) - math.log(0.999)) + 0.5 * (math.log(0.5) - math.log(1e-3)),
-    "nca_pair": 2 * LN2, "bco_pair": 2 * LN2, "sppo_hard": 2.0, "apo_zero": 1.0, "apo_down": 1.0,
+    "nca_pair": 2 * LN2, "bco_pair": 2 * LN2, "sppo_hard": 2.0, "aot": LN2, "aot_unpaired": LN2,
+    "apo_zero": 1.0, "apo_down": 1.0,
     "discopop": 0.5 * LN2 + 0.5, "sigmoid_norm": LN2,
 }
 
@@ -92,6 +96,42 @@ def test_dpo_sigmoid_gradient_sign_and_size():
     losses.sum().backward()
     torch.testing.assert_close(chosen.grad, t(-0.25))  # -beta * sigmoid(-z), z = 0
     torch.testing.assert_close(rejected.grad, t(0.25))
+
+
+def test_aot_sorts_the_batch_before_pairing():
+    """AOT's losses pair the i-th smallest policy quantity with the i-th smallest reference one (beta = 1):
+    ``aot`` the log-odds ``Lc - Lr`` against ``Rc - Rr``, ``aot_unpaired`` the ratios ``dc`` against ``dr``."""
+    chosen, rejected = t(-1.0, -4.0, -2.0), t(-3.0, -3.0, -5.0)
+    ref_chosen, ref_rejected = t(-2.0, -2.0, -2.0), t(-1.0, -3.0, -2.0)
+    # Lc - Lr = (2, -1, 3) -> (-1, 2, 3); Rc - Rr = (-1, 1, 0) -> (-1, 0, 1); differences (0, 2, 2)
+    losses, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=1.0, loss_type="aot")
+    torch.testing.assert_close(losses, t(LN2, -logsig(2.0), -logsig(2.0)))
+    # dc = (1, -2, 0) -> (-2, 0, 1); dr = (-2, 0, -3) -> (-3, -2, 0); differences (1, 2, 1)
+    losses, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=1.0, loss_type="aot_unpaired")
+    torch.testing.assert_close(losses, t(-logsig(1.0), -logsig(2.0), -logsig(1.0)))
+
+
+@pytest.mark.parametrize("divergence, alpha, score", [
+    ("reverse_kl", 1.0, lambda x: x),
+    ("forward_kl", 1.0, lambda x: -math.exp(-x)),
+    ("js_divergence", 1.0, lambda x: logsig(x)),
+    ("alpha_divergence", 0.5, lambda x: math.exp(-0.5 * x) / -0.5),
+    ("alpha_divergence", 1.0, lambda x: x),
+])
+def test_f_divergence_scores_replace_the_log_ratios(divergence, alpha, score):
+    """f-DPO: sigmoid and sppo_hard read f'(u) of each log ratio; the rewards stay beta times the log ratios."""
+    dc, dr, beta = 0.7, -0.4, 0.5
+    for loss_type, expected in (("sigmoid", -logsig(beta * (score(dc) - score(dr)))),
+                                ("sppo_hard", (score(dc) - 1) ** 2 + (score(dr) + 1) ** 2)):
+        losses, cr, rr = dpo_loss(t(dc - 3.0), t(dr - 2.0), t(-3.0), t(-2.0), beta=beta, loss_type=loss_type,
+                                  f_divergence_type=divergence, f_alpha_divergence_coef=alpha)
+        torch.testing.assert_close(losses, t(expected))
+        torch.testing.assert_close(cr, t(beta * dc))
+        torch.testing.assert_close(rr, t(beta * dr))
+    for loss_type in ("aot", "aot_unpaired", "apo_zero"):
+        if divergence != "reverse_kl":
+            with pytest.raises(ValueError, match=f"f_divergence_type: loss_type '{loss_type}' compares log ratios"):
+                dpo_loss(t(0.0), t(0.0), t(0.0), t(0.0), loss_type=loss_type, f_divergence_type=divergence)
 
 
 def test_bco_running_mean_shifts_rewards_by_the_mean_of_all_batches():

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES
-from ..kernels.losses.dpo import SMOOTHED_LOSS_TYPES
+from ..kernels.losses.dpo import F_DIVERGENCE_TYPES, LOG_RATIO_LOSS_TYPES, SMOOTHED_LOSS_TYPES
 from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
 from ..kernels.losses.policy import KL_ESTIMATORS
 from .data.loading import looks_local
@@ -60,6 +60,7 @@ KEY_READERS = {
     "precompute_ref_log_probs": ("dpo", "ipo"),
     "loss_weights": ("dpo",),
     "use_weighting": ("dpo", "ipo"),
+    "f_divergence_type": ("dpo", "ipo"),
     "sync_ref_model": REFERENCE_ALGORITHMS,
     "rpo_alpha": ("dpo", "ipo"),
     "cpo_alpha": ("cpo", "simpo"),
@@ -141,6 +142,8 @@ class TrainConfig:
     beta: float | None = None  # range checked per algorithm (GRPO accepts 0)
     loss_type: str | list | None = None  # choices per algorithm (LOSS_TYPES); dpo: also a list (MPO)
     loss_weights: list | None = None
+    f_divergence_type: str = field(default="reverse_kl", metadata=_choices(*F_DIVERGENCE_TYPES))
+    f_alpha_divergence_coef: float = 1.0
     use_weighting: bool = False
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # < 0.5 unless rl: sft
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
@@ -248,7 +251,6 @@ class TrainConfig:
     def effective_loss_type(self) -> str | list | None:
         """``loss_type`` or the algorithm's default (DPO sigmoid, IPO ipo, GRPO grpo; None for the others)."""
         return self.loss_type if self.loss_type is not None else DEFAULT_LOSS_TYPE.get(self.rl)
-
 
     @property
     def effective_disable_dropout(self) -> bool:
@@ -378,6 +380,10 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
     if config.loss_weights is not None:
         _check_loss_weights(config, source)
     _check_label_smoothing(config, source)
+    if config.f_divergence_type != "reverse_kl" and (unread := [t for t in config.dpo_loss_types
+                                                                 if t in LOG_RATIO_LOSS_TYPES]):
+        raise ConfigError(f"{source}: f_divergence_type: loss_type {unread[0]!r} compares log ratios only (as "
+                          f"{list(LOG_RATIO_LOSS_TYPES)} do); use reverse_kl with it, got {config.f_divergence_type!r}")
     if config.rl in ONLINE_ALGORITHMS:
         _check_online(config, source)
 
@@ -454,6 +460,7 @@ SWITCHED_KEYS = (
     ("lr_scheduler", "cosine", ("cosine_min_lr_ratio",)),
     ("sync_ref_model", True, ("ref_model_mixup_alpha", "ref_model_sync_steps")),
     ("loss_type", "sapo", ("sapo_temperature_pos", "sapo_temperature_neg")),
+    ("f_divergence_type", "alpha_divergence", ("f_alpha_divergence_coef",)),
 )
 
 

@@ -111,7 +111,8 @@ DESCRIPTIONS: dict[str, str] = {
             "loads no reference model. Must be > 0 (>= 0 for `grpo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) do "
             "not read it.",
     "loss_type": "The loss variant; null takes the algorithm's default (`effective_loss_type`). `dpo`: "
-                 f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py), or a list "
+                 f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py; `aot` and "
+                 "`aot_unpaired` sort the micro-batch's log ratios, so their loss depends on its size), or a list "
                  "of distinct ones summed with `loss_weights` (MPO, TRL's multi-loss form; `sft` in the list is the "
                  "chosen NLL, then `rpo_alpha` must be null), e.g. `[sigmoid, bco_pair, sft]`; `ipo`: `ipo` only; "
                  "`online_dpo`: `sigmoid` (default) or `ipo`; `grpo`: how token losses are aggregated: `grpo` (mean "
@@ -129,6 +130,13 @@ DESCRIPTIONS: dict[str, str] = {
                        f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
                        "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
                        "type requires 0. Alias `sft_label_smoothing`.",
+    "f_divergence_type": "`dpo` and `ipo`: f-DPO (Wang et al. 2023; TRL's key): the loss reads f′(π/π_ref) of each "
+                         "reply where DPO reads the log ratio: `reverse_kl` (the log ratio: DPO), `forward_kl` "
+                         "(−π_ref/π), `js_divergence` (log(u/(1 + u))) or `alpha_divergence` (u^(α−1)/(α−1) with "
+                         "α = `f_alpha_divergence_coef`; TRL's convention, the paper's α is 1 − α). Rewards and "
+                         "their metrics stay β·log ratio. `aot`, `aot_unpaired` and `apo_zero` compare log ratios "
+                         "only and take `reverse_kl`.",
+    "f_alpha_divergence_coef": "`alpha_divergence`'s α (TRL's key and default; 1 is `reverse_kl`).",
     "use_weighting": "`dpo` and `ipo`: WPO (Zhou et al. 2024; TRL's `use_weighting`): each pair's preference loss is "
                      "multiplied by min(1, exp(a_chosen + a_rejected)), where a is the reply's mean over its tokens of "
                      "log π(token) − log Σ_v π(v)², computed by the fused kernels from the policy's logits without "
@@ -360,17 +368,18 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Adapter and reference", ["adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
-    ("Losses", ["beta", "loss_type", "loss_weights", "use_weighting", "label_smoothing", "rpo_alpha", "cpo_alpha",
-                "simpo_gamma", "desirable_weight", "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
-                "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta",
-                "kd_normalize_topk", "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
+    ("Losses", ["beta", "loss_type", "loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "use_weighting",
+                "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight", "undesirable_weight",
+                "center_rewards_coefficient", "kd_teacher", "kd_temperature", "kd_generation_temperature", "kd_alpha",
+                "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio",
+                "kd_teacher_replies", "z_loss"]),
     ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
-      "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
-      "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
-      "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
-      "local_rollout_forward_batch_size"]),
+      "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "reward_funcs", "reward_weights",
+      "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value",
+      "gamma", "lam", "whiten_rewards", "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches",
+      "num_sample_generations", "local_rollout_forward_batch_size"]),
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
                       "cosine_min_lr_ratio", "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16",

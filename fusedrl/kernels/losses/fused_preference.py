@@ -125,6 +125,8 @@ def fused_linear_dpo_loss(
     rpo_alpha: float = 1.0,
     discopop_tau: float = 0.05,
     bco_running_mean: RunningMean | None = None,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 1.0,
     use_weighting: bool = False,
     softcap: float | None = None,
     ignore_index: int = -100,
@@ -140,7 +142,8 @@ def fused_linear_dpo_loss(
         loss_type: one type, or several whose losses are summed with ``loss_weights`` (default 1 each; MPO,
             TRL's multi-loss form); the type ``sft`` stands for the chosen NLL (the term ``rpo_alpha`` also
             adds). Each type appears once.
-        beta, label_smoothing, discopop_tau, bco_running_mean: as in ``dpo_loss``.
+        beta, label_smoothing, discopop_tau, bco_running_mean, f_divergence_type, f_alpha_divergence_coef: as in
+            ``dpo_loss``.
         use_weighting: WPO: each pair's loss (the weighted loss types, ``sft`` included) times its pair weight
             (see ``pairwise_policy``); the ``rpo_alpha`` term is not weighted (as TRL).
 
@@ -168,6 +171,7 @@ def fused_linear_dpo_loss(
             policy.chosen_logps, policy.rejected_logps, ref_chosen_logps.detach(), ref_rejected_logps.detach(),
             beta=beta, loss_type=term, label_smoothing=label_smoothing, chosen_lengths=policy.chosen_lengths,
             rejected_lengths=policy.rejected_lengths, discopop_tau=discopop_tau, bco_running_mean=bco_running_mean,
+            f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
         )
         losses = losses + term_weight * term_losses
     if policy.weights is not None:
