@@ -248,14 +248,18 @@ def test_grpo_step_lowers_its_loss_on_the_rollout(files, tmp_path):
     assert after.item() < before - 1e-3
 
 
-@pytest.mark.parametrize("quantile", [1.0, 0.3])
-def test_grpo_metrics_match_an_eager_computation(files, tmp_path, quantile):
+@pytest.mark.parametrize("quantile, deepseek", [(1.0, False), (0.3, False), (1.0, True)],
+                         ids=["plain", "entropy_quantile", "deepseek_v32"])
+def test_grpo_metrics_match_an_eager_computation(files, tmp_path, quantile, deepseek):
     """Advantages, kl, entropy, clip ratios and the loss from full logits on the same rollout after an update;
-    with ``top_entropy_quantile`` 0.3 the policy term counts on the 30% highest-entropy tokens only."""
+    with ``top_entropy_quantile`` 0.3 the policy term counts on the 30% highest-entropy tokens only; with
+    DeepSeek-V3.2's options, negative-advantage completions that drifted by more than 0 lose their policy term
+    (off_policy_mask_threshold) and the KL term is weighted by the ratio (use_bias_correction_kl)."""
     g, epsilon, beta, temperature = 4, 0.05, 0.1, 0.8
+    v32 = dict(off_policy_mask_threshold=0.0, use_bias_correction_kl=True) if deepseek else {}
     config = online_config(files, tmp_path, "grpo", num_iterations=2, epsilon=epsilon, beta=beta,
                            temperature=temperature, num_generations=g, micro_batch_size=2,
-                           top_entropy_quantile=quantile)
+                           top_entropy_quantile=quantile, **v32)
     algorithm, batch = build(config)
     updates = algorithm.updates([batch])
     micro = updates[0][0]
@@ -278,11 +282,17 @@ def test_grpo_metrics_match_an_eager_computation(files, tmp_path, quantile):
     adv = expected_adv[:, None]
     kl = torch.exp(ref - logp) - (ref - logp) - 1
     kept = entropy >= torch.quantile(entropy[mask], 1 - quantile)
+    if deepseek:
+        drift = ((old - logp) * mask).sum(-1) / mask.sum(-1)
+        on_policy = (expected_adv >= 0) | (drift <= 0.0)
+        assert not on_policy.all()
+        kept = kept & on_policy[:, None]
+        kl = kl * ratio
     per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - epsilon, 1 + epsilon) * adv) * kept + beta * kl
     low, high = (ratio < 1 - epsilon) & (adv < 0), (ratio > 1 + epsilon) & (adv > 0)
     expected = {
         "loss": ((per_token * mask).sum(1) / mask.sum(1)).mean(),
-        "kl": masked_mean(kl, mask), "entropy": masked_mean(entropy, mask),
+        "kl": masked_mean(kl / ratio if deepseek else kl, mask), "entropy": masked_mean(entropy, mask),
         "clip_ratio/low_mean": masked_mean(low.float(), mask), "clip_ratio/high_mean": masked_mean(high.float(), mask),
         "clip_ratio/region_mean": masked_mean((low | high).float(), mask),
     }
@@ -580,6 +590,9 @@ def test_online_defaults():
     ({"rl": "grpo", "epsilon_high": 0.28, "loss_type": "sapo"}, "epsilon_high: loss_type sapo has no clip range"),
     ({"rl": "grpo", "epsilon": 0.1, "loss_type": "sapo"}, "epsilon: loss_type sapo has no clip range"),
     ({"rl": "grpo", "sapo_temperature_neg": 2.0}, "sapo_temperature_neg: only read with loss_type: sapo"),
+    ({"rl": "grpo", "off_policy_mask_threshold": 0.1}, "off_policy_mask_threshold: with num_iterations 1"),
+    ({"rl": "grpo", "beta": 0.0, "use_bias_correction_kl": True}, "use_bias_correction_kl: corrects the KL term"),
+    ({"rl": "ppo", "reward_model": "rm", "use_bias_correction_kl": True}, "use_bias_correction_kl: rl=ppo does not"),
     ({"rl": "grpo", "loss_type": "sapo", "sapo_temperature_pos": 0}, "sapo_temperature_pos: expected a value > 0"),
     ({"rl": "grpo", "reward_format_pattern": "(unclosed"}, "reward_format_pattern: not a valid regular expression"),
     ({"rl": "grpo", "num_generations": 1}, "num_generations: expected a value >= 2"),

@@ -252,3 +252,25 @@ def test_grpo_loss_rejects_bad_input():
         grpo_loss(logps, None, t(1.0, 1.0), mask, beta=0.0, delta=1.1)
     with pytest.raises(ValueError, match="epsilon"):
         grpo_loss(logps, None, t(1.0, 1.0), mask, beta=0.0, epsilon=-0.1)
+
+
+def test_deepseek_v32_off_policy_mask_and_unbiased_kl():
+    """Off-policy sequence masking drops the policy term of a negative-advantage completion whose mean drift
+    ``L_old - L`` exceeds the threshold (ln 2 > 0.1 here) and keeps a positive-advantage one; the unbiased KL
+    is ``rho * k3`` with its gradient ``rho * L`` per token (old = ref = 0, L = log rho)."""
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    old = torch.zeros(2, 2)
+    logps = torch.full((2, 2), math.log(0.5)).requires_grad_()
+    loss, _ = grpo_loss(logps, old, t(1.0, -1.0), mask, beta=0.0, off_policy_mask_threshold=0.1)
+    torch.testing.assert_close(loss, torch.tensor(-0.25))  # row 1: -min(0.5, 0.8) per token; row 2 masked
+    (grad,) = torch.autograd.grad(loss, logps)
+    assert torch.all(grad[1] == 0) and torch.all(grad[0] != 0)
+    loss, _ = grpo_loss(logps, old, t(1.0, -1.0), mask, beta=0.0, off_policy_mask_threshold=1.0)
+    torch.testing.assert_close(loss, torch.tensor(0.15))  # both kept: row 2 gives -min(-0.5, -0.8) = 0.8
+    loss, metrics = grpo_loss(logps, old, t(0.0, 0.0), mask, ref_logps=torch.zeros(2, 2), beta=1.0,
+                              use_bias_correction_kl=True)
+    k3 = 2.0 + math.log(0.5) - 1.0
+    torch.testing.assert_close(loss, torch.tensor(0.5 * k3))
+    torch.testing.assert_close(metrics["kl"], torch.tensor(k3))
+    (grad,) = torch.autograd.grad(loss, logps)
+    torch.testing.assert_close(grad, torch.full((2, 2), 0.5 * math.log(0.5) / 2 / 2))

@@ -46,7 +46,7 @@ REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo", "online_dpo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
 _GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
               "num_iterations", "mask_truncated_completions", "top_entropy_quantile", "sapo_temperature_pos",
-              "sapo_temperature_neg")
+              "sapo_temperature_neg", "off_policy_mask_threshold", "use_bias_correction_kl")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
@@ -180,6 +180,8 @@ class TrainConfig:
     top_entropy_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))
     sapo_temperature_pos: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     sapo_temperature_neg: float = field(default=1.05, metadata=_range(0.0, low_open=True))
+    off_policy_mask_threshold: float | None = field(default=None, metadata=_range(0.0))
+    use_bias_correction_kl: bool = False
     reward_funcs: list = field(default_factory=list)
     reward_weights: list | None = None
     reward_model: str | None = None
@@ -548,6 +550,11 @@ def _check_online(config: TrainConfig, source: str) -> None:
         if getattr(config, key) != defaults[key]:
             raise ConfigError(f"{source}: {key}: loss_type sapo has no clip range (sapo_temperature_pos and "
                               f"sapo_temperature_neg shape its soft gate); remove {key}")
+    if config.off_policy_mask_threshold is not None and config.num_iterations == 1:
+        raise ConfigError(f"{source}: off_policy_mask_threshold: with num_iterations 1 the policy that sampled the "
+                          f"completions is the one trained on them (no drift to mask); set num_iterations > 1")
+    if config.use_bias_correction_kl and config.effective_beta == 0:
+        raise ConfigError(f"{source}: use_bias_correction_kl: corrects the KL term, which beta 0 turns off")
     try:
         re.compile(config.reward_format_pattern)
     except re.error as err:

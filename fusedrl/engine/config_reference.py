@@ -231,6 +231,13 @@ DESCRIPTIONS: dict[str, str] = {
                             "advantage (TRL's default); larger τ attenuates off-policy tokens (ρ far from 1) faster.",
     "sapo_temperature_neg": "`grpo` with `loss_type: sapo`: τ for tokens of zero or negative advantage (TRL's "
                             "default, slightly above the positive one as in the SAPO paper).",
+    "off_policy_mask_threshold": "`grpo`: DeepSeek-V3.2's off-policy sequence masking (TRL's key): a completion with a "
+                                 "negative advantage loses its policy-gradient term when the mean over its tokens of "
+                                 "log π_old − log π (the drift since sampling) exceeds this. Needs `num_iterations` > 1 "
+                                 "(with 1 the sampling policy is the trained one). Null: off.",
+    "use_bias_correction_kl": "`grpo`: DeepSeek-V3.2's unbiased KL estimate (TRL's key): the k3 penalty of each token "
+                              "is multiplied by its importance ratio ρ, since tokens were sampled from π_old. Needs "
+                              "beta > 0.",
     "reward_funcs": "`grpo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` "
                     "(against a `solution` or `answer` column), `format` (`reward_format_pattern`) and `length` "
                     "(−tokens / `max_completion_length`), or `package.module:function`, `package.module.function`, "
@@ -376,10 +383,11 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
-      "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "reward_funcs", "reward_weights",
-      "reward_model", "reward_format_pattern", "kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value",
-      "gamma", "lam", "whiten_rewards", "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches",
-      "num_sample_generations", "local_rollout_forward_batch_size"]),
+      "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "off_policy_mask_threshold",
+      "use_bias_correction_kl", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
+      "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
+      "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
+      "local_rollout_forward_batch_size"]),
     ("Optimisation", ["micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
                       "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler",
                       "cosine_min_lr_ratio", "warmup_steps", "warmup_ratio", "max_grad_norm", "bf16",

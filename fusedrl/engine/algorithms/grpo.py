@@ -75,7 +75,8 @@ class GRPO(OnlineAlgorithm):
             importance_sampling_level=cfg.importance_sampling_level, loss_type=cfg.effective_loss_type,
             max_completion_length=cfg.max_completion_length, num_items_in_batch=batch["num_items_in_batch"],
             top_entropy_quantile=cfg.top_entropy_quantile, sapo_temperature_pos=cfg.sapo_temperature_pos,
-            sapo_temperature_neg=cfg.sapo_temperature_neg, temperature=cfg.temperature, softcap=self.softcap,
+            sapo_temperature_neg=cfg.sapo_temperature_neg, off_policy_mask_threshold=cfg.off_policy_mask_threshold,
+            use_bias_correction_kl=cfg.use_bias_correction_kl, temperature=cfg.temperature, softcap=self.softcap,
             backend=cfg.kernel_backend,
         )
         return loss, {**float_metrics(loss, metrics), **batch["rollout_metrics"]}

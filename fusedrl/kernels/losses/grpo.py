@@ -122,6 +122,8 @@ def grpo_loss(
     top_entropy_quantile: float = 1.0,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
+    off_policy_mask_threshold: float | None = None,
+    use_bias_correction_kl: bool = False,
 ):
     """GRPO loss per token ``-min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + beta * k3``, aggregated.
 
@@ -150,6 +152,11 @@ def grpo_loss(
             kept only on tokens whose entropy is at least the ``1 - rho`` quantile of this micro-batch's
             completion-token entropies (every rank's); the KL term and the aggregation's token count keep every
             token. 1 keeps all; 0 only the highest.
+        off_policy_mask_threshold: DeepSeek-V3.2's off-policy sequence masking (TRL's key): the policy term of a
+            completion with a negative advantage is dropped when its mean token ``L_old - L`` exceeds this; None
+            keeps all.
+        use_bias_correction_kl: DeepSeek-V3.2's unbiased KL estimate: the k3 term times ``rho`` (with its
+            gradient), since the tokens were sampled from the old policy.
 
     Returns:
         ``(loss scalar fp32, metrics)`` with clip_ratio/{low,high,region}_mean (token fractions of
@@ -195,13 +202,16 @@ def grpo_loss(
         clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
         capped = ratio if delta is None else ratio.clamp(max=delta)
         per_token = -torch.minimum(capped * adv, clipped * adv)
+    if off_policy_mask_threshold is not None:
+        drift = masked_mean(old.float() - logps.detach().float(), mask, dim=-1)
+        per_token = per_token * ((adv[:, 0] >= 0) | (drift <= off_policy_mask_threshold))[:, None]
     if top_entropy_quantile < 1.0:
         threshold = global_quantile(entropy.detach()[mask], 1.0 - top_entropy_quantile)
         per_token = per_token * (entropy.detach() >= threshold)
     metrics = {}
     if beta > 0:
         kl = token_kl(torch.where(mask, logps.float(), 0.0), torch.where(mask, ref_logps.float(), 0.0), "k3")
-        per_token = per_token + beta * kl
+        per_token = per_token + beta * (kl * ratio if use_bias_correction_kl else kl)
         metrics["kl"] = masked_mean(kl.detach(), mask)
     loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
     low = (ratio < 1.0 - epsilon) & (adv < 0)
