@@ -16,9 +16,6 @@ from .base import Algorithm, float_metrics
 
 log = logging.getLogger(__name__)
 
-PAIRWISE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss")
-
 
 class Pairwise(Algorithm):
     """Shared pieces: chosen rows first, rejected rows second in every batch."""
