@@ -78,6 +78,8 @@ def test_aliases_and_defaults():
     ({"rl": "cpo", "loss_weights": [1.0]}, "loss_weights: rl=cpo does not read it"),
     ({"rl": "simpo", "use_weighting": True}, "use_weighting: rl=simpo does not read it"),
     ({"rl": "cpo", "f_divergence_type": "js_divergence"}, "f_divergence_type: rl=cpo does not read it"),
+    ({"rl": "kto", "loss_type": "sigmoid"}, r"loss_type: expected one of \['kto', 'apo_zero_unpaired'\] for rl=kto"),
+    ({"rl": "kto", "micro_batch_size": 1}, "micro_batch_size: KTO needs >= 2"),
     ({"f_divergence_type": "kl"}, "f_divergence_type: expected one of"),
     ({"f_alpha_divergence_coef": 0.5}, "f_alpha_divergence_coef: only read with f_divergence_type: alpha_divergence"),
     ({"loss_type": ["sigmoid", "aot"], "f_divergence_type": "forward_kl"},
@@ -92,6 +94,12 @@ def test_bad_config_names_the_key(bad, message):
                                    {"rl": "simpo"}, {"rl": "dpo", "loss_type": ["sigmoid", "robust"]}])
 def test_label_smoothing_where_the_loss_reads_it(extra):
     assert config_from_dict({**BASE, **extra, "label_smoothing": 0.1}).label_smoothing == 0.1
+
+
+def test_kto_apo_zero_unpaired_takes_single_row_batches():
+    config = config_from_dict({**BASE, "rl": "kto", "loss_type": "apo_zero_unpaired", "micro_batch_size": 1})
+    assert config.effective_loss_type == "apo_zero_unpaired"
+    assert config_from_dict({**BASE, "rl": "kto"}).effective_loss_type == "kto"
 
 
 def test_mpo_loss_type_list_for_dpo():

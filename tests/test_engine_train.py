@@ -34,8 +34,9 @@ def test_training_lowers_held_out_loss(rl, model_dir, tmp_path):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("rl, extra", [(rl, {}) for rl in ALGOS] + [("dpo", {"use_weighting": True})],
-                         ids=ALGOS + ["dpo-wpo"])
+@pytest.mark.parametrize("rl, extra", [(rl, {}) for rl in ALGOS] + [("dpo", {"use_weighting": True}),
+                                                                     ("kto", {"loss_type": "apo_zero_unpaired"})],
+                         ids=ALGOS + ["dpo-wpo", "kto-apo_zero_unpaired"])
 def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
     """Same batch through the chunked kernel and through full logits: same loss and parameter grads."""
     results = []
@@ -53,6 +54,7 @@ def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
     torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-4)
     assert metrics_a.keys() == metrics_b.keys()
     assert ("policy_weights" in metrics_a) == bool(extra.get("use_weighting"))
+    assert ("kl" in metrics_a) == (rl == "kto" and "loss_type" not in extra)  # apo_zero_unpaired: no KL pass
     for key in metrics_a:
         assert metrics_a[key] == pytest.approx(metrics_b[key], rel=1e-4, abs=1e-5), key
     assert grads_a.keys() == grads_b.keys() and grads_a

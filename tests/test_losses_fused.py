@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import FUSED_BACKENDS, assert_close, device, skip_unless_backend_runs
 from fusedrl.kernels.losses import (
     DPO_LOSS_TYPES,
+    KTO_LOSS_TYPES,
     fused_linear_cpo_loss,
     fused_linear_dpo_loss,
     fused_linear_grpo_loss,
@@ -343,7 +344,9 @@ def test_reference_free_pairwise_matches_eager(backend, dtype, method):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_kto_matches_eager(backend, dtype):
+@pytest.mark.parametrize("loss_type", KTO_LOSS_TYPES)
+def test_kto_matches_eager(backend, dtype, loss_type):
+    """KTO against the mismatched-pair KL baseline, and apo_zero_unpaired without one."""
     rows, beta, wd, wu = 5, 0.5, 1.3, 0.8
     hidden, weight = make_model(rows)
     labels, kl_labels = make_labels(rows), make_labels(rows)
@@ -353,9 +356,10 @@ def test_kto_matches_eager(backend, dtype):
 
     def fused(hidden, weight, labels, backend):
         dt = hidden.dtype
-        return fused_linear_kto_loss(hidden, weight, labels, desirable, kl_hidden=kl_hidden.to(dt), kl_labels=kl_labels,
-                                     ref_hidden=ref_hidden.to(dt), ref_kl_hidden=ref_kl_hidden.to(dt), beta=beta,
-                                     desirable_weight=wd, undesirable_weight=wu, backend=backend)
+        baseline = dict(kl_hidden=kl_hidden.to(dt), kl_labels=kl_labels, ref_kl_hidden=ref_kl_hidden.to(dt))
+        return fused_linear_kto_loss(hidden, weight, labels, desirable, ref_hidden=ref_hidden.to(dt), beta=beta,
+                                     desirable_weight=wd, undesirable_weight=wu, loss_type=loss_type, backend=backend,
+                                     **(baseline if loss_type == "kto" else {}))
 
     def eager(hidden, weight, labels):
         def frozen(h, lab):  # the frozen inputs reach the fused side in the input dtype
@@ -365,11 +369,15 @@ def test_kto_matches_eager(backend, dtype):
         ref, kl_pol, kl_ref = frozen(ref_hidden, labels), frozen(kl_hidden, kl_labels), frozen(ref_kl_hidden, kl_labels)
         kl = (kl_pol - kl_ref).mean().clamp(min=0)
         d = logps - ref
-        losses = torch.where(desirable, wd * (1 - torch.sigmoid(beta * (d - kl))),
-                             wu * (1 - torch.sigmoid(beta * (kl - d))))
+        if loss_type == "kto":
+            losses = torch.where(desirable, wd * (1 - torch.sigmoid(beta * (d - kl))),
+                                 wu * (1 - torch.sigmoid(beta * (kl - d))))
+        else:
+            losses = torch.where(desirable, wd * (1 - torch.sigmoid(beta * d)), wu * torch.sigmoid(beta * d))
         rewards = (beta * d).detach()
-        metrics = {
-            "kl": kl, "rewards/chosen": rewards[desirable].mean(), "rewards/rejected": rewards[~desirable].mean(),
+        metrics = {} if loss_type != "kto" else {"kl": kl}
+        metrics |= {
+            "rewards/chosen": rewards[desirable].mean(), "rewards/rejected": rewards[~desirable].mean(),
             "logps/chosen": logps[desirable].detach().mean(), "logps/rejected": logps[~desirable].detach().mean(),
         }
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]

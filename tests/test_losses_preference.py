@@ -250,6 +250,23 @@ def test_kto_hand_computed_with_detached_clamped_kl():
                                                                                   "logps/chosen"}
 
 
+def test_kto_apo_zero_unpaired_hand_computed():
+    """APO's zero anchor on unpaired rows: desirable rows lose wD (1 - sig(b d)), undesirable ones wU sig(b d);
+    no KL baseline (None in, None out), and a single row is a batch."""
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    losses, rewards, kl = kto_loss(t(1.0, -1.0), t(0.0, 0.5), None, None, torch.tensor([True, False]), beta=2.0,
+                                   desirable_weight=2.0, undesirable_weight=0.5, loss_type="apo_zero_unpaired")
+    torch.testing.assert_close(losses, t(2.0 * (1 - sig(2.0)), 0.5 * sig(-3.0)))
+    torch.testing.assert_close(rewards, t(2.0, -3.0))
+    assert kl is None and "kl" not in kto_metrics(rewards, t(1.0, -1.0), torch.tensor([True, False]), kl)
+    losses, _, _ = kto_loss(t(1.0), t(0.0), None, None, torch.tensor([True]), loss_type="apo_zero_unpaired")
+    assert losses.shape == (1,)
+    with pytest.raises(ValueError, match="kl_logps: loss_type kto needs kl_logps"):
+        kto_loss(t(1.0, 2.0), t(1.0, 2.0), None, None, torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="loss_type"):
+        kto_loss(t(1.0, 2.0), t(1.0, 2.0), None, None, torch.tensor([True, False]), loss_type="apo_zero")
+
+
 def test_kto_rejects_bad_input():
     with pytest.raises(ValueError, match="logps: KTO needs a batch of at least 2"):
         kto_loss(t(1.0), t(1.0), t(1.0), t(1.0), torch.tensor([True]))

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES
+from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KTO_LOSS_TYPES
 from ..kernels.losses.dpo import F_DIVERGENCE_TYPES, LOG_RATIO_LOSS_TYPES, SMOOTHED_LOSS_TYPES
 from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
 from ..kernels.losses.policy import KL_ESTIMATORS
@@ -86,8 +86,9 @@ PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
 # Per-algorithm default of ``beta`` (losses.md); 0.1 elsewhere.
 DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
 # ``loss_type`` choices and default of the algorithms that have one; the others take none.
-LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES, "online_dpo": ("sigmoid", "ipo")}
-DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo", "online_dpo": "sigmoid"}
+LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES, "online_dpo": ("sigmoid", "ipo"),
+              "kto": KTO_LOSS_TYPES}
+DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo", "online_dpo": "sigmoid", "kto": "kto"}
 
 
 # A float that YAML 1.1 leaves a string: exponent without a dot (``3e-4``, ``1E5``).
@@ -356,9 +357,10 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
         for i, entry in enumerate(getattr(config, key)):
             if not isinstance(entry, dict) or "path" not in entry:
                 raise ConfigError(f"{source}: {key}[{i}]: expected a mapping with a 'path' key, got {entry!r}")
-    if config.rl == "kto" and config.micro_batch_size < 2:
+    kto_baseline = config.rl == "kto" and config.effective_loss_type == "kto"
+    if kto_baseline and config.micro_batch_size < 2:
         raise ConfigError(f"{source}: micro_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
-    if config.rl == "kto" and config.eval_batch_size is not None and config.eval_batch_size < 2:
+    if kto_baseline and config.eval_batch_size is not None and config.eval_batch_size < 2:
         raise ConfigError(f"{source}: eval_batch_size: KTO needs >= 2 (its KL estimate pairs mismatched rows)")
     if config.rl != "sft" and config.label_smoothing >= 0.5:
         raise ConfigError(f"{source}: label_smoothing: expected a value in [0, 0.5) for rl={config.rl}, "

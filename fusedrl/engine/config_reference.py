@@ -123,7 +123,9 @@ DESCRIPTIONS: dict[str, str] = {
                  "`epsilon_high` itself, so TRL's `epsilon_high: 5` is `4` here), or `sapo` (Soft Adaptive Policy "
                  "Optimization, as TRL: the clip becomes a soft gate, token loss `−σ(τ(ρ − 1))·4/τ·A` with τ = "
                  "`sapo_temperature_pos` where A > 0 and `sapo_temperature_neg` elsewhere, aggregated as `grpo`; no "
-                 "`epsilon`, `epsilon_high` or `delta`). Any other `rl` rejects it.",
+                 "`epsilon`, `epsilon_high` or `delta`); `kto`: `kto` (default, against the mismatched-pair KL "
+                 "baseline) or `apo_zero_unpaired` (APO's zero anchor on unpaired data, as TRL: `λD·(1 − σ(βΔ))` / "
+                 "`λU·σ(βΔ)`, no KL pass). Any other `rl` rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "

@@ -20,16 +20,18 @@ class KTO(Algorithm):
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         weight, bias = self.head()
-        with torch.no_grad():
-            kl_hidden = self.hidden(batch, "kl_")
         ref_hidden, ref_weight, ref_bias = self.reference_forward(batch)
-        ref_kl_hidden, _, _ = self.reference_forward(batch, "kl_")
+        baseline = {}
+        if cfg.effective_loss_type == "kto":  # the mismatched pairs' KL; apo_zero_unpaired has none
+            with torch.no_grad():
+                kl_hidden = self.hidden(batch, "kl_")
+            baseline = dict(kl_hidden=kl_hidden, kl_labels=batch["kl_labels"],
+                            ref_kl_hidden=self.reference_forward(batch, "kl_")[0])
         loss, metrics = fused_linear_kto_loss(
-            self.hidden(batch), weight, batch["labels"], batch["kto_label"], kl_hidden=kl_hidden,
-            kl_labels=batch["kl_labels"], bias=bias, ref_hidden=ref_hidden, ref_kl_hidden=ref_kl_hidden,
+            self.hidden(batch), weight, batch["labels"], batch["kto_label"], bias=bias, ref_hidden=ref_hidden,
             ref_weight=ref_weight, ref_bias=ref_bias, beta=cfg.effective_beta,
             desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-            softcap=self.softcap, backend=cfg.kernel_backend,
+            loss_type=cfg.effective_loss_type, softcap=self.softcap, backend=cfg.kernel_backend, **baseline,
         )
         return loss, float_metrics(loss, metrics)
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from ..cross_entropy import linear_cross_entropy
 from ..logprobs import linear_logprobs
-from .checks import check_lengths, check_range
+from .checks import check_choice, check_lengths, check_range
 from .dpo import RunningMean, dpo_loss
 from .fused_common import check_hidden_labels, frozen_token_logps, reference_token_logps
-from .kto import kto_loss, kto_metrics
+from .kto import KTO_LOSS_TYPES, kto_loss, kto_metrics
 from .preference import cpo_loss, orpo_loss, preference_metrics, simpo_loss
 from .sequence import completion_mask, masked_mean, sequence_logps
 
@@ -283,8 +283,8 @@ def fused_linear_kto_loss(
     labels: torch.Tensor,
     desirable: torch.Tensor,
     *,
-    kl_hidden: torch.Tensor,
-    kl_labels: torch.Tensor,
+    kl_hidden: torch.Tensor | None = None,
+    kl_labels: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     ref_logps: torch.Tensor | None = None,
     ref_kl_logps: torch.Tensor | None = None,
@@ -295,45 +295,62 @@ def fused_linear_kto_loss(
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    loss_type: str = "kto",
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
 ):
-    """KTO from hidden states: ``mean(kto_loss)`` with the mismatched-pair KL baseline.
+    """KTO from hidden states: ``mean(kto_loss)``, with the mismatched-pair KL baseline for ``loss_type`` kto.
 
     Args:
         hidden ``[B, T, H]`` and labels ``[B, T]``: each prompt with its own completion; desirable ``[B]`` bool.
         kl_hidden ``[B, T', H]`` and kl_labels ``[B, T']``: each prompt with a mismatched completion
-            (e.g. rotated by one); run under no_grad.
-        The reference: ``ref_logps`` and ``ref_kl_logps`` ``[B]`` (summed), or ``ref_hidden`` and
-            ``ref_kl_hidden`` through ``ref_weight`` / ``ref_bias`` (default: the policy head).
+            (e.g. rotated by one); run under no_grad. ``kto`` only.
+        The reference: ``ref_logps`` (and for kto ``ref_kl_logps``) ``[B]`` (summed), or ``ref_hidden`` (and
+            ``ref_kl_hidden``) through ``ref_weight`` / ``ref_bias`` (default: the policy head).
+        loss_type: ``kto`` or ``apo_zero_unpaired`` (see ``kto_loss``).
 
     Returns:
-        ``(loss scalar fp32, metrics)``: kl, rewards/{chosen,rejected,margins}, logps/{chosen,rejected}
+        ``(loss scalar fp32, metrics)``: kl (kto only), rewards/{chosen,rejected,margins}, logps/{chosen,rejected}
         (chosen = desirable rows; a side absent from the batch is absent from the metrics).
     """
+    check_choice("loss_type", loss_type, KTO_LOSS_TYPES)
     check_hidden_labels(hidden, labels)
-    check_hidden_labels(kl_hidden, kl_labels, hidden_name="kl_hidden", labels_name="kl_labels")
-    mask, kl_mask = completion_mask(labels, ignore_index), completion_mask(kl_labels, ignore_index)
+    mask = completion_mask(labels, ignore_index)
     check_lengths("labels", mask.sum(-1))
     logps = sequence_logps(linear_logprobs(hidden, weight, labels, bias=bias, softcap=softcap,
                                            ignore_index=ignore_index, backend=backend), mask)
-    kl_logps = sequence_logps(frozen_token_logps(kl_hidden, weight, kl_labels, bias=bias, temperature=1.0,
-                                                 softcap=softcap, ignore_index=ignore_index, backend=backend),
-                              kl_mask)
-    if ref_hidden is not None or ref_kl_hidden is not None:
-        if ref_hidden is None or ref_kl_hidden is None:
-            raise ValueError("ref_kl_hidden: give ref_hidden and ref_kl_hidden together")
-        if ref_logps is not None or ref_kl_logps is not None:
-            raise ValueError("ref_hidden: give either ref_hidden/ref_kl_hidden or ref_logps/ref_kl_logps, not both")
-        head = dict(ref_weight=ref_weight, ref_bias=ref_bias, weight=weight, bias=bias, softcap=softcap,
-                    ignore_index=ignore_index, backend=backend)
-        ref_logps = sequence_logps(reference_token_logps(ref_hidden, labels, **head), mask)
-        ref_kl_logps = sequence_logps(
-            reference_token_logps(ref_kl_hidden, kl_labels, hidden_name="ref_kl_hidden", **head), kl_mask)
-    elif ref_logps is None or ref_kl_logps is None:
-        raise ValueError("ref_logps: KTO needs the reference: give ref_logps and ref_kl_logps, "
-                         "or ref_hidden and ref_kl_hidden")
-    losses, rewards, kl = kto_loss(logps, ref_logps.detach(), kl_logps, ref_kl_logps.detach(), desirable, beta=beta,
-                                   desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
+    head = dict(ref_weight=ref_weight, ref_bias=ref_bias, weight=weight, bias=bias, softcap=softcap,
+                ignore_index=ignore_index, backend=backend)
+    ref_logps = _reference_sequence_logps(ref_logps, ref_hidden, labels, mask, ("ref_hidden", "ref_logps"), head)
+    kl_logps = None
+    if loss_type == "kto":
+        if kl_hidden is None or kl_labels is None:
+            raise ValueError("kl_hidden: loss_type kto needs the mismatched pairs: give kl_hidden and kl_labels")
+        check_hidden_labels(kl_hidden, kl_labels, hidden_name="kl_hidden", labels_name="kl_labels")
+        kl_mask = completion_mask(kl_labels, ignore_index)
+        kl_logps = sequence_logps(frozen_token_logps(kl_hidden, weight, kl_labels, bias=bias, temperature=1.0,
+                                                     softcap=softcap, ignore_index=ignore_index, backend=backend),
+                                  kl_mask)
+        ref_kl_logps = _reference_sequence_logps(ref_kl_logps, ref_kl_hidden, kl_labels, kl_mask,
+                                                 ("ref_kl_hidden", "ref_kl_logps"), head)
+    elif any(x is not None for x in (kl_hidden, kl_labels, ref_kl_hidden, ref_kl_logps)):
+        raise ValueError(f"kl_hidden: loss_type {loss_type} has no KL baseline; leave out the kl_* inputs")
+    losses, rewards, kl = kto_loss(logps, ref_logps.detach(), kl_logps,
+                                   None if ref_kl_logps is None else ref_kl_logps.detach(), desirable, beta=beta,
+                                   desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+                                   loss_type=loss_type)
     return losses.mean(), kto_metrics(rewards, logps, desirable, kl)
+
+
+def _reference_sequence_logps(given, ref_hidden, labels, mask, names, head) -> torch.Tensor:
+    """KTO's summed reference logps ``[B]``: ``given``, or computed from ``ref_hidden`` (``names``: the hidden
+    argument's name, then the logps argument's)."""
+    hidden_name, logps_name = names
+    if ref_hidden is None:
+        if given is None:
+            raise ValueError(f"{logps_name}: KTO needs the reference: give {logps_name} or {hidden_name}")
+        return given
+    if given is not None:
+        raise ValueError(f"{hidden_name}: give either {hidden_name} or {logps_name}, not both")
+    return sequence_logps(reference_token_logps(ref_hidden, labels, hidden_name=hidden_name, **head), mask)

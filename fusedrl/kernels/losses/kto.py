@@ -5,8 +5,11 @@ import warnings
 
 import torch
 
-from .checks import check_range, check_same_shape, check_tensor
+from .checks import check_choice, check_range, check_same_shape, check_tensor
 from .sequence import global_sum_and_count
+
+# kto: against the mismatched-pair KL baseline; apo_zero_unpaired: APO's zero anchor, no baseline (as TRL).
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
 
 def check_kto_balance(
@@ -35,13 +38,14 @@ def kto_kl_estimate(kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch
 def kto_loss(
     logps: torch.Tensor,
     ref_logps: torch.Tensor,
-    kl_logps: torch.Tensor,
-    ref_kl_logps: torch.Tensor,
+    kl_logps: torch.Tensor | None,
+    ref_kl_logps: torch.Tensor | None,
     desirable: torch.Tensor,
     *,
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    loss_type: str = "kto",
 ):
     """Per-example KTO losses.
 
@@ -49,16 +53,22 @@ def kto_loss(
         logps, ref_logps: summed completion logprobs ``[B]`` of the policy and the reference.
         kl_logps, ref_kl_logps: the same for mismatched pairs ``[B]`` (each prompt with another
             example's completion, e.g. rotated by one); they form the KL baseline, no gradient.
-        desirable: ``[B]`` bool, True for desirable completions. B must be at least 2.
+            ``apo_zero_unpaired`` takes None for both.
+        desirable: ``[B]`` bool, True for desirable completions. With ``kto`` B must be at least 2.
+        loss_type: ``kto``, or ``apo_zero_unpaired`` (APO's zero anchor on unpaired data, as TRL):
+            ``wD * (1 - sig(b * d))`` for desirable rows and ``wU * sig(b * d)`` for undesirable ones.
 
     Returns:
-        ``(losses [B], rewards = b * (L - R) [B] detached, kl scalar detached)`` where desirable rows
-        lose ``wD * (1 - sig(b * (d - kl)))`` and undesirable rows ``wU * (1 - sig(b * (kl - d)))``.
+        ``(losses [B], rewards = b * (L - R) [B] detached, kl scalar detached or None)`` where with ``kto``
+        desirable rows lose ``wD * (1 - sig(b * (d - kl)))`` and undesirable rows ``wU * (1 - sig(b * (kl - d)))``.
     """
+    check_choice("loss_type", loss_type, KTO_LOSS_TYPES)
     check_tensor("logps", logps, dims=1)
-    if logps.shape[0] < 2:
+    if loss_type == "kto" and logps.shape[0] < 2:
         raise ValueError(f"logps: KTO needs a batch of at least 2 (the KL baseline pairs mismatched examples), "
                          f"got batch size {logps.shape[0]}")
+    if (kl_logps is None or ref_kl_logps is None) != (loss_type != "kto"):
+        raise ValueError(f"kl_logps: loss_type kto needs kl_logps and ref_kl_logps, {KTO_LOSS_TYPES[1]} neither")
     check_same_shape("logps", logps, ref_logps=ref_logps, kl_logps=kl_logps, ref_kl_logps=ref_kl_logps,
                      desirable=desirable)
     if desirable.dtype != torch.bool:
@@ -66,8 +76,12 @@ def kto_loss(
     check_range("beta", beta, 0.0, low_open=True)
     check_range("desirable_weight", desirable_weight, 0.0)
     check_range("undesirable_weight", undesirable_weight, 0.0)
-    kl = kto_kl_estimate(kl_logps, ref_kl_logps)
     delta = logps.float() - ref_logps.float()
+    if loss_type == "apo_zero_unpaired":
+        chosen_losses = desirable_weight * (1.0 - torch.sigmoid(beta * delta))
+        rejected_losses = undesirable_weight * torch.sigmoid(beta * delta)
+        return torch.where(desirable, chosen_losses, rejected_losses), (beta * delta).detach(), None
+    kl = kto_kl_estimate(kl_logps, ref_kl_logps)
     chosen_losses = desirable_weight * (1.0 - torch.sigmoid(beta * (delta - kl)))
     rejected_losses = undesirable_weight * (1.0 - torch.sigmoid(beta * (kl - delta)))
     losses = torch.where(desirable, chosen_losses, rejected_losses)
@@ -75,14 +89,14 @@ def kto_loss(
 
 
 def kto_metrics(
-    rewards: torch.Tensor, logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor
+    rewards: torch.Tensor, logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
-    """Detached means: kl, rewards/{chosen,rejected,margins}, logps/{chosen,rejected}.
+    """Detached means: kl (unless None), rewards/{chosen,rejected,margins}, logps/{chosen,rejected}.
 
     ``chosen`` means desirable rows and ``rejected`` undesirable ones; a side with no rows in
     the batch has no entries (and then there is no margin).
     """
-    metrics = {"kl": kl.detach().float()}
+    metrics = {} if kl is None else {"kl": kl.detach().float()}
     for side, rows in (("chosen", desirable), ("rejected", ~desirable)):
         if rows.any():
             metrics[f"rewards/{side}"] = rewards.detach().float()[rows].mean()
