@@ -235,8 +235,8 @@ DESCRIPTIONS: dict[str, str] = {
                             "default, slightly above the positive one as in the SAPO paper).",
     "off_policy_mask_threshold": "`grpo`: DeepSeek-V3.2's off-policy sequence masking (TRL's key): a completion with a "
                                  "negative advantage loses its policy-gradient term when the mean over its tokens of "
-                                 "log π_old − log π (the drift since sampling) exceeds this. Needs `num_iterations` > 1 "
-                                 "(with 1 the sampling policy is the trained one). Null: off.",
+                                 "log π_old − log π (the drift since sampling) exceeds this. Needs `num_iterations` "
+                                 "> 1 (with 1 the sampling policy is the trained one). Null: off.",
     "use_bias_correction_kl": "`grpo`: DeepSeek-V3.2's unbiased KL estimate (TRL's key): the k3 penalty of each token "
                               "is multiplied by its importance ratio ρ, since tokens were sampled from π_old. Needs "
                               "beta > 0.",
