@@ -63,11 +63,11 @@ def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
 
 
 def test_dpo_loss_options_reach_the_loss(model_dir, tmp_path):
-    """f_divergence_type, use_weighting and the AOT loss types each change the loss of the same batch (the policy
-    is moved off the reference first: at the reference every variant gives ln 2)."""
+    """f_divergence_type, use_weighting, ld_alpha and the AOT loss types each change the loss of the same batch
+    (the policy is moved off the reference first: at the reference every variant gives ln 2)."""
     losses = {}
     for name, extra in {"plain": {}, "js": {"f_divergence_type": "js_divergence"}, "wpo": {"use_weighting": True},
-                        "aot_unpaired": {"loss_type": "aot_unpaired"}}.items():
+                        "aot_unpaired": {"loss_type": "aot_unpaired"}, "ld": {"ld_alpha": 0.3}}.items():
         torch.manual_seed(0)
         config = config_from_dict(train_config(model_dir, tmp_path / name, "dpo", rpo_alpha=0.0, **extra))
         algorithm = build_algorithm(config, pick_device())
@@ -105,10 +105,12 @@ def test_eval_command_scores_a_model_as_training_does(model_dir, tmp_path, capsy
         evaluate_config(config_from_dict({**raw, "test_datasets": []}))
 
 
-@pytest.mark.parametrize("option", [{"precompute_ref_log_probs": True}, {"gradient_checkpointing": True}],
-                         ids=["precomputed_reference", "gradient_checkpointing"])
-def test_option_leaves_the_loss_curve_unchanged(option, model_dir, tmp_path):
-    raw = train_config(model_dir, tmp_path / "plain", "dpo", max_steps=3)
+@pytest.mark.parametrize("option, base", [({"precompute_ref_log_probs": True}, {}),
+                                          ({"gradient_checkpointing": True}, {}),
+                                          ({"precompute_ref_log_probs": True}, {"ld_alpha": 0.5})],
+                         ids=["precomputed_reference", "gradient_checkpointing", "precomputed_reference_ld_dpo"])
+def test_option_leaves_the_loss_curve_unchanged(option, base, model_dir, tmp_path):
+    raw = train_config(model_dir, tmp_path / "plain", "dpo", max_steps=3, **base)
     plain = train(config_from_dict(raw))
     raw.update(output_dir=str(tmp_path / "option"), **option)
     changed = train(config_from_dict(raw))

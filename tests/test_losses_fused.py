@@ -75,11 +75,23 @@ def eager_token_logps(hidden, weight, labels, temperature=1.0, **head):
     return torch.where(labels != -100, picked, 0.0)
 
 
-def eager_pairs(hidden, weight, labels, **head):
+def eager_ld_weights(labels, ld_alpha):
+    """LD-DPO's token weights ``[2B, T]``: 1 up to the pair's shorter reply, ``ld_alpha`` after (1 if None)."""
+    mask = labels != -100
+    if ld_alpha is None:
+        return mask.float()
+    b = labels.shape[0] // 2
+    lengths = mask.sum(-1)
+    shared = torch.minimum(lengths[:b], lengths[b:]).repeat(2)
+    position = torch.cumsum(mask.long(), -1)
+    return torch.where(position <= shared[:, None], 1.0, ld_alpha) * mask
+
+
+def eager_pairs(hidden, weight, labels, ld_alpha=None, **head):
     """Summed/averaged chosen and rejected logps, chosen token-mean NLL and mean-logit metrics."""
     mask = labels != -100
     tok = eager_token_logps(hidden, weight, labels, **head)
-    seq, lengths = tok.sum(-1), mask.sum(-1).float()
+    seq, lengths = (tok * eager_ld_weights(labels, ld_alpha)).sum(-1), mask.sum(-1).float()
     mean_logit = eager_logits(hidden, weight, **head).mean(-1).detach()
     b = labels.shape[0] // 2
     return dict(
@@ -188,7 +200,7 @@ def eager_f_scores(log_ratios, divergence, alpha):
 
 
 def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=None, loss_weights=None,
-             use_weighting=False, f_divergence=("reverse_kl", 1.0)):
+             use_weighting=False, f_divergence=("reverse_kl", 1.0), ld_alpha=None):
     hidden, weight = make_model(2 * PAIRS)
     labels = make_labels(2 * PAIRS)
     # bf16-representable, so that the fused side sees the same reference in either input dtype
@@ -204,13 +216,14 @@ def dpo_case(loss_type, label_smoothing, rpo_alpha, ref_from_hidden, softcap=Non
                                      loss_type=loss_type, loss_weights=loss_weights,
                                      label_smoothing=label_smoothing, rpo_alpha=rpo_alpha,
                                      use_weighting=use_weighting, f_divergence_type=f_divergence[0],
-                                     f_alpha_divergence_coef=f_divergence[1], backend=backend, **ref_kw)
+                                     f_alpha_divergence_coef=f_divergence[1], ld_alpha=ld_alpha, backend=backend,
+                                     **ref_kw)
 
     def eager(hidden, weight, labels, bias=None):
-        p = eager_pairs(hidden, weight, labels, bias=bias, softcap=softcap)
+        p = eager_pairs(hidden, weight, labels, ld_alpha=ld_alpha, bias=bias, softcap=softcap)
         with torch.no_grad():
-            ref = eager_token_logps(ref_hidden, weight, labels, bias=bias, softcap=softcap).sum(-1) \
-                if ref_from_hidden else ref_seq
+            ref_tokens = eager_token_logps(ref_hidden, weight, labels, bias=bias, softcap=softcap)
+            ref = (ref_tokens * eager_ld_weights(labels, ld_alpha)).sum(-1) if ref_from_hidden else ref_seq
         dc, dr = p["c"] - ref[:PAIRS], p["r"] - ref[PAIRS:]
         types = [loss_type] if isinstance(loss_type, str) else loss_type
         weights = dict(zip(types, loss_weights or [1.0] * len(types)))
@@ -280,6 +293,16 @@ def test_f_divergence_dpo_matches_eager(backend, dtype, f_divergence):
     """f-DPO: sigmoid plus IPO (length-normalised scores) on f'(pi / pi_ref) instead of the log ratios."""
     fused, eager, tensors = dpo_case(["sigmoid", "ipo"], 0.0, rpo_alpha=0.0, ref_from_hidden=True,
                                      f_divergence=f_divergence)
+    compare(fused, eager, tensors, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ld_dpo_matches_eager(backend, dtype):
+    """LD-DPO (ld_alpha 0.3): the policy's and the reference's logps weigh the longer reply's tail by 0.3."""
+    fused, eager, tensors = dpo_case("sigmoid", 0.0, rpo_alpha=0.5, ref_from_hidden=True, ld_alpha=0.3)
+    lengths = (tensors["labels"] != -100).sum(-1)
+    assert (lengths[:PAIRS] != lengths[PAIRS:]).any()  # some pair has a tail to weigh
     compare(fused, eager, tensors, dtype, backend)
 
 

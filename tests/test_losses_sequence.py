@@ -12,7 +12,7 @@ from fusedrl.kernels.losses import (
     token_mean_nll,
 )
 from fusedrl.kernels.losses.checks import check_range
-from fusedrl.kernels.losses.sequence import global_sum_and_count
+from fusedrl.kernels.losses.sequence import global_sum_and_count, pairwise_sequence_logps
 
 LABELS = torch.tensor([[-100, 5, 7, -100], [-100, -100, -100, -100], [1, 2, 3, 4]])
 VALUES = torch.tensor([[9.0, 1.0, 2.0, float("nan")], [3.0, 3.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0]])
@@ -60,3 +60,16 @@ def test_check_range_messages():
         check_range("x", float("nan"))
     with pytest.raises(ValueError, match="x"):
         check_range("x", True)
+
+
+def test_ld_dpo_weighs_tokens_past_the_shorter_reply():
+    """LD-DPO: pair 0 has replies of 3 and 1 tokens (shared 1), pair 1 of 2 and 4 (shared 2); tokens past the
+    shared length count ld_alpha = 0.5 times. Prompt positions (mask False) are skipped wherever they are."""
+    mask = torch.tensor([[False, True, True, True, False], [True, True, False, False, False],
+                         [False, False, False, True, False], [False, True, True, True, True]])
+    logps = torch.arange(1.0, 21.0).view(4, 5)
+    got = pairwise_sequence_logps(logps, mask, 0.5)
+    want = torch.tensor([2 + 0.5 * (3 + 4), 6 + 7, 14.0, 17 + 18 + 0.5 * (19 + 20)])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(pairwise_sequence_logps(logps, mask, None), (logps * mask).sum(-1))
+    torch.testing.assert_close(pairwise_sequence_logps(logps, mask, 1.0), (logps * mask).sum(-1))

@@ -60,6 +60,7 @@ KEY_READERS = {
     "precompute_ref_log_probs": ("dpo", "ipo"),
     "loss_weights": ("dpo",),
     "use_weighting": ("dpo", "ipo"),
+    "ld_alpha": ("dpo", "ipo"),
     "f_divergence_type": ("dpo", "ipo"),
     "sync_ref_model": REFERENCE_ALGORITHMS,
     "rpo_alpha": ("dpo", "ipo"),
@@ -146,6 +147,7 @@ class TrainConfig:
     f_divergence_type: str = field(default="reverse_kl", metadata=_choices(*F_DIVERGENCE_TYPES))
     f_alpha_divergence_coef: float = 1.0
     use_weighting: bool = False
+    ld_alpha: float | None = field(default=None, metadata=_range(0.0, 1.0))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # < 0.5 unless rl: sft
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
     cpo_alpha: float = field(default=1.0, metadata=_range(0.0))

@@ -128,6 +128,9 @@ DESCRIPTIONS: dict[str, str] = {
                  "`λU·σ(βΔ)`, no KL pass). Any other `rl` rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
+    "ld_alpha": "`dpo` and `ipo`: LD-DPO (Liu et al. 2024; TRL's key), α in [0, 1]: in each pair's sequence logps "
+                "(policy and reference, precomputed ones too) the tokens past the shorter reply's length count α "
+                "times, so a longer reply gains no likelihood mass from its length alone. Null: plain sums.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
                        f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
                        "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
@@ -378,10 +381,10 @@ SECTIONS: list[tuple[str, list[str]]] = [
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
     ("Losses", ["beta", "loss_type", "loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "use_weighting",
-                "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight", "undesirable_weight",
-                "center_rewards_coefficient", "kd_teacher", "kd_temperature", "kd_generation_temperature", "kd_alpha",
-                "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk", "kd_on_policy_ratio",
-                "kd_teacher_replies", "z_loss"]),
+                "ld_alpha", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
+                "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
+                "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk",
+                "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
     ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",

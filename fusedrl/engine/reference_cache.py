@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..kernels import linear_logprobs
-from ..kernels.losses.sequence import completion_mask, sequence_logps
+from ..kernels.losses.sequence import completion_mask, pairwise_sequence_logps
 from .batches import fixed_batches
 
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -29,7 +29,8 @@ def collate_with_columns(collate: Callable, columns: tuple[str, ...] = REFERENCE
 
 
 def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, batch_size: int) -> datasets.Dataset:
-    """``rows`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed over completion tokens) added.
+    """``rows`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed over completion tokens, LD-DPO's way
+    under ``ld_alpha``) added.
 
     ``algorithm`` provides ``to_device``, ``reference_forward`` and ``softcap`` (a pairwise algorithm:
     each batch stacks its chosen rows before its rejected rows). Data parallel, each rank
@@ -51,7 +52,8 @@ def add_reference_logps(algorithm, rows: datasets.Dataset, collate: Callable, ba
         with torch.no_grad():
             token_logps = linear_logprobs(hidden, weight, batch["labels"], bias=bias, softcap=algorithm.softcap,
                                           backend=algorithm.config.kernel_backend)
-        sequence = sequence_logps(token_logps, completion_mask(batch["labels"])).cpu().tolist()
+        sequence = pairwise_sequence_logps(token_logps, completion_mask(batch["labels"]),
+                                           algorithm.config.ld_alpha).cpu().tolist()
         half = len(sequence) // 2
         logps += zip(sequence[:half], sequence[half:])
     logps = logps[:len(mine)]  # this rank's rows, not the stand-ins

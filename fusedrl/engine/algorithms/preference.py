@@ -87,7 +87,7 @@ class DPO(Pairwise):
         loss, metrics = fused_linear_dpo_loss(
             self.hidden(batch), labels=batch["labels"], **self.common_kwargs(), **self.reference_kwargs(batch),
             beta=cfg.effective_beta, loss_type=cfg.effective_loss_type, loss_weights=cfg.loss_weights,
-            label_smoothing=cfg.label_smoothing, use_weighting=cfg.use_weighting,
+            label_smoothing=cfg.label_smoothing, use_weighting=cfg.use_weighting, ld_alpha=cfg.ld_alpha,
             f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef,
             rpo_alpha=self.nll_weight, bco_running_mean=self._bco_mean_for_this_call(),
         )

@@ -23,7 +23,7 @@ from .dpo import RunningMean, dpo_loss
 from .fused_common import check_hidden_labels, frozen_token_logps, reference_token_logps
 from .kto import KTO_LOSS_TYPES, kto_loss, kto_metrics
 from .preference import cpo_loss, orpo_loss, preference_metrics, simpo_loss
-from .sequence import completion_mask, masked_mean, sequence_logps
+from .sequence import completion_mask, masked_mean, pairwise_sequence_logps, sequence_logps
 
 
 class PairwisePolicy(NamedTuple):
@@ -58,12 +58,15 @@ def pairwise_policy(
     ignore_index: int = -100,
     backend: str = "auto",
     use_weighting: bool = False,
+    ld_alpha: float | None = None,
 ) -> PairwisePolicy:
     """Policy sequence logps, lengths and chosen NLL of a ``[2B, T]`` pairwise batch in one kernel pass.
 
     With ``use_weighting``, also WPO's pair weights (Zhou et al. 2024, eq. 2, as TRL's DPO ``use_weighting``):
     ``min(1, exp(a_chosen + a_rejected))`` where ``a`` is a row's mean over completion tokens of
     ``logp(token) - log sum_v p_v**2``; no gradient.
+
+    With ``ld_alpha``, the sequence logps are LD-DPO's (see ``pairwise_sequence_logps``).
 
     Metrics: logits/{chosen,rejected} (mean logit over vocabulary and completion tokens), nll_loss, and with
     ``use_weighting`` policy_weights (the mean pair weight).
@@ -75,7 +78,7 @@ def pairwise_policy(
     mask = completion_mask(labels, ignore_index)
     lengths = mask.sum(-1)
     check_lengths("labels", lengths)
-    logps = sequence_logps(-nll_tokens, mask)
+    logps = pairwise_sequence_logps(-nll_tokens, mask, ld_alpha)
     nll = masked_mean(nll_tokens[:pairs], mask[:pairs])
     mean_logit = mean_logit.detach()
     metrics = {
@@ -128,6 +131,7 @@ def fused_linear_dpo_loss(
     f_divergence_type: str = "reverse_kl",
     f_alpha_divergence_coef: float = 1.0,
     use_weighting: bool = False,
+    ld_alpha: float | None = None,
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
@@ -146,6 +150,9 @@ def fused_linear_dpo_loss(
             ``dpo_loss``.
         use_weighting: WPO: each pair's loss (the weighted loss types, ``sft`` included) times its pair weight
             (see ``pairwise_policy``); the ``rpo_alpha`` term is not weighted (as TRL).
+        ld_alpha: LD-DPO: the policy's and the reference's sequence logps weigh each pair's tokens beyond the
+            shorter reply's length by ``ld_alpha`` (see ``pairwise_sequence_logps``; as TRL, precomputed
+            reference logps must have been summed the same way). None: plain sums.
 
     Returns:
         ``(loss scalar fp32, metrics)``: rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected},
@@ -153,14 +160,16 @@ def fused_linear_dpo_loss(
     """
     check_range("rpo_alpha", rpo_alpha, 0.0)
     terms, nll_weight = _weighted_loss_types(loss_type, loss_weights)
+    if ld_alpha is not None:
+        check_range("ld_alpha", ld_alpha, 0.0, 1.0)
     policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
-                             backend=backend, use_weighting=use_weighting)
+                             backend=backend, use_weighting=use_weighting, ld_alpha=ld_alpha)
     if ref_hidden is not None:
         if ref_chosen_logps is not None or ref_rejected_logps is not None:
             raise ValueError("ref_hidden: give either ref_hidden or ref_chosen_logps/ref_rejected_logps, not both")
         token_ref = reference_token_logps(ref_hidden, labels, ref_weight=ref_weight, ref_bias=ref_bias, weight=weight,
                                           bias=bias, softcap=softcap, ignore_index=ignore_index, backend=backend)
-        ref_logps = sequence_logps(token_ref, completion_mask(labels, ignore_index))
+        ref_logps = pairwise_sequence_logps(token_ref, completion_mask(labels, ignore_index), ld_alpha)
         ref_chosen_logps, ref_rejected_logps = ref_logps.chunk(2)
     elif ref_chosen_logps is None or ref_rejected_logps is None:
         raise ValueError("ref_chosen_logps: DPO needs the reference: give ref_chosen_logps and ref_rejected_logps, "

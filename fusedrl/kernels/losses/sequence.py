@@ -53,6 +53,22 @@ def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return masked_sum(token_logps, mask, dim=-1)
 
 
+def pairwise_sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, ld_alpha: float | None = None
+                            ) -> torch.Tensor:
+    """``[2B]`` fp32 sequence logprobs of a pairwise batch (``token_logps [2B, T]``, the B chosen rows first).
+
+    With ``ld_alpha`` (LD-DPO, Liu et al. 2024; TRL's key) each pair's first ``min(|yc|, |yr|)`` completion
+    tokens count fully and the longer reply's remaining tokens count ``ld_alpha`` times.
+    """
+    if ld_alpha is None:
+        return sequence_logps(token_logps, mask)
+    lengths = mask.sum(-1)
+    pairs = lengths.shape[0] // 2
+    shared = torch.minimum(lengths[:pairs], lengths[pairs:]).repeat(2)
+    weights = torch.where(mask.cumsum(-1) <= shared[:, None], 1.0, ld_alpha)
+    return masked_sum(token_logps.float() * weights, mask, dim=-1)
+
+
 def token_mean_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scalar fp32 NLL averaged over every completion token of the batch (``token_logps [B, T]``)."""
     return -masked_mean(token_logps, mask)
