@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .stats import ForwardStats, LinearVocabProblem, StatsGrad, apply_softcap
+from .stats import ForwardStats, LinearVocabProblem, StatsGrad, apply_softcap, gradient_buffers
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
 
@@ -20,7 +20,7 @@ def chunk_tokens_for(vocab: int, chunk_size: int | None) -> int:
     return max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
 
 
-def _chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int, stop: int):
+def chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int, stop: int):
     """fp32 ``z`` of tokens ``[start, stop)`` and, with softcap, ``1 - tanh^2`` (the softcap's derivative).
 
     Without softcap the logits buffer becomes ``z`` in place, so one ``[chunk, V]`` tensor is alive.
@@ -52,7 +52,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        z, _ = _chunk_logits(problem, weight32, start, stop)
+        z, _ = chunk_logits(problem, weight32, start, stop)
         ids_c = ids[start:stop]
         target[start:stop] = torch.where(ids_c >= 0, z.gather(1, ids_c.clamp(min=0)), 0.0)
         logit_sum[start:stop] = z.sum(-1)
@@ -79,13 +79,11 @@ def backward_stats(
     hidden, weight, ids = problem.hidden, problem.weight, problem.ids
     n, vocab = hidden.shape[0], weight.shape[0]
     weight32 = weight.float()
-    d_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_hidden else None
-    d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-    d_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_bias else None
+    grads = gradient_buffers(hidden, weight, need_hidden, need_weight, need_bias)
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        z, softcap_grad = _chunk_logits(problem, weight32, start, stop)
+        z, softcap_grad = chunk_logits(problem, weight32, start, stop)
         logp = z.sub_(lse[start:stop, None])
         scale = grad.coef_a[start:stop, None]
         if grad.coef_c is not None:
@@ -98,10 +96,19 @@ def backward_stats(
         if softcap_grad is not None:
             dz *= softcap_grad
         dz /= problem.temperature
-        if need_hidden:
-            d_hidden[start:stop] = (dz @ weight32).to(hidden.dtype)
-        if need_weight:
-            d_weight.addmm_(dz.T, hidden[start:stop].float())
-        if need_bias:
-            d_bias += dz.sum(0)
-    return d_hidden, d_weight, d_bias
+        accumulate_logit_grad(dz, hidden, weight32, start, stop, grads)
+    return grads
+
+
+def accumulate_logit_grad(dz: torch.Tensor, hidden: torch.Tensor, weight32: torch.Tensor, start: int, stop: int,
+                          grads: tuple) -> None:
+    """Add the logit gradient ``dz [stop - start, V]`` (fp32) of tokens ``[start, stop)`` into ``grads`` (from
+    ``gradient_buffers``): ``dz @ W`` into the hidden rows, ``dz.T @ h`` into the weight, ``dz``'s column sums
+    into the bias."""
+    d_hidden, d_weight, d_bias = grads
+    if d_hidden is not None:
+        d_hidden[start:stop] = (dz @ weight32).to(hidden.dtype)
+    if d_weight is not None:
+        d_weight.addmm_(dz.T, hidden[start:stop].float())
+    if d_bias is not None:
+        d_bias += dz.sum(0)

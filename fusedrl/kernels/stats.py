@@ -75,3 +75,14 @@ class ForwardStats(NamedTuple):
     logit_sum: torch.Tensor
     max_logit: torch.Tensor
     log_sum_p_sq: torch.Tensor
+
+
+def gradient_buffers(hidden: torch.Tensor, weight: torch.Tensor, need_hidden: bool, need_weight: bool,
+                     need_bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """A backward's outputs: the hidden gradient ``[N, H]`` in hidden's dtype (to be filled), fp32 zeros for the
+    weight ``[V, H]`` and bias ``[V]`` gradients; None where not needed."""
+    dev = hidden.device
+    d_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=dev) if need_hidden else None
+    d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_weight else None
+    d_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=dev) if need_bias else None
+    return d_hidden, d_weight, d_bias

@@ -17,12 +17,13 @@ the hidden gradient is accumulated one token chunk at a time (at most
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import triton
 
-from ..stats import LinearVocabProblem, StatsGrad
+from ..stats import LinearVocabProblem, StatsGrad, gradient_buffers
 from .launch_config import (
     MatmulConfig, TileConfig, dot_precision, interpreter_active, matmul_config, scalar_args, tile_config,
 )
@@ -111,29 +112,44 @@ def matmul_accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cfg: 
     )
 
 
-def _split_chunk(launch: _Launch, start: int, stop: int, plan: ChunkPlan,
-                 d_hidden32: torch.Tensor | None, d_weight: torch.Tensor | None, d_bias: torch.Tensor | None,
-                 dz_buffer: torch.Tensor) -> None:
-    """``split`` strategy for tokens ``[start, stop)``: one vocab chunk at a time, write ``dz``, then two GEMMs."""
-    p, cfg = launch.problem, launch.cfg
-    vocab, h = p.weight.shape
+def split_vocab_chunks(hidden: torch.Tensor, weight: torch.Tensor, start: int, stop: int, plan: ChunkPlan,
+                       d_hidden32: torch.Tensor | None, d_weight: torch.Tensor | None, dz_buffer: torch.Tensor,
+                       write_dz: Callable[[int, int, torch.Tensor], None]) -> None:
+    """``split`` strategy for tokens ``[start, stop)`` of ``hidden [N, H]``: per vocab chunk ``[c0, c1)``,
+    ``write_dz(c0, c1, dz)`` fills ``dz [rows, c1 - c0]`` (a view of ``dz_buffer``), then two GEMMs add
+    ``dz @ weight[c0:c1]`` into ``d_hidden32`` and ``dz.T @ hidden[start:stop]`` into ``d_weight``."""
+    vocab = weight.shape[0]
     rows = stop - start
-    operands = launch.token_operands(start, stop)
-    inv_t, softcap = scalar_args(p)
-    mm_cfg = matmul_config(p.hidden.dtype)
+    mm_cfg = matmul_config(hidden.dtype)
     for col_start in range(0, vocab, plan.vocab):
         col_stop = min(vocab, col_start + plan.vocab)
         dz = dz_buffer[: rows * (col_stop - col_start)].view(rows, col_stop - col_start)
+        write_dz(col_start, col_stop, dz)
+        if d_hidden32 is not None:
+            matmul_accumulate(d_hidden32[:rows], dz, weight[col_start:col_stop], mm_cfg)
+        if d_weight is not None:
+            matmul_accumulate(d_weight[col_start:col_stop], dz.T, hidden[start:stop], mm_cfg)
+
+
+def _split_chunk(launch: _Launch, start: int, stop: int, plan: ChunkPlan,
+                 d_hidden32: torch.Tensor | None, d_weight: torch.Tensor | None, d_bias: torch.Tensor | None,
+                 dz_buffer: torch.Tensor) -> None:
+    """``split`` strategy of the vocab statistics for tokens ``[start, stop)``."""
+    p, cfg = launch.problem, launch.cfg
+    h = p.weight.shape[1]
+    rows = stop - start
+    operands = launch.token_operands(start, stop)
+    inv_t, softcap = scalar_args(p)
+
+    def write_dz(col_start: int, col_stop: int, dz: torch.Tensor) -> None:
         grid = (triton.cdiv(rows, cfg.block_n), triton.cdiv(col_stop - col_start, cfg.block_v))
         logit_grad_store_kernel[grid](
             *operands, dz, d_bias if d_bias is not None else dz,
             rows, col_start, col_stop, h, p.ids.shape[1], inv_t, softcap,
             NEED_DB=d_bias is not None, **launch.options(),
         )
-        if d_hidden32 is not None:
-            matmul_accumulate(d_hidden32[:rows], dz, p.weight[col_start:col_stop], mm_cfg)
-        if d_weight is not None:
-            matmul_accumulate(d_weight[col_start:col_stop], dz.T, p.hidden[start:stop], mm_cfg)
+
+    split_vocab_chunks(p.hidden, p.weight, start, stop, plan, d_hidden32, d_weight, dz_buffer, write_dz)
 
 
 def _atomic_chunk(launch: _Launch, start: int, stop: int,
@@ -156,6 +172,34 @@ def _atomic_chunk(launch: _Launch, start: int, stop: int,
     )
 
 
+def token_chunked_gradients(hidden: torch.Tensor, weight: torch.Tensor, need_hidden: bool, need_weight: bool,
+                            need_bias: bool, chunk_size: int | None, with_dz_buffer: bool, accumulate: Callable):
+    """The host loop both backwards share: allocate the gradients (hidden ``[N, H]`` in its dtype, weight
+    ``[V, H]`` and bias ``[V]`` fp32; None where not needed), then per token chunk ``[start, stop)`` call
+    ``accumulate(start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer)`` with a zeroed fp32 hidden-gradient
+    slice and copy it out. ``chunk_size`` (tokens per chunk) overrides the memory-budget plan."""
+    (n, h), vocab = hidden.shape, weight.shape[0]
+    dev = hidden.device
+    d_hidden, d_weight, d_bias = gradient_buffers(hidden, weight, need_hidden, need_weight, need_bias)
+    if n == 0:
+        return d_hidden, d_weight, d_bias
+    plan = chunk_plan(n, vocab, h, hidden.dtype, tile_config(hidden.dtype))
+    if chunk_size is not None:
+        plan = plan._replace(tokens=max(1, int(chunk_size)))
+    d_hidden32 = torch.empty((min(n, plan.tokens), h), dtype=torch.float32, device=dev) if need_hidden else None
+    dz_buffer = None
+    if with_dz_buffer:
+        dz_buffer = torch.empty(min(n, plan.tokens) * min(vocab, plan.vocab), dtype=hidden.dtype, device=dev)
+    for start in range(0, n, plan.tokens):
+        stop = min(n, start + plan.tokens)
+        if d_hidden32 is not None:
+            d_hidden32.zero_()
+        accumulate(start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer)
+        if d_hidden is not None:
+            d_hidden[start:stop] = d_hidden32[: stop - start]
+    return d_hidden, d_weight, d_bias
+
+
 def backward_stats(
     problem: LinearVocabProblem,
     lse: torch.Tensor,
@@ -167,32 +211,14 @@ def backward_stats(
 ):
     """Gradients (hidden ``[N, H]`` in its dtype, weight ``[V, H]`` fp32, bias ``[V]`` fp32); None where not
     needed. ``chunk_size`` (tokens per chunk) overrides the memory-budget plan."""
-    hidden, weight = problem.hidden, problem.weight
-    (n, h), vocab = hidden.shape, weight.shape[0]
-    dev = hidden.device
-    d_hidden = torch.empty((n, h), dtype=hidden.dtype, device=dev) if need_hidden else None
-    d_weight = torch.zeros((vocab, h), dtype=torch.float32, device=dev) if need_weight else None
-    d_bias = torch.zeros(vocab, dtype=torch.float32, device=dev) if need_bias else None
-    if n == 0:
-        return d_hidden, d_weight, d_bias
     strategy = backward_strategy()
-    cfg = tile_config(hidden.dtype)
-    plan = chunk_plan(n, vocab, h, hidden.dtype, cfg)
-    if chunk_size is not None:
-        plan = plan._replace(tokens=max(1, int(chunk_size)))
-    launch = _Launch(problem, lse, grad, cfg)
-    d_hidden32 = torch.empty((min(n, plan.tokens), h), dtype=torch.float32, device=dev) if need_hidden else None
-    dz_buffer = None
-    if strategy == "split":
-        dz_buffer = torch.empty(min(n, plan.tokens) * min(vocab, plan.vocab), dtype=hidden.dtype, device=dev)
-    for start in range(0, n, plan.tokens):
-        stop = min(n, start + plan.tokens)
-        if d_hidden32 is not None:
-            d_hidden32.zero_()
+    launch = _Launch(problem, lse, grad, tile_config(problem.hidden.dtype))
+
+    def accumulate(start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer):
         if strategy == "split":
             _split_chunk(launch, start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer)
         else:
             _atomic_chunk(launch, start, stop, d_hidden32, d_weight, d_bias)
-        if d_hidden is not None:
-            d_hidden[start:stop] = d_hidden32[: stop - start]
-    return d_hidden, d_weight, d_bias
+
+    return token_chunked_gradients(problem.hidden, problem.weight, need_hidden, need_weight, need_bias, chunk_size,
+                                   strategy == "split", accumulate)
