@@ -30,8 +30,8 @@ WHEELS=${WHEELS-.whl}
 SITE=${SITE:-/tmp/site}
 TARGET=(--n 16384 --h 4096 --v 128256 --dtype bf16)
 # shellcheck disable=SC2054  # the commas are inside arguments
-SWEEP=(--ops ce,logprobs,grpo,dpo,kd,topk --compile off --warmup 1 --repeats 5)
-ROW='^(ce|logprobs|dpo|grpo|kd|topk) '  # the suite's progress lines
+SWEEP=(--ops ce,logprobs,grpo,dpo,kd,kd-full,topk --compile off --warmup 1 --repeats 5)
+ROW='^(ce|logprobs|dpo|grpo|kd|kd-full|topk) '  # the suite's progress lines
 
 left() { echo $((BUDGET_S - (SECONDS - START) - PACK_S)); }
 

@@ -15,6 +15,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from fusedrl.kernels.triton.distill_kernels import distill_fwd_kernel, distill_grad_store_kernel
 from fusedrl.kernels.triton.launch_config import dot_precision, matmul_config, tile_config
 from fusedrl.kernels.triton.logit_grad import logit_grad_store_kernel
 from fusedrl.kernels.triton.matmul_acc import matmul_acc_kernel
@@ -24,7 +25,7 @@ from fusedrl.kernels.triton.vocab_stats_bwd import vocab_stats_bwd_kernel
 from fusedrl.kernels.triton.vocab_stats_fwd import vocab_stats_fwd_kernel
 
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-FLOAT_SCALARS = {"inv_temperature", "softcap"}
+FLOAT_SCALARS = {"inv_temperature", "softcap", "s_softcap", "t_softcap", "beta", "log1m_beta", "log_beta"}
 FWD_OUTPUTS = ("max_ptr", "sumexp_ptr", "ent_ptr", "logit_sum_ptr", "sq_sum_ptr", "target_ptr")
 BWD_FP32 = ("lse_ptr", "g_target_ptr", "coef_a_ptr", "coef_c_ptr", "g_logit_sum_ptr", "dh_ptr", "dw_ptr", "db_ptr")
 
@@ -64,6 +65,16 @@ def main() -> None:
         pointers = {**inputs, **{p: "fp32" for p in BWD_FP32}, "dz_ptr": name}
         store = compile_for_hopper(logit_grad_store_kernel, pointers, consts, cfg)
         print(json.dumps({"kernel": f"dz-{name}", **store}), flush=True)
+        models = {f"{side}{kind}_ptr": name for side in "wbh" for kind in "st"}
+        consts = dict(DIVERGENCE=2, S_HAS_BIAS=True, S_HAS_SOFTCAP=True, T_HAS_BIAS=True, T_HAS_SOFTCAP=True,
+                      BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
+                      DOT_PRECISION=dot_precision(dtype, interpreting=False))
+        stats = {p: "fp32" for p in ("s_lse_ptr", "t_lse_ptr", "div_ptr", "aux_ptr", "g_ptr", "db_ptr")}
+        fwd = compile_for_hopper(distill_fwd_kernel, {**models, **stats}, consts, cfg)
+        print(json.dumps({"kernel": f"distill-fwd-{name}", **fwd}), flush=True)
+        store = compile_for_hopper(distill_grad_store_kernel, {**models, **stats, "dz_ptr": name},
+                                   dict(consts, NEED_DB=True), cfg)
+        print(json.dumps({"kernel": f"distill-dz-{name}", **store}), flush=True)
         mm_cfg = matmul_config(dtype, interpreting=False)
         for product, unit_stride in (("dh", "stride_ak"), ("dw", "stride_am")):
             consts = dict(BLOCK_M=mm_cfg.block_m, BLOCK_N=mm_cfg.block_n, BLOCK_K=mm_cfg.block_k,

@@ -221,10 +221,13 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
                 "val_set_size": 0.15, "eval_batch_size": 7}),
     ("kd", 2, {"fsdp": True, "kd_teacher": "seed-1", "kd_top_k": 5, "kd_ce_alpha": 0.5, "datasets": SFT_ROWS,
                "test_datasets": [], "val_set_size": 0.1}),  # a live teacher, sharded beside the student
+    ("kd", 2, {"fsdp": True, "kd_teacher": "seed-1", "kd_divergence": "jsd", "datasets": SFT_ROWS,
+               "test_datasets": [], "val_set_size": 0.1}),  # its whole distribution (kd_top_k null)
     ("dpo", 2, {"rpo_alpha": None, "fsdp": True, "sync_ref_model": True, "ref_model_sync_steps": 1}),  # shard-wise
 ], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation", "dpo-precomputed-reference", "fsdp-sft", "fsdp-dpo",
         "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
-        "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher", "fsdp-dpo-synced-reference"])
+        "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher", "fsdp-kd-live-teacher-full-vocabulary",
+        "fsdp-dpo-synced-reference"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
     (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's

@@ -103,12 +103,17 @@ def held_out_kl(teacher_dir, student_dir, heldout_rows) -> float:
     return total / count
 
 
-def test_student_kl_to_teacher_falls(models, extracted, tmp_path):
-    teacher, student = models
+def heldout_sft_rows(tokenizer_dir, tmp_path):
+    """The demo's held-out pairs as tokenised SFT rows (prompt and chosen reply)."""
     held = tmp_path / "heldout.jsonl"
     held.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n"
                             for r in map(json.loads, DEMO_HELDOUT.read_text().splitlines())))
-    heldout_rows = prepare_dataset([{"path": str(held)}], load_tokenizer(str(teacher)), "sft", DataConfig(max_length=160))
+    return prepare_dataset([{"path": str(held)}], load_tokenizer(str(tokenizer_dir)), "sft", DataConfig(max_length=160))
+
+
+def test_student_kl_to_teacher_falls(models, extracted, tmp_path):
+    teacher, student = models
+    heldout_rows = heldout_sft_rows(teacher, tmp_path)
     before = held_out_kl(teacher, student, heldout_rows)
     config = config_from_dict({
         "base_model": str(student), "rl": "kd", "datasets": [{"path": str(extracted[1])}], "output_dir": str(tmp_path / "run"),
@@ -144,7 +149,48 @@ def test_live_teacher_trains_as_its_extracted_targets(models, extracted, tmp_pat
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_live_teacher_needs_the_students_vocabulary_and_a_top_k(models, tmp_path):
+def test_live_teacher_over_the_full_vocabulary_closes_the_kl(models, tmp_path):
+    """``kd_teacher`` with ``kd_top_k`` null distils every vocabulary id (linear_distill_divergence): the
+    student's held-out KL to the teacher falls as with stored targets."""
+    teacher, student = models
+    heldout_rows = heldout_sft_rows(teacher, tmp_path)
+    before = held_out_kl(teacher, student, heldout_rows)
+    train(config_from_dict(kd_config(student, SFT_DATA, tmp_path / "run", kd_teacher=str(teacher), max_steps=30)))
+    after = held_out_kl(teacher, tmp_path / "run" / "final", heldout_rows)
+    assert after < 0.7 * before, (before, after)
+
+
+@pytest.mark.parametrize("backend", ["torch", "eager"])
+def test_full_vocabulary_kd_loss_is_the_full_logit_divergence(models, tmp_path, backend):
+    """The full-vocabulary KD loss of a batch: ``kd_alpha T^2 jsd + kd_ce_alpha CE`` from both models' own
+    full logits at T = 2 (jsd with beta 0.3: m = 0.3 teacher + 0.7 student)."""
+    from fusedrl.engine.algorithms import build_algorithm
+    from fusedrl.engine.batches import fixed_batches
+    from fusedrl.engine.distributed import pick_device
+    from fusedrl.engine.training_data import load_training_data
+
+    teacher, student = models
+    config = config_from_dict(kd_config(student, SFT_DATA, tmp_path / "run", kd_teacher=str(teacher),
+                                        kd_temperature=2.0, kd_divergence="jsd", kd_beta=0.3, kd_ce_alpha=0.5,
+                                        kd_alpha=0.8, kernel_backend=backend))
+    algorithm = build_algorithm(config, pick_device())
+    data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
+    batch = algorithm.to_device(fixed_batches(data.train, 4, data.collate)[0])
+    loss, metrics = algorithm.loss(batch)
+    with torch.no_grad():
+        logits = [AutoModelForCausalLM.from_pretrained(d)(batch["input_ids"], attention_mask=batch["attention_mask"])
+                  .logits.float() for d in (teacher, student)]
+    mask = batch["labels"] != -100
+    log_t, log_s = (torch.log_softmax(x / 2.0, -1)[mask] for x in logits)
+    log_m = torch.log(0.3 * log_t.exp() + 0.7 * log_s.exp())
+    jsd = (0.3 * (log_t.exp() * (log_t - log_m)).sum(-1) + 0.7 * (log_s.exp() * (log_s - log_m)).sum(-1)).mean()
+    ce = torch.nn.functional.cross_entropy(logits[1][mask], batch["labels"][mask])
+    assert metrics["kd_loss"] == pytest.approx(float(jsd), rel=1e-4, abs=1e-6)
+    assert metrics["ce_loss"] == pytest.approx(float(ce), rel=1e-4, abs=1e-6)
+    assert loss.item() == pytest.approx(float(0.8 * 4.0 * jsd + 0.5 * ce), rel=1e-4, abs=1e-6)
+
+
+def test_live_teacher_needs_the_students_vocabulary(models, tmp_path):
     from fusedrl.engine.config import ConfigError
     from tokenizer_fixture import tiny_tokenizer
 
@@ -153,8 +199,10 @@ def test_live_teacher_needs_the_students_vocabulary_and_a_top_k(models, tmp_path
     tiny_tokenizer(add_bos=True).save_pretrained(other)
     with pytest.raises(ValueError, match=r"^kd_teacher: .*other-teacher's tokenizer .* differs from the student's"):
         train(config_from_dict(kd_config(models[1], SFT_DATA, tmp_path / "run", kd_teacher=str(other), kd_top_k=4)))
-    with pytest.raises(ConfigError, match=r"kd_top_k: kd_teacher computes the teacher's top-k in each step"):
-        config_from_dict(kd_config(models[1], SFT_DATA, tmp_path / "run", kd_teacher=str(models[0])))
+    with pytest.raises(ConfigError, match=r"kd_generation_temperature: with kd_teacher and kd_top_k null the "
+                                          r"teacher's full distribution is read at kd_temperature"):
+        config_from_dict(kd_config(models[1], SFT_DATA, tmp_path / "run", kd_teacher=str(models[0]),
+                                   kd_generation_temperature=2.0))
 
 
 def test_student_with_another_tokenizer_is_refused(models, extracted, tmp_path):

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..spec import OpSpec
-from . import cross_entropy, distill, dpo, grpo, logprobs, roofline, topk
+from . import cross_entropy, distill, distill_full, dpo, grpo, logprobs, roofline, topk
 
-OPS: tuple[OpSpec, ...] = (cross_entropy.OP, logprobs.OP, dpo.OP, grpo.OP, distill.OP, topk.OP)
+OPS: tuple[OpSpec, ...] = (cross_entropy.OP, logprobs.OP, dpo.OP, grpo.OP, distill.OP, distill_full.OP, topk.OP)
 ROOFLINE: OpSpec = roofline.OP
 IMPL_NAMES: tuple[str, ...] = tuple(spec.name for spec in cross_entropy.OP.impls)
 

@@ -17,19 +17,23 @@ def compiled(fn: Impl) -> Callable[[BuildOptions], Impl]:
     return lambda options: torch.compile(fn, dynamic=False)
 
 
-def _fusedrl_variants(fusedrl: Callable[..., torch.Tensor], differentiable: bool = True) -> tuple[ImplSpec, ...]:
+def _fusedrl_variants(fusedrl: Callable[..., torch.Tensor], differentiable: bool = True,
+                      strategies: tuple[str, ...] = BACKWARD_STRATEGIES) -> tuple[ImplSpec, ...]:
     """fusedrl on a fixed backend: ``fusedrl-<strategy>`` (Triton with ``BACKWARD_ENV=<strategy>``) and
-    ``fusedrl-torch`` (the chunked torch path). A no-grad op reports the strategies as unavailable."""
+    ``fusedrl-torch`` (the chunked torch path). A no-grad op reports the strategies as unavailable, and an op
+    whose backward has fewer ``strategies`` the others."""
 
     def on(backend: str) -> Callable[[BuildOptions], Impl]:
         return lambda options: functools.partial(fusedrl, backend=backend)
 
-    strategies = tuple(
-        ImplSpec(f"fusedrl-{name}", on("triton"), cuda_only=True, env=((BACKWARD_ENV, name),)) if differentiable
-        else ImplSpec(f"fusedrl-{name}", None, unsupported="no backward to choose a strategy for (no-grad op)")
-        for name in BACKWARD_STRATEGIES
-    )
-    return (*strategies, ImplSpec("fusedrl-torch", on("torch")))
+    def variant(name: str) -> ImplSpec:
+        if not differentiable:
+            return ImplSpec(f"fusedrl-{name}", None, unsupported="no backward to choose a strategy for (no-grad op)")
+        if name not in strategies:
+            return ImplSpec(f"fusedrl-{name}", None, unsupported=f"this op's backward has {', '.join(strategies)} only")
+        return ImplSpec(f"fusedrl-{name}", on("triton"), cuda_only=True, env=((BACKWARD_ENV, name),))
+
+    return (*(variant(name) for name in BACKWARD_STRATEGIES), ImplSpec("fusedrl-torch", on("torch")))
 
 
 def standard_impls(
@@ -37,9 +41,10 @@ def standard_impls(
     eager: Impl,
     *competitors: ImplSpec,
     differentiable: bool = True,
+    strategies: tuple[str, ...] = BACKWARD_STRATEGIES,
 ) -> tuple[ImplSpec, ...]:
-    """The row of the table for one op: ``fusedrl``, its fixed-backend variants, ``eager``, ``torch.compile``
-    (of ``eager``), then competitors.
+    """The row of the table for one op: ``fusedrl``, its fixed-backend variants (the Triton backward
+    ``strategies`` it has), ``eager``, ``torch.compile`` (of ``eager``), then competitors.
 
     ``fusedrl(inputs, backend=...)`` takes the fusedrl backend name; ``eager(inputs)`` is plain torch.
     """
@@ -49,7 +54,7 @@ def standard_impls(
 
     return (
         ImplSpec("fusedrl", build_fusedrl),
-        *_fusedrl_variants(fusedrl, differentiable),
+        *_fusedrl_variants(fusedrl, differentiable, strategies),
         ImplSpec("eager", lambda options: eager),
         ImplSpec("torch.compile", compiled(eager), needs_compile=True),
         *competitors,

@@ -372,8 +372,10 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
     if config.sample_packing and config.rl not in ("sft", "kd"):
         raise ConfigError(f"{source}: sample_packing: only rl: sft and kd pack sequences, got rl={config.rl}")
     if config.kd_teacher is not None and config.kd_top_k is None:
-        raise ConfigError(f"{source}: kd_top_k: kd_teacher computes the teacher's top-k in each step; set how many "
-                          f"ids per position (e.g. 64)")
+        for key in ("kd_generation_temperature", "kd_normalize_topk"):
+            if getattr(config, key) != _field_defaults()[key]:
+                raise ConfigError(f"{source}: {key}: with kd_teacher and kd_top_k null the teacher's full "
+                                  f"distribution is read at kd_temperature, not a top-k; remove {key} or set kd_top_k")
     if config.rl == "kd" and config.kd_divergence == "jsd" and not 0 < config.kd_beta < 1:
         raise ConfigError(f"{source}: kd_beta: kd_divergence jsd mixes the two distributions with weight "
                           f"kd_beta, expected a value in (0, 1), got {config.kd_beta!r}")

@@ -66,7 +66,7 @@ DESCRIPTIONS: dict[str, str] = {
     "kd_top_k": "`kd` only: cut every teacher position to its k most likely ids (needed when positions carry "
                 "different numbers of ids; a position with fewer than k is a bad row); null keeps them as stored. "
                 "Must be >= 1, checked when the data loads. With `kd_teacher`: the ids per position the live "
-                "teacher gives (required).",
+                "teacher gives, or null for its whole distribution (every vocabulary id, as TRL's GKD).",
     "output_dir": "Where a run writes `metrics.jsonl`, `samples.jsonl`, `tensorboard/`, `checkpoint-<step>/`, "
                   "`final/` (the trained model) and `training_curves.png`, relative to the working directory. A "
                   "fresh (not resumed) run empties the metric logs it finds there.",
@@ -168,7 +168,9 @@ DESCRIPTIONS: dict[str, str] = {
                   "`model_dtype`, frozen; sharded under `fsdp`) instead of stored targets: `datasets` are then plain "
                   "SFT rows, and each step takes the teacher's top-`kd_top_k` of every completion position at "
                   "`kd_generation_temperature` through `linear_topk` (no teacher logits), as `kd-extract` would "
-                  "have stored them.",
+                  "have stored them; with `kd_top_k` null, the divergence runs over the whole vocabulary with both "
+                  "models at `kd_temperature` (`linear_distill_divergence`: neither model's logits are "
+                  "materialised; `kd_generation_temperature` and `kd_normalize_topk` then do not apply).",
     "kd_alpha": "`kd`: weight of the distillation term in `kd_alpha·T²·KD + kd_ce_alpha·CE`, KD averaged over the "
                 "positions with teacher targets.",
     "kd_ce_alpha": "`kd`: weight of the token-mean cross-entropy of the data's own tokens (at temperature 1) in "

@@ -8,9 +8,10 @@ import random
 
 import torch
 
-from ...kernels.losses import fused_linear_topk_kd_loss
+from ...kernels.losses import fused_linear_kd_loss, fused_linear_topk_kd_loss
 from ..distributed import Ranks
 from ..kd_extract import read_metadata, teacher_topk, vocab_fingerprint
+from ..logit_head import logit_head
 from ..models import load_tokenizer
 from ..rollout import HFGenerator, completion_prompts
 from .base import as_floats, float_metrics
@@ -21,7 +22,9 @@ class KD(OnlineAlgorithm):
     """``kd_alpha * T^2 * KD + kd_ce_alpha * CE`` over positions with teacher targets.
 
     With ``kd_teacher`` the data is plain SFT rows and each batch gets the teacher's top-``kd_top_k`` of
-    every completion position at ``kd_generation_temperature`` (what ``kd-extract`` would have stored).
+    every completion position at ``kd_generation_temperature`` (what ``kd-extract`` would have stored), or,
+    with ``kd_top_k`` null, the divergence over the whole vocabulary from the teacher's own logits at
+    ``kd_temperature`` (``linear_distill_divergence``; neither model's logits are materialised).
 
     On-policy distillation (GKD, Agarwal et al. 2024; TRL's ``lmbda``): each optimizer step is on-policy with
     probability ``kd_on_policy_ratio``, drawn from ``seed`` and the step's number (every rank draws alike). An
@@ -151,15 +154,23 @@ class KD(OnlineAlgorithm):
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         on_policy = batch.get("on_policy")
-        if self.teacher is not None:
-            batch = {**batch, **self.teacher_targets(batch)}
         weight, bias = self.head()
-        loss, metrics = fused_linear_topk_kd_loss(
-            self.hidden(batch), weight, batch["labels"], batch["target_token_ids"], batch["target_logprobs"],
-            target_mask=batch["target_mask"], bias=bias, kd_temperature=cfg.kd_temperature,
-            teacher_temperature=cfg.kd_generation_temperature, divergence=cfg.kd_divergence, kd_beta=cfg.kd_beta,
-            kd_normalize_topk=cfg.kd_normalize_topk, kd_alpha=cfg.kd_alpha,
-            kd_ce_alpha=0.0 if on_policy else cfg.kd_ce_alpha, softcap=self.softcap, backend=cfg.kernel_backend,
-        )
+        shared = dict(bias=bias, kd_temperature=cfg.kd_temperature, divergence=cfg.kd_divergence, kd_beta=cfg.kd_beta,
+                      kd_alpha=cfg.kd_alpha, kd_ce_alpha=0.0 if on_policy else cfg.kd_ce_alpha, softcap=self.softcap,
+                      backend=cfg.kernel_backend)
+        if self.teacher is not None and cfg.kd_top_k is None:
+            with torch.no_grad():
+                teacher_hidden = self.hidden(batch, model=self.teacher)
+            head = logit_head(self.teacher)
+            loss, metrics = fused_linear_kd_loss(
+                self.hidden(batch), weight, batch["labels"], teacher_hidden, head.weight, teacher_bias=head.bias,
+                teacher_softcap=head.softcap, **shared)
+        else:
+            if self.teacher is not None:
+                batch = {**batch, **self.teacher_targets(batch)}
+            loss, metrics = fused_linear_topk_kd_loss(
+                self.hidden(batch), weight, batch["labels"], batch["target_token_ids"], batch["target_logprobs"],
+                target_mask=batch["target_mask"], teacher_temperature=cfg.kd_generation_temperature,
+                kd_normalize_topk=cfg.kd_normalize_topk, **shared)
         drawn = {} if on_policy is None else {"on_policy": float(on_policy)}
         return loss, {**float_metrics(loss, metrics), **drawn, **batch.get("rollout_metrics", {})}

@@ -6,7 +6,7 @@ weight to the loss through ``linear_logprobs`` without a ``[tokens, vocab]`` ten
 """
 from .distill import DIVERGENCES, teacher_logprobs, topk_kd_loss
 from .dpo import DPO_LOSS_TYPES, RunningMean, dpo_loss
-from .fused_distill import fused_linear_topk_kd_loss
+from .fused_distill import fused_linear_kd_loss, fused_linear_topk_kd_loss
 from .fused_policy import fused_linear_grpo_loss, fused_linear_ppo_loss
 from .fused_preference import (
     fused_linear_cpo_loss,
@@ -32,7 +32,8 @@ from .sequence import (
 __all__ = [
     "DIVERGENCES", "DPO_LOSS_TYPES", "GRPO_LOSS_TYPES", "KTO_LOSS_TYPES", "RunningMean",
     "check_kto_balance", "completion_lengths", "completion_mask", "cpo_loss", "dpo_loss",
-    "fused_linear_cpo_loss", "fused_linear_dpo_loss", "fused_linear_grpo_loss", "fused_linear_kto_loss",
+    "fused_linear_cpo_loss", "fused_linear_dpo_loss", "fused_linear_grpo_loss", "fused_linear_kd_loss",
+    "fused_linear_kto_loss",
     "fused_linear_orpo_loss", "fused_linear_ppo_loss", "fused_linear_simpo_loss", "fused_linear_topk_kd_loss",
     "gae_advantages", "grpo_advantages", "grpo_loss", "kto_loss", "kto_metrics", "masked_mean", "masked_sum",
     "masked_whiten", "orpo_loss", "ppo_policy_loss", "ppo_rewards", "ppo_value_loss", "preference_metrics",

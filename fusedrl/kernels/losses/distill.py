@@ -5,10 +5,11 @@ import math
 
 import torch
 
+from ..distill_chunked import DIVERGENCES
 from .checks import check_choice, check_range, check_same_shape, check_tensor
 from .sequence import masked_mean
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+__all__ = ["DIVERGENCES", "teacher_logprobs", "topk_kd_loss"]
 
 
 def teacher_logprobs(

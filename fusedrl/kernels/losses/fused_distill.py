@@ -1,8 +1,11 @@
-"""One-call top-k distillation from hidden states and the lm_head weight."""
+"""One-call distillation from hidden states and the lm_head weight: from a teacher's top-k, or from a live
+teacher over the full vocabulary."""
 from __future__ import annotations
 
 import torch
 
+from ..cross_entropy import linear_cross_entropy
+from ..distill import linear_distill_divergence
 from ..logprobs import linear_logprobs
 from .checks import check_range, check_same_shape, check_tensor
 from .distill import topk_kd_loss
@@ -78,3 +81,53 @@ def fused_linear_topk_kd_loss(
         divergence=divergence, kd_beta=kd_beta, kd_normalize_topk=kd_normalize_topk, kd_alpha=kd_alpha,
         kd_ce_alpha=kd_ce_alpha, ce_loss=ce_loss,
     )
+
+
+def fused_linear_kd_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    kd_temperature: float = 1.0,
+    divergence: str = "forward_kl",
+    kd_beta: float = 0.5,
+    kd_alpha: float = 1.0,
+    kd_ce_alpha: float = 0.0,
+    softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """``kd_alpha * T^2 * KD + kd_ce_alpha * CE`` against a live teacher over the full vocabulary.
+
+    Args:
+        hidden ``[B, T, H]``, weight ``[V, H]``, bias ``[V]``: the student; teacher_hidden ``[B, T, Ht]``,
+            teacher_weight ``[V, Ht]``, teacher_bias ``[V]``: the teacher (no gradient), on the same tokens.
+        labels: ``[B, T]`` next tokens (already shifted): KD averages over their non-ignored positions, CE
+            (at temperature 1) reads them.
+        divergence, kd_beta: as ``topk_kd_loss`` (teacher p, student q; ``jsd`` mixes ``b p + (1 - b) q``),
+            here over every vocabulary id at ``T = kd_temperature`` for both models.
+
+    Returns:
+        ``(loss scalar fp32, metrics)``: kd_loss and, when kd_ce_alpha > 0, ce_loss.
+    """
+    check_hidden_labels(hidden, labels)
+    check_range("kd_temperature", kd_temperature, 0.0, low_open=True)
+    check_range("kd_alpha", kd_alpha, 0.0)
+    check_range("kd_ce_alpha", kd_ce_alpha, 0.0)
+    kd = linear_distill_divergence(hidden, weight, teacher_hidden, teacher_weight, labels, divergence=divergence,
+                                   beta=kd_beta, temperature=kd_temperature, student_bias=bias,
+                                   teacher_bias=teacher_bias, student_softcap=softcap, teacher_softcap=teacher_softcap,
+                                   ignore_index=ignore_index, backend=backend)
+    loss = kd_alpha * kd_temperature**2 * kd
+    metrics = {"kd_loss": kd.detach()}
+    if kd_ce_alpha > 0:
+        ce_loss = linear_cross_entropy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
+                                       backend=backend)
+        loss = loss + kd_ce_alpha * ce_loss
+        metrics["ce_loss"] = ce_loss.detach()
+    return loss, metrics
