@@ -254,7 +254,7 @@ class TrainConfig:
 
     @property
     def effective_loss_type(self) -> str | list | None:
-        """``loss_type`` or the algorithm's default (DPO sigmoid, IPO ipo, GRPO grpo; None for the others)."""
+        """``loss_type`` or the algorithm's default (``DEFAULT_LOSS_TYPE``; None for the algorithms without one)."""
         return self.loss_type if self.loss_type is not None else DEFAULT_LOSS_TYPE.get(self.rl)
 
     @property
