@@ -34,6 +34,14 @@ def labels(rows: int, seq: int, v: int, device: torch.device, gen: torch.Generat
     return ids
 
 
+def policy_rows(rows: int, seq: int, h: int, v: int, dtype: torch.dtype, device: torch.device,
+                gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The trained model's side of a batch of ``rows x seq`` tokens: hidden ``[rows, seq, H]`` and weight
+    ``[V, H]`` (grad leaves) and labels ``[rows, seq]``, drawn in that order from ``gen``."""
+    return {"hidden": hidden_states((rows, seq, h), dtype, device, gen), "weight": lm_head(v, h, dtype, device, gen),
+            "labels": labels(rows, seq, v, device, gen)}
+
+
 def standard_normal(shape: tuple[int, ...], device: torch.device, gen: torch.Generator) -> torch.Tensor:
     """fp32 standard-normal values (advantages, upstream gradients, teacher scores)."""
     return torch.randn(shape, generator=gen, device=device)
