@@ -19,10 +19,10 @@ class _FusedDistill(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, teacher: LinearVocabProblem, temperature, softcap, divergence, beta,
                 backend_module, chunk_size):
         student = LinearVocabProblem(hidden, weight, bias, teacher.ids, temperature, softcap)
-        problem = DistillProblem(student, teacher, divergence, beta)
-        out = backend_module.distill_forward(problem, chunk_size)
+        out = backend_module.distill_forward(DistillProblem(student, teacher, divergence, beta), chunk_size)
         ctx.save_for_backward(hidden, weight, bias, out.aux, out.student_lse, out.teacher_lse)
-        ctx.problem, ctx.backend_module, ctx.chunk_size = problem, backend_module, chunk_size
+        ctx.teacher, ctx.student_args, ctx.divergence_args = teacher, (temperature, softcap), (divergence, beta)
+        ctx.backend_module, ctx.chunk_size = backend_module, chunk_size
         return out.divergence
 
     @staticmethod
@@ -31,7 +31,8 @@ class _FusedDistill(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if not (need_h or need_w or need_b):
             return (None,) * 10
-        problem = ctx.problem._replace(student=ctx.problem.student._replace(hidden=hidden, weight=weight, bias=bias))
+        student = LinearVocabProblem(hidden, weight, bias, ctx.teacher.ids, *ctx.student_args)
+        problem = DistillProblem(student, ctx.teacher, *ctx.divergence_args)
         forward = DistillForward(torch.empty(0), aux, student_lse, teacher_lse)
         d_h, d_w, d_b = ctx.backend_module.distill_backward(problem, forward, grad.float().contiguous(), need_h,
                                                             need_w, need_b, ctx.chunk_size)
