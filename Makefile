@@ -47,7 +47,8 @@ gpu-wheels:
 TRITON_CHECK ?= 3.6.0
 TRITON_VENV  := .venv-triton-$(TRITON_CHECK)
 KERNEL_TESTS := tests/test_kernels_parity.py tests/test_kernels_edges.py tests/test_triton_backward.py \
-                tests/test_topk.py tests/test_triton_compile.py tests/test_losses_fused.py
+                tests/test_topk.py tests/test_distill_divergence.py tests/test_triton_compile.py \
+                tests/test_losses_fused.py
 
 test-triton:
 	test -x $(TRITON_VENV)/bin/python || python3 -m venv $(TRITON_VENV)
