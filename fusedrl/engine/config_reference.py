@@ -160,7 +160,8 @@ DESCRIPTIONS: dict[str, str] = {
                                   "model's scores towards 0 (margin: the data's optional `margin` column, else 0).",
     "kd_temperature": "`kd`: the distillation temperature T: the student is `log_softmax(z / T)`, the teacher's "
                       "top-k distribution is moved from `kd_generation_temperature` to T (`p ← p^(T_gen / T)`, "
-                      "renormalised), and the KD term is scaled by T².",
+                      "renormalised; a full-vocabulary live teacher is taken at T directly), and the KD term is "
+                      "scaled by T².",
     "kd_generation_temperature": "`kd`: the temperature the teacher targets were extracted at (`fusedrl "
                                  "kd-extract --temperature`); data written by kd-extract records it, and a "
                                  "mismatch is an error. With `kd_teacher`: the temperature of its live top-k.",
@@ -175,8 +176,9 @@ DESCRIPTIONS: dict[str, str] = {
                 "positions with teacher targets.",
     "kd_ce_alpha": "`kd`: weight of the token-mean cross-entropy of the data's own tokens (at temperature 1) in "
                    "that loss; 0 learns from the teacher alone.",
-    "kd_divergence": "`kd`: the divergence over the K teacher ids: `forward_kl` Σ p(log p − log q), `reverse_kl` "
-                     "Σ q(log q − log p), or `jsd` (mixture weight `kd_beta`).",
+    "kd_divergence": "`kd`: the divergence over the K teacher ids (every vocabulary id with a live teacher and "
+                     "`kd_top_k` null), p the teacher and q the student: `forward_kl` Σ p(log p − log q), "
+                     "`reverse_kl` Σ q(log q − log p), or `jsd` (mixture weight `kd_beta`).",
     "kd_beta": "`kd` with `kd_divergence: jsd`: b in `b·KL(p‖m) + (1 − b)·KL(q‖m)`, `m = b·p + (1 − b)·q`; the "
                "value must lie in (0, 1) there.",
     "kd_normalize_topk": "`kd`: renormalise the student's probabilities over the K teacher ids instead of the full "
@@ -186,7 +188,8 @@ DESCRIPTIONS: dict[str, str] = {
                           "probability λ, drawn from `seed` and the step number (all ranks alike, the same on "
                           "resume): the last reply of every row is replaced by one the student samples from what "
                           "precedes it (`temperature`, `top_p`, `top_k`, `max_completion_length`), and the teacher's "
-                          "top-`kd_top_k` is taken on those tokens; the `kd_ce_alpha` term is off on such steps. "
+                          "top-`kd_top_k` (or whole distribution) is taken on those tokens; the `kd_ce_alpha` term is "
+                          "off on such steps. "
                           "Logs `on_policy` (1 or 0), `completions/mean_length`, `completions/clipped_ratio` and "
                           "text samples. Evaluation always uses the data's replies. 0: never; 1: always. Needs "
                           "unpacked rows (`sample_packing: false`). Multi-turn rows keep their earlier turns as the "
