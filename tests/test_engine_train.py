@@ -62,14 +62,19 @@ def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_dpo_loss_options_reach_the_loss(model_dir, tmp_path):
-    """f_divergence_type, use_weighting, ld_alpha and the AOT loss types each change the loss of the same batch
-    (the policy is moved off the reference first: at the reference every variant gives ln 2)."""
+def test_pairwise_loss_options_reach_the_loss(model_dir, tmp_path):
+    """DPO's f_divergence_type, use_weighting, ld_alpha and AOT loss types, and CPO's loss types, each change the
+    loss of the same batch (the policy is moved off the reference first: at the reference every DPO variant
+    gives ln 2)."""
+    dpo = {"rpo_alpha": 0.0}
+    cases = {"plain": ("dpo", dpo), "js": ("dpo", {**dpo, "f_divergence_type": "js_divergence"}),
+             "wpo": ("dpo", {**dpo, "use_weighting": True}),
+             "aot_unpaired": ("dpo", {**dpo, "loss_type": "aot_unpaired"}), "ld": ("dpo", {**dpo, "ld_alpha": 0.3}),
+             "cpo": ("cpo", {}), "cpo-hinge": ("cpo", {"loss_type": "hinge"}), "cpo-ipo": ("cpo", {"loss_type": "ipo"})}
     losses = {}
-    for name, extra in {"plain": {}, "js": {"f_divergence_type": "js_divergence"}, "wpo": {"use_weighting": True},
-                        "aot_unpaired": {"loss_type": "aot_unpaired"}, "ld": {"ld_alpha": 0.3}}.items():
+    for name, (rl, extra) in cases.items():
         torch.manual_seed(0)
-        config = config_from_dict(train_config(model_dir, tmp_path / name, "dpo", rpo_alpha=0.0, **extra))
+        config = config_from_dict(train_config(model_dir, tmp_path / name, rl, **extra))
         algorithm = build_algorithm(config, pick_device())
         data = load_training_data(config, algorithm.tokenizer, algorithm.data_kind)
         batch = algorithm.to_device(fixed_batches(data.train, 4, data.collate)[0])

@@ -321,15 +321,17 @@ def test_dpo_bias_and_softcap_reach_policy_and_reference(backend):
 
 
 def pairwise_case(method):
-    """CPO, SimPO or ORPO: fused wrapper and eager formula on the same random pairwise batch."""
+    """CPO (``cpo``, ``cpo-hinge``, ``cpo-ipo``), SimPO or ORPO: fused wrapper and eager formula on the same random
+    pairwise batch."""
     hidden, weight = make_model(2 * PAIRS)
     labels = make_labels(2 * PAIRS)
-    beta, alpha, gamma, eps = 0.3, 0.7, 0.4, 0.1
+    method, _, cpo_type = method.partition("-")
+    beta, alpha, gamma, eps = 0.3, 0.7, 0.4, 0.0 if cpo_type else 0.1
 
     def fused(hidden, weight, labels, backend):
         if method == "cpo":
             return fused_linear_cpo_loss(hidden, weight, labels, beta=beta, cpo_alpha=alpha, label_smoothing=eps,
-                                         backend=backend)
+                                         loss_type=cpo_type or "sigmoid", backend=backend)
         if method == "simpo":
             return fused_linear_simpo_loss(hidden, weight, labels, beta=beta, simpo_gamma=gamma, cpo_alpha=alpha,
                                            label_smoothing=eps, backend=backend)
@@ -339,8 +341,10 @@ def pairwise_case(method):
         p = eager_pairs(hidden, weight, labels)
         ls = F.logsigmoid
         if method == "cpo":
-            z = beta * (p["c"] - p["r"])
-            loss = (-(1 - eps) * ls(z) - eps * ls(-z)).mean() + alpha * p["nll"]
+            h = p["c"] - p["r"]
+            losses = {"hinge": torch.relu(1 - beta * h), "ipo": (h - 1 / (2 * beta)) ** 2,
+                      "": -(1 - eps) * ls(beta * h) - eps * ls(-beta * h)}[cpo_type]
+            loss = losses.mean() + alpha * p["nll"]
             return loss, eager_pair_metrics(p, beta * p["c"], beta * p["r"], p["c"], p["r"])
         ac, ar = p["c"] / p["lc"], p["r"] / p["lr"]
         if method == "simpo":
@@ -359,7 +363,7 @@ def pairwise_case(method):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("method", ["cpo", "simpo", "orpo"])
+@pytest.mark.parametrize("method", ["cpo", "cpo-hinge", "cpo-ipo", "simpo", "orpo"])
 def test_reference_free_pairwise_matches_eager(backend, dtype, method):
     fused, eager, tensors = pairwise_case(method)
     compare(fused, eager, tensors, dtype, backend)

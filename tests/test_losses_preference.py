@@ -193,6 +193,18 @@ def test_cpo_simpo_orpo_hand_computed():
     torch.testing.assert_close(cr, t(0.1 * math.log(0.5)))
 
 
+def test_cpo_loss_types_hand_computed():
+    """TRL's CPO variants on h = Lc - Lr = 2 ln 2, beta 0.5: hinge relu(1 - ln 2), ipo (2 ln 2 - 1)^2."""
+    for loss_type, expected in (("hinge", 1 - LN2), ("ipo", (2 * LN2 - 1) ** 2)):
+        losses, cr, _ = cpo_loss(t(2 * LN2 - 3.0), t(-3.0), beta=0.5, loss_type=loss_type)
+        torch.testing.assert_close(losses, t(expected))
+        torch.testing.assert_close(cr, t(0.5 * (2 * LN2 - 3.0)))
+    with pytest.raises(ValueError, match="label_smoothing: only loss_type sigmoid uses it"):
+        cpo_loss(t(0.0), t(0.0), loss_type="hinge", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="loss_type"):
+        cpo_loss(t(0.0), t(0.0), loss_type="simpo")
+
+
 def test_log1mexp_is_accurate_at_both_ends():
     # fp32, where the naive log(1 - exp(x)) gives -inf near 0 and 0 far below it
     values = [-1e-9, -1e-4, -0.5, -0.7, -5.0, -30.0]

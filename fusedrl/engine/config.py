@@ -20,6 +20,7 @@ import yaml
 from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KTO_LOSS_TYPES
 from ..kernels.losses.dpo import F_DIVERGENCE_TYPES, LOG_RATIO_LOSS_TYPES, SMOOTHED_LOSS_TYPES
 from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
+from ..kernels.losses.preference import CPO_LOSS_TYPES
 from ..kernels.losses.policy import KL_ESTIMATORS
 from .data.loading import looks_local
 from .rewards import DEFAULT_FORMAT_PATTERN
@@ -88,8 +89,9 @@ PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
 DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
 # ``loss_type`` choices and default of the algorithms that have one; the others take none.
 LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES, "online_dpo": ("sigmoid", "ipo"),
-              "kto": KTO_LOSS_TYPES}
-DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo", "online_dpo": "sigmoid", "kto": "kto"}
+              "kto": KTO_LOSS_TYPES, "cpo": CPO_LOSS_TYPES}
+DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "ipo": "ipo", "grpo": "grpo", "online_dpo": "sigmoid", "kto": "kto",
+                     "cpo": "sigmoid"}
 
 
 # A float that YAML 1.1 leaves a string: exponent without a dot (``3e-4``, ``1E5``).
@@ -520,6 +522,9 @@ def _check_label_smoothing(config: TrainConfig, source: str) -> None:
     if config.rl not in ("sft", "dpo", "cpo", "simpo"):
         raise ConfigError(f"{source}: label_smoothing: rl={config.rl} does not use it (sft, dpo, cpo and simpo do); "
                           f"expected 0, got {config.label_smoothing!r}")
+    if config.rl == "cpo" and config.effective_loss_type != "sigmoid":
+        raise ConfigError(f"{source}: label_smoothing: cpo's loss_type {config.effective_loss_type!r} does not use "
+                          f"it (only sigmoid does); expected 0, got {config.label_smoothing!r}")
     if config.rl == "dpo" and (unsmoothed := [t for t in config.dpo_loss_types
                                               if t not in (*SMOOTHED_LOSS_TYPES, "sft")]):
         raise ConfigError(f"{source}: label_smoothing: loss_type {unsmoothed[0]!r} does not use it "

@@ -125,16 +125,17 @@ DESCRIPTIONS: dict[str, str] = {
                  "`sapo_temperature_pos` where A > 0 and `sapo_temperature_neg` elsewhere, aggregated as `grpo`; no "
                  "`epsilon`, `epsilon_high` or `delta`); `kto`: `kto` (default, against the mismatched-pair KL "
                  "baseline) or `apo_zero_unpaired` (APO's zero anchor on unpaired data, as TRL: `λD·(1 − σ(βΔ))` / "
-                 "`λU·σ(βΔ)`, no KL pass). Any other `rl` rejects it.",
+                 "`λU·σ(βΔ)`, no KL pass); `cpo`: `sigmoid` (default), `hinge` `relu(1 − β(Lc − Lr))` or `ipo` "
+                 "`(Lc − Lr − 1/(2β))²` (TRL's CPO). Any other `rl` rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
     "ld_alpha": "`dpo` and `ipo`: LD-DPO (Liu et al. 2024; TRL's key), α in [0, 1]: in each pair's sequence logps "
                 "(policy and reference, precomputed ones too) the tokens past the shorter reply's length count α "
                 "times, so a longer reply gains no likelihood mass from its length alone. Null: plain sums.",
     "label_smoothing": "`sft`: ε in [0, 1], per token `(1 − ε)·nll + ε·mean_v(−log p_v)` (torch's semantics). "
-                       f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` and `simpo`: the label-noise ε in "
-                       "[0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other algorithm and loss "
-                       "type requires 0. Alias `sft_label_smoothing`.",
+                       f"`dpo` (loss_type {_codes(SMOOTHED_LOSS_TYPES)}), `cpo` (sigmoid) and `simpo`: the "
+                       "label-noise ε in [0, 0.5), e.g. sigmoid `−(1 − ε)·logσ(βh) − ε·logσ(−βh)`; every other "
+                       "algorithm and loss type requires 0. Alias `sft_label_smoothing`.",
     "f_divergence_type": "`dpo` and `ipo`: f-DPO (Wang et al. 2023; TRL's key): the loss reads f′(π/π_ref) of each "
                          "reply where DPO reads the log ratio: `reverse_kl` (the log ratio: DPO), `forward_kl` "
                          "(−π_ref/π), `js_divergence` (log(u/(1 + u))) or `alpha_divergence` (u^(α−1)/(α−1) with "

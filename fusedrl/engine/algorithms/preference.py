@@ -112,13 +112,13 @@ class DPO(Pairwise):
 
 
 class CPO(Pairwise):
-    """``rl: cpo``: no reference model."""
+    """``rl: cpo`` (``loss_type`` sigmoid, hinge or ipo): no reference model."""
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         loss, metrics = fused_linear_cpo_loss(self.hidden(batch), labels=batch["labels"], **self.common_kwargs(),
                                               beta=cfg.effective_beta, label_smoothing=cfg.label_smoothing,
-                                              cpo_alpha=cfg.cpo_alpha)
+                                              cpo_alpha=cfg.cpo_alpha, loss_type=cfg.effective_loss_type)
         return loss, float_metrics(loss, metrics)
 
 

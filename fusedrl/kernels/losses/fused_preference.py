@@ -215,11 +215,12 @@ def fused_linear_cpo_loss(
     beta: float = 0.1,
     label_smoothing: float = 0.0,
     cpo_alpha: float = 1.0,
+    loss_type: str = "sigmoid",
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
 ):
-    """CPO: ``cpo_loss`` on summed logps plus ``cpo_alpha *`` chosen NLL; no reference model.
+    """CPO: ``cpo_loss`` (any ``loss_type``) on summed logps plus ``cpo_alpha *`` chosen NLL; no reference model.
 
     Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)`` with the same metric names.
     """
@@ -227,7 +228,7 @@ def fused_linear_cpo_loss(
     policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
                              backend=backend)
     losses, chosen_rewards, rejected_rewards = cpo_loss(
-        policy.chosen_logps, policy.rejected_logps, beta=beta, label_smoothing=label_smoothing)
+        policy.chosen_logps, policy.rejected_logps, beta=beta, label_smoothing=label_smoothing, loss_type=loss_type)
     return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, cpo_alpha,
                             policy.chosen_logps, policy.rejected_logps)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_lengths, check_pair, check_range
+from .checks import check_choice, check_lengths, check_pair, check_range
+
+CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
 
 def check_label_smoothing(label_smoothing: float) -> None:
@@ -65,18 +67,34 @@ def preference_metrics(
 
 
 def cpo_loss(
-    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
 ):
-    """CPO preference term ``-(1-eps) logsig(b(Lc - Lr)) - eps logsig(-b(Lc - Lr))``; no reference model.
+    """CPO's preference term on ``h = Lc - Lr``; no reference model. ``loss_type`` (TRL's CPO): ``sigmoid``
+    ``-(1-eps) logsig(b h) - eps logsig(-b h)``, ``hinge`` ``relu(1 - b h)`` or ``ipo`` ``(h - 1/(2b))^2``
+    (label smoothing only with sigmoid).
 
     Args: summed logps ``[B]`` each. The ``cpo_alpha * NLL`` term is added by the caller.
     Returns: ``(losses [B], b * Lc [B], b * Lr [B])``.
     """
     check_pair("chosen_logps", chosen_logps, rejected_logps=rejected_logps)
+    check_choice("loss_type", loss_type, CPO_LOSS_TYPES)
     check_range("beta", beta, 0.0, low_open=True)
     check_label_smoothing(label_smoothing)
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing: only loss_type sigmoid uses it; expected 0 for {loss_type!r}, "
+                         f"got {label_smoothing!r}")
     chosen, rejected = chosen_logps.float(), rejected_logps.float()
-    losses = pairwise_sigmoid_loss(beta * (chosen - rejected), label_smoothing)
+    if loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * (chosen - rejected))
+    elif loss_type == "ipo":
+        losses = (chosen - rejected - 1.0 / (2.0 * beta)).square()
+    else:
+        losses = pairwise_sigmoid_loss(beta * (chosen - rejected), label_smoothing)
     return losses, (beta * chosen).detach(), (beta * rejected).detach()
 
 
