@@ -15,7 +15,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fusedrl.kernels.triton.distill_kernels import distill_fwd_kernel, distill_grad_store_kernel
+from fusedrl.kernels.triton.distill_kernels import (distill_grad_store_kernel, distill_jsd_fwd_kernel,
+                                                    distill_kl_fwd_kernel)
 from fusedrl.kernels.triton.launch_config import dot_precision, matmul_config, tile_config
 from fusedrl.kernels.triton.logit_grad import logit_grad_store_kernel
 from fusedrl.kernels.triton.matmul_acc import matmul_acc_kernel
@@ -66,14 +67,17 @@ def main() -> None:
         store = compile_for_hopper(logit_grad_store_kernel, pointers, consts, cfg)
         print(json.dumps({"kernel": f"dz-{name}", **store}), flush=True)
         models = {f"{side}{kind}_ptr": name for side in "wbh" for kind in "st"}
-        consts = dict(DIVERGENCE=2, S_HAS_BIAS=True, S_HAS_SOFTCAP=True, T_HAS_BIAS=True, T_HAS_SOFTCAP=True,
+        consts = dict(S_HAS_BIAS=True, S_HAS_SOFTCAP=True, T_HAS_BIAS=True, T_HAS_SOFTCAP=True,
                       BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
                       DOT_PRECISION=dot_precision(dtype, interpreting=False))
-        stats = {p: "fp32" for p in ("s_lse_ptr", "t_lse_ptr", "div_ptr", "aux_ptr", "g_ptr", "db_ptr")}
-        fwd = compile_for_hopper(distill_fwd_kernel, {**models, **stats}, consts, cfg)
-        print(json.dumps({"kernel": f"distill-fwd-{name}", **fwd}), flush=True)
+        stats = {p: "fp32" for p in ("s_lse_ptr", "t_lse_ptr", "div_ptr", "aux_ptr", "g_ptr", "db_ptr", "s_max_ptr",
+                                     "s_sum_ptr", "t_max_ptr", "t_sum_ptr", "cross_ptr")}
+        fwd = compile_for_hopper(distill_kl_fwd_kernel, {**models, **stats}, dict(consts, REVERSE=True), cfg)
+        print(json.dumps({"kernel": f"distill-kl-{name}", **fwd}), flush=True)
+        fwd = compile_for_hopper(distill_jsd_fwd_kernel, {**models, **stats}, consts, cfg)
+        print(json.dumps({"kernel": f"distill-jsd-{name}", **fwd}), flush=True)
         store = compile_for_hopper(distill_grad_store_kernel, {**models, **stats, "dz_ptr": name},
-                                   dict(consts, NEED_DB=True), cfg)
+                                   dict(consts, DIVERGENCE=2, NEED_DB=True), cfg)
         print(json.dumps({"kernel": f"distill-dz-{name}", **store}), flush=True)
         mm_cfg = matmul_config(dtype, interpreting=False)
         for product, unit_stride in (("dh", "stride_ak"), ("dw", "stride_am")):

@@ -28,8 +28,8 @@ def test_vocab_stats_kernels_compile_for_sm90():
     assert run.returncode == 0, run.stderr[-4000:]
     kernels = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     dtypes = ("fp32", "bf16")
-    expected = ({f"{kind}-{t}" for kind in ("fwd", "dz", "matmul-dh", "matmul-dw", "distill-fwd", "distill-dz")
-                 for t in dtypes}
+    expected = ({f"{kind}-{t}" for kind in ("fwd", "dz", "matmul-dh", "matmul-dw", "distill-kl", "distill-jsd",
+                                            "distill-dz") for t in dtypes}
                 | {f"bwd-{t}-dw{w}" for t in dtypes for w in (0, 1)}
                 | {f"topk-{t}-k{k}" for t in dtypes for k in (16, 256)})
     assert {k["kernel"] for k in kernels} == expected
