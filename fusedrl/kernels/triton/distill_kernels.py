@@ -13,7 +13,7 @@ vocab ids, each from its own hidden states and lm_head), one vocab range per pro
 import triton
 import triton.language as tl
 
-from .vocab_stats_fwd import NEG_INIT, linear_tile, softcapped_logits
+from .vocab_stats_fwd import NEG_INIT, linear_tile, online_softmax_step, softcapped_logits
 
 
 @triton.jit
@@ -111,16 +111,11 @@ def distill_kl_fwd_kernel(
             rows, cols, row_mask, col_mask, HS, HT, inv_temperature, s_softcap, t_softcap,
             S_HAS_BIAS, S_HAS_SOFTCAP, T_HAS_BIAS, T_HAS_SOFTCAP, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION,
         )
-        valid = row_mask[:, None] & col_mask[None, :]
-        new_s_max = tl.maximum(s_max, tl.max(tl.where(col_mask[None, :], zs, NEG_INIT), axis=1))
-        new_t_max = tl.maximum(t_max, tl.max(tl.where(col_mask[None, :], zt, NEG_INIT), axis=1))
-        es = tl.where(valid, tl.exp(zs - new_s_max[:, None]), 0.0)
-        et = tl.where(valid, tl.exp(zt - new_t_max[:, None]), 0.0)
-        s_scale = tl.exp(s_max - new_s_max)
-        t_scale = tl.exp(t_max - new_t_max)
+        new_s_max, es, s_scale = online_softmax_step(s_max, zs, col_mask)
+        new_t_max, et, t_scale = online_softmax_step(t_max, zt, col_mask)
         s_sum = s_scale * s_sum + tl.sum(es, axis=1)
         t_sum = t_scale * t_sum + tl.sum(et, axis=1)
-        gap = tl.where(valid, zt - zs, 0.0)
+        gap = tl.where(col_mask[None, :], zt - zs, 0.0)
         if REVERSE:
             cross = s_scale * cross - tl.sum(es * gap, axis=1)
         else:

@@ -56,6 +56,16 @@ def linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
 
 
 @triton.jit
+def online_softmax_step(run_max, z, col_mask):
+    """One tile of an online softmax over ``z [BLOCK_N, BLOCK_V]``: the new running max ``[BLOCK_N]``,
+    ``e = exp(z - new max)`` (0 outside ``col_mask``) and ``alpha = exp(run_max - new max)``, the factor that
+    rescales sums kept relative to the old max."""
+    new_max = tl.maximum(run_max, tl.max(tl.where(col_mask[None, :], z, NEG_INIT), axis=1))
+    e = tl.where(col_mask[None, :], tl.exp(z - new_max[:, None]), 0.0)
+    return new_max, e, tl.exp(run_max - new_max)
+
+
+@triton.jit
 def vocab_stats_fwd_kernel(
     h_ptr, w_ptr, b_ptr, ids_ptr,
     max_ptr, sumexp_ptr, ent_ptr, logit_sum_ptr, sq_sum_ptr, target_ptr,
@@ -89,11 +99,8 @@ def vocab_stats_fwd_kernel(
             picked = tl.sum(tl.where(cols[None, :] == idk[:, None], z, 0.0), axis=1)
             tl.store(target_ptr + rows * K + k, picked, mask=hit)
 
-        z = tl.where(col_mask[None, :], z, NEG_INIT)
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        shift = z - new_max[:, None]
-        e = tl.where(col_mask[None, :], tl.exp(shift), 0.0)
-        alpha = tl.exp(run_max - new_max)
+        new_max, e, alpha = online_softmax_step(run_max, z, col_mask)
+        shift = tl.where(col_mask[None, :], z - new_max[:, None], 0.0)
         run_ent = alpha * (run_ent + (run_max - new_max) * run_sum) + tl.sum(e * shift, axis=1)
         run_sum = alpha * run_sum + tl.sum(e, axis=1)
         run_sq_sum = alpha * alpha * run_sq_sum + tl.sum(e * e, axis=1)
