@@ -206,16 +206,15 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
 
 
 @pytest.mark.parametrize("rl, micro, extra", [
-    ("sft", 1, {}),
+    # replicated ranks: every weight (dpo), then label-token weighting with accumulation (sft)
     ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10}),  # RPO's NLL is a token mean per micro-batch
     ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2}),
-    ("dpo", 2, {"rpo_alpha": None, "precompute_ref_log_probs": True}),  # each rank computes half the rows
-    ("sft", 1, {"fsdp": True}),
     ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10, "fsdp": True}),  # the reference copy is sharded too
     ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2,
                 "fsdp": True}),
     ("rm", 2, {"fsdp": True, "eval_batch_size": 10}),
-    ("dpo", 2, {"rpo_alpha": None, "adapter": "lora", "lora_r": 4, "precompute_ref_log_probs": True, "fsdp": True}),
+    ("dpo", 2, {"rpo_alpha": None, "adapter": "lora", "lora_r": 4, "precompute_ref_log_probs": True,
+                "fsdp": True}),  # each rank computes half the reference rows
     # 155 training rows: rank 0 precomputes 78 in 12 batches of 7, rank 1 77 in 11 and a stand-in batch
     ("dpo", 2, {"rpo_alpha": None, "precompute_ref_log_probs": True, "fsdp": True, "test_datasets": [],
                 "val_set_size": 0.15, "eval_batch_size": 7}),
@@ -224,7 +223,7 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
     ("kd", 2, {"fsdp": True, "kd_teacher": "seed-1", "kd_divergence": "jsd", "datasets": SFT_ROWS,
                "test_datasets": [], "val_set_size": 0.1}),  # its whole distribution (kd_top_k null)
     ("dpo", 2, {"rpo_alpha": None, "fsdp": True, "sync_ref_model": True, "ref_model_sync_steps": 1}),  # shard-wise
-], ids=["sft", "dpo", "sft-lora-checkpointing-accumulation", "dpo-precomputed-reference", "fsdp-sft", "fsdp-dpo",
+], ids=["dpo", "sft-lora-checkpointing-accumulation", "fsdp-dpo",
         "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
         "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher", "fsdp-kd-live-teacher-full-vocabulary",
         "fsdp-dpo-synced-reference"])
