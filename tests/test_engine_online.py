@@ -1,4 +1,4 @@
-"""Online RL (GRPO and PPO) on tiny random models: rollouts, rewards, losses, metrics against eager, training."""
+"""Online RL (GRPO, RLOO, online DPO and PPO) on tiny random models: rollouts, rewards, losses, metrics against eager, training."""
 import json
 import shutil
 
@@ -65,11 +65,11 @@ def files(tmp_path_factory):
 
 
 def online_config(files, out, rl, **overrides):
-    """A validated GRPO / PPO config on the tiny model and the prompt file."""
+    """A validated GRPO / RLOO / PPO config on the tiny model and the prompt file."""
     raw = train_config(files["model"], out, rl, datasets=[{"path": str(files["prompts"])}],
                        test_datasets=[{"path": str(files["prompts"])}], max_completion_length=8,
                        temperature=1.0, num_sample_generations=0, local_rollout_forward_batch_size=8)
-    if rl == "grpo":
+    if rl in ("grpo", "rloo"):
         raw.update(reward_funcs=[f"{files['rewards']}:low_ids"], num_generations=4)
     else:
         raw.update(reward_model=str(files["rm"]))
@@ -359,6 +359,67 @@ def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type):
     assert len(samples) == 3 and "low_ids=" in samples[0]["text"]
 
 
+# ---- RLOO --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_rloo_advantages_and_loss_match_an_eager_computation(files, tmp_path, num_iterations):
+    """On one rollout: the advantages are the leave-one-out baselines of the rewards less beta times each
+    completion's summed KL (from full logits of the sampling policy and the reference); after an update the loss,
+    entropy and clip ratios are those of whole-completion ratios from full logits. With one iteration the ratio is
+    1 exactly (no old logprobs are handed to the loss)."""
+    g, epsilon, beta, temperature = 4, 0.1, 0.2, 0.8
+    config = online_config(files, tmp_path, "rloo", num_iterations=num_iterations, epsilon=epsilon, beta=beta,
+                           temperature=temperature, num_generations=g, micro_batch_size=2)
+    algorithm, batch = build(config)
+    with torch.no_grad():
+        for p in algorithm.reference.parameters():  # a reference that differs from the policy
+            p.add_(0.05 * torch.randn_like(p))
+    micro = algorithm.updates([batch])[0][0]
+    assert "ref_logps" not in micro and ("old_logps" in micro) == (num_iterations > 1)
+    mask = micro["labels"] != -100
+    old, _ = eager_logps(algorithm.model, micro, temperature)
+    ref, _ = eager_logps(algorithm.reference, micro, temperature)
+    ids = [row[row != -100] for row in micro["labels"]]
+    rewards = torch.tensor([float((r < LOW_IDS).float().mean()) for r in ids])
+    shaped = (rewards - beta * ((old - ref) * mask).sum(-1)).view(-1, g)
+    expected_adv = (shaped - (shaped.sum(1, keepdim=True) - shaped) / (g - 1)).flatten()
+    torch.testing.assert_close(micro["advantages"], expected_adv, atol=1e-5, rtol=1e-4)
+    rollout = micro["rollout_metrics"]
+    assert rollout["reward"] == pytest.approx(float(rewards.mean()), abs=1e-6)
+    assert rollout["kl"] == pytest.approx(float(masked_mean(old - ref, mask)), abs=1e-5) and rollout["kl"] > 0
+    assert rollout["kl_penalty"] == pytest.approx(float(beta * ((old - ref) * mask).sum(-1).mean()), rel=1e-4)
+
+    optimizer_step(algorithm, micro, lr=3e-2)
+    loss, metrics = algorithm.loss(micro)
+    logp, entropy = eager_logps(algorithm.model, micro, temperature)
+    seq = (logp * mask).sum(-1)
+    ratio = torch.exp(seq - (old * mask).sum(-1)) if num_iterations > 1 else torch.ones_like(seq)
+    low, high = (ratio < 1 - epsilon) & (expected_adv < 0), (ratio > 1 + epsilon) & (expected_adv > 0)
+    expected = {
+        "loss": -torch.minimum(ratio * expected_adv, ratio.clamp(1 - epsilon, 1 + epsilon) * expected_adv).mean(),
+        "entropy": masked_mean(entropy, mask), "clip_ratio/low_mean": low.float().mean(),
+        "clip_ratio/high_mean": high.float().mean(), "clip_ratio/region_mean": (low | high).float().mean(),
+    }
+    assert (expected["clip_ratio/region_mean"] > 0) == (num_iterations > 1)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(float(value), abs=1e-5, rel=1e-4), key
+
+
+def test_rloo_raises_the_toy_reward(files, tmp_path):
+    """A few dozen steps of RLOO with the KL penalty in the reward and normalised advantages: the fraction of
+    low-id tokens climbs clearly above its start, and the policy moves away from the reference."""
+    config = online_config(files, tmp_path / "run", "rloo", max_steps=30, learning_rate=2e-2, beta=0.01,
+                           num_generations=8, micro_batch_size=2, test_datasets=[], normalize_advantages=True)
+    result = train(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if r["split"] == "train"]
+    assert result.step == 30 and len(rewards) == 30
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.3, rewards
+    kl = [r["kl"] for r in records if r["split"] == "train"]  # k1 token means: one batch's may fall below 0
+    assert sum(kl[-5:]) / 5 > sum(kl[:5]) / 5 + 0.1, kl
+
+
 # ---- Online DPO --------------------------------------------------------------------------------
 
 
@@ -555,7 +616,7 @@ BASE = {"base_model": "m", "datasets": [{"path": "d.jsonl"}]}
 
 def test_online_defaults():
     grpo = config_from_dict({**BASE, "rl": "grpo", "reward_funcs": ["accuracy"]})
-    assert (grpo.effective_beta, grpo.effective_loss_type, grpo.num_generations, grpo.temperature) == (
+    assert (grpo.effective_beta, grpo.effective_loss_type, grpo.effective_num_generations, grpo.temperature) == (
         0.04, "grpo", 8, 0.9)
     assert (grpo.max_completion_length, grpo.epsilon, grpo.scale_rewards, grpo.num_iterations) == (
         512, 0.2, "group", 1)
@@ -564,6 +625,10 @@ def test_online_defaults():
         0.05, 0.2, 0.1, 0.2, 1.0, 0.95)
     assert (ppo.num_ppo_epochs, ppo.num_mini_batches, ppo.whiten_rewards, ppo.num_sample_generations) == (
         4, 1, False, 10)
+    rloo = config_from_dict({**BASE, "rl": "rloo", "reward_funcs": ["accuracy"]})  # TRL's RLOOConfig
+    assert (rloo.effective_beta, rloo.effective_num_generations, rloo.epsilon, rloo.epsilon_high) == (
+        0.05, 2, 0.2, None)
+    assert (rloo.normalize_advantages, rloo.reward_clip_range, rloo.effective_loss_type) == (False, None, None)
     assert ppo.local_rollout_forward_batch_size == 64 and ppo.kl_estimator == "k1"
     assert config_from_dict({**BASE, "rl": "grpo", "reward_funcs": ["accuracy"], "beta": 0}).effective_beta == 0
     assert config_from_dict({**BASE, "rl": "dpo"}).effective_loss_type == "sigmoid"
@@ -597,11 +662,22 @@ def test_online_defaults():
     ({"rl": "grpo", "reward_format_pattern": "(unclosed"}, "reward_format_pattern: not a valid regular expression"),
     ({"rl": "grpo", "num_generations": 1}, "num_generations: expected a value >= 2"),
     ({"rl": "grpo", "scale_rewards": "group_norm"}, "scale_rewards: expected one of"),
+    ({"rl": "rloo", "reward_funcs": []}, "reward_funcs: rl=rloo needs reward functions or a reward_model"),
+    ({"rl": "rloo", "beta": -0.1}, "beta: expected a value >= 0"),
+    ({"rl": "rloo", "scale_rewards": "batch"}, "scale_rewards: rl=rloo does not read it"),
+    ({"rl": "rloo", "loss_type": "grpo"}, "loss_type: rl=rloo has no loss types"),
+    ({"rl": "rloo", "delta": 2.0}, "delta: rl=rloo does not read it"),
+    ({"rl": "rloo", "reward_clip_range": [1.0, -1.0]}, "reward_clip_range: expected two numbers \\[low, high\\]"),
+    ({"rl": "rloo", "reward_clip_range": [0.0, "1"]}, "reward_clip_range: expected two numbers"),
+    ({"rl": "rloo", "beta": 0.0, "sync_ref_model": True}, "sync_ref_model: rl=rloo with beta: 0 loads no reference"),
+    ({"rl": "grpo", "normalize_advantages": True}, "normalize_advantages: rl=grpo does not read it"),
+    ({"rl": "sft", "num_generations": 4}, "num_generations: rl=sft does not read it"),
     ({"rl": "ppo", "kl_estimator": "k2"}, "kl_estimator: expected one of"),
     ({"rl": "ppo", "cliprange": 0}, "cliprange: expected a value > 0"),
 ])
 def test_bad_online_config_names_the_key(bad, message):
-    rewards = {"grpo": {"reward_funcs": ["accuracy"]}, "ppo": {"reward_model": "rm"}}.get(bad["rl"], {})
+    rewards = {"grpo": {"reward_funcs": ["accuracy"]}, "rloo": {"reward_funcs": ["accuracy"]},
+               "ppo": {"reward_model": "rm"}}.get(bad["rl"], {})
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**BASE, **rewards, **bad})
 

@@ -20,6 +20,7 @@ from fusedrl.kernels.losses import (
     fused_linear_kto_loss,
     fused_linear_orpo_loss,
     fused_linear_ppo_loss,
+    fused_linear_rloo_loss,
     fused_linear_simpo_loss,
     fused_linear_topk_kd_loss,
 )
@@ -418,6 +419,16 @@ def test_kto_matches_eager(backend, dtype, loss_type):
 ROWS = 3  # with T = 7: an odd number of tokens
 
 
+def rollout_case(rows, temperature):
+    """``(hidden, weight, labels, mask, logps)``: a model, labels, their completion mask and the model's own fp32
+    token logprobs at ``temperature`` (the base the tests perturb into old logprobs)."""
+    hidden, weight = make_model(rows)
+    labels = make_labels(rows)
+    with torch.no_grad():
+        base = eager_token_logps(hidden, weight, labels, temperature)
+    return hidden, weight, labels, labels != -100, base
+
+
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("level, loss_type, quantile", [("token", "grpo", 1.0), ("sequence", "dapo", 1.0),
@@ -425,11 +436,7 @@ ROWS = 3  # with T = 7: an odd number of tokens
                                                        ("token", "sapo", 1.0)])
 def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     temperature, beta, eps, eps_high, delta = 0.9, 0.05, 0.2, 0.28, 1.5
-    hidden, weight = make_model(ROWS)
-    labels = make_labels(ROWS)
-    mask = labels != -100
-    with torch.no_grad():
-        base = eager_token_logps(hidden, weight, labels, temperature)
+    hidden, weight, labels, mask, base = rollout_case(ROWS, temperature)
     old_logps = torch.where(mask, base + 0.4 * torch.randn_like(base), 0.0)
     ref_hidden = hidden + 0.4 * torch.randn_like(hidden)
     advantages = torch.tensor([1.2, -0.7, 0.4], device=device())
@@ -484,13 +491,42 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rloo_matches_eager(backend, dtype):
+    """Five completions whose summed log ratios put them clipped above (A > 0), clipped below (A < 0), inside the
+    clip range, and outside it on the unclipped side (A < 0: the pessimistic term keeps rho)."""
+    temperature, eps, eps_high, rows = 0.9, 0.2, 0.28, 5
+    hidden, weight, labels, mask, base = rollout_case(rows, temperature)
+    noise = torch.where(mask, 0.3 * torch.randn_like(base), 0.0)
+    noise = noise - mask * (noise.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True))  # each row's sum is 0
+    shift = torch.tensor([-0.5, 0.6, -0.05, -0.45, 0.1], device=device())  # summed log ratios: -shift
+    old_logps = torch.where(mask, base + noise + (shift / mask.sum(-1))[:, None], 0.0)
+    advantages = torch.tensor([1.2, -0.7, 0.4, -0.9, -1.0], device=device())
+
+    def fused(hidden, weight, labels, backend):
+        return fused_linear_rloo_loss(hidden, weight, labels, advantages, old_logps=old_logps, epsilon=eps,
+                                      epsilon_high=eps_high, temperature=temperature, backend=backend)
+
+    def eager(hidden, weight, labels):
+        logsm = torch.log_softmax(eager_logits(hidden, weight, temperature), -1)
+        logps = torch.where(mask, logsm.gather(-1, labels.clamp(min=0)[..., None])[..., 0], 0.0)
+        entropy = -(logsm.exp() * logsm).sum(-1)
+        rho = torch.exp(logps.sum(-1) - old_logps.sum(-1))
+        per_completion = -torch.minimum(rho * advantages, torch.clamp(rho, 1 - eps, 1 + eps_high) * advantages)
+        low = ((rho < 1 - eps) & (advantages < 0)).float()
+        high = ((rho > 1 + eps_high) & (advantages > 0)).float()
+        assert low.tolist() == [0, 1, 0, 0, 0] and high.tolist() == [1, 0, 0, 0, 0]
+        metrics = {"entropy": entropy.detach()[mask].mean(), "clip_ratio/low_mean": low.mean(),
+                   "clip_ratio/high_mean": high.mean(), "clip_ratio/region_mean": (low + high).mean()}
+        return per_completion.mean(), metrics
+
+    compare(fused, eager, dict(hidden=hidden, weight=weight, labels=labels), dtype, backend)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_ppo_matches_eager(backend, dtype):
     temperature, clip, clip_v, vf_coef = 0.9, 0.2, 0.3, 0.1
-    hidden, weight = make_model(ROWS)
-    labels = make_labels(ROWS)
-    mask = labels != -100
-    with torch.no_grad():
-        base = eager_token_logps(hidden, weight, labels, temperature)
+    hidden, weight, labels, mask, base = rollout_case(ROWS, temperature)
     old_logps = torch.where(mask, base + 0.3 * torch.randn_like(base), 0.0)
     advantages = torch.randn(ROWS, T, device=device())
     old_values, returns = torch.randn(ROWS, T, device=device()), torch.randn(ROWS, T, device=device())

@@ -22,11 +22,12 @@ from ..kernels.losses.dpo import F_DIVERGENCE_TYPES, LOG_RATIO_LOSS_TYPES, SMOOT
 from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
 from ..kernels.losses.preference import CPO_LOSS_TYPES
 from ..kernels.losses.policy import KL_ESTIMATORS
+from ..kernels.losses.rloo import reward_clip_bounds
 from .data.loading import looks_local
 from .rewards import DEFAULT_FORMAT_PATTERN
 
 OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd")
-ONLINE_ALGORITHMS = ("ppo", "grpo", "online_dpo")
+ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "online_dpo")
 
 # axolotl / seed-doc spellings that mean one of our keys.
 ALIASES = {
@@ -42,12 +43,15 @@ ALIASES = {
     "seq_kd": "kd_teacher_replies",  # TRL's GKDConfig
 }
 
-# Algorithms that compare the policy with a reference model (GRPO only with beta > 0).
-REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "ppo", "online_dpo")
+# Algorithms that compare the policy with a reference model (GRPO and RLOO only with beta > 0).
+REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "rloo", "ppo", "online_dpo")
+# Online algorithms that sample groups of completions per prompt and may turn the reference off with beta: 0.
+GROUP_ALGORITHMS = ("grpo", "rloo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
-_GRPO_ONLY = ("num_generations", "epsilon", "epsilon_high", "delta", "importance_sampling_level", "scale_rewards",
-              "num_iterations", "mask_truncated_completions", "top_entropy_quantile", "sapo_temperature_pos",
+_GROUP_KEYS = ("num_generations", "epsilon", "epsilon_high", "num_iterations", "mask_truncated_completions")
+_GRPO_ONLY = ("delta", "importance_sampling_level", "scale_rewards", "top_entropy_quantile", "sapo_temperature_pos",
               "sapo_temperature_neg", "off_policy_mask_threshold", "use_bias_correction_kl")
+_RLOO_ONLY = ("normalize_advantages", "reward_clip_range")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
 _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperature", "kd_alpha", "kd_ce_alpha",
@@ -56,7 +60,7 @@ _KD_ONLY = ("kd_teacher", "kd_top_k", "kd_temperature", "kd_generation_temperatu
 # ``kd_teacher_replies``).
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_completion_length", "fsdp_gather_for_generation")
 KEY_READERS = {
-    "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo", "online_dpo"),
+    "beta": ("dpo", "ipo", "cpo", "simpo", "orpo", "kto", "grpo", "rloo", "online_dpo"),
     "z_loss": ("sft",),
     "precompute_ref_log_probs": ("dpo", "ipo"),
     "loss_weights": ("dpo",),
@@ -71,9 +75,11 @@ KEY_READERS = {
     "undesirable_weight": ("kto",),
     "center_rewards_coefficient": ("rm",),
     **{key: ("kd",) for key in _KD_ONLY},
+    **{key: GROUP_ALGORITHMS for key in _GROUP_KEYS},
     **{key: ("grpo",) for key in _GRPO_ONLY},
+    **{key: ("rloo",) for key in _RLOO_ONLY},
     **{key: ("ppo",) for key in _PPO_ONLY},
-    **{key: ("grpo", "online_dpo") for key in ("reward_weights", "reward_format_pattern")},
+    **{key: (*GROUP_ALGORITHMS, "online_dpo") for key in ("reward_weights", "reward_format_pattern")},
     "missing_eos_penalty": ("ppo", "online_dpo"),
     **{key: (*ONLINE_ALGORITHMS, "kd") for key in SAMPLING_KEYS},
     **{key: ONLINE_ALGORITHMS for key in ("local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
@@ -85,8 +91,10 @@ ALIAS_READERS = {"orpo_alpha": ("orpo",), "kto_desirable_weight": ("kto",), "kto
 # Attention kernels that read per-sequence ``position_ids`` and keep packed sequences apart.
 PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
-# Per-algorithm default of ``beta`` (losses.md); 0.1 elsewhere.
-DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04}
+# Per-algorithm default of ``beta`` (losses.md; RLOO: TRL's RLOOConfig); 0.1 elsewhere.
+DEFAULT_BETA = {"simpo": 2.0, "grpo": 0.04, "rloo": 0.05}
+# Per-algorithm default of ``num_generations`` (TRL's GRPOConfig and RLOOConfig).
+DEFAULT_NUM_GENERATIONS = {"grpo": 8, "rloo": 2}
 # ``loss_type`` choices and default of the algorithms that have one; the others take none.
 LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "ipo": ("ipo",), "grpo": GRPO_LOSS_TYPES, "online_dpo": ("sigmoid", "ipo"),
               "kto": KTO_LOSS_TYPES, "cpo": CPO_LOSS_TYPES}
@@ -170,7 +178,7 @@ class TrainConfig:
     z_loss: float = field(default=0.0, metadata=_range(0.0))
 
     # Online RL (GRPO and PPO): sampling, rewards, and the update schedule of each rollout.
-    num_generations: int = field(default=8, metadata=_range(2))
+    num_generations: int | None = field(default=None, metadata=_range(2))
     temperature: float = field(default=0.9, metadata=_range(0.0, low_open=True))
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
     top_k: int | None = field(default=None, metadata=_range(0))
@@ -187,6 +195,8 @@ class TrainConfig:
     sapo_temperature_neg: float = field(default=1.05, metadata=_range(0.0, low_open=True))
     off_policy_mask_threshold: float | None = field(default=None, metadata=_range(0.0))
     use_bias_correction_kl: bool = False
+    normalize_advantages: bool = False
+    reward_clip_range: list | None = None
     reward_funcs: list = field(default_factory=list)
     reward_weights: list | None = None
     reward_model: str | None = None
@@ -245,8 +255,13 @@ class TrainConfig:
 
     @property
     def effective_beta(self) -> float:
-        """``beta`` or the algorithm's default (2.0 for SimPO, 0.04 for GRPO, else 0.1)."""
+        """``beta`` or the algorithm's default (2.0 for SimPO, 0.04 for GRPO, 0.05 for RLOO, else 0.1)."""
         return self.beta if self.beta is not None else DEFAULT_BETA.get(self.rl, 0.1)
+
+    @property
+    def effective_num_generations(self) -> int | None:
+        """``num_generations`` or the algorithm's default (8 for GRPO, 2 for RLOO; None for the others)."""
+        return self.num_generations if self.num_generations is not None else DEFAULT_NUM_GENERATIONS.get(self.rl)
 
     @property
     def dpo_loss_types(self) -> list[str]:
@@ -406,8 +421,8 @@ def _check_sync_ref_model(config: TrainConfig, source: str) -> None:
     if config.precompute_ref_log_probs:
         raise ConfigError(f"{source}: sync_ref_model: precompute_ref_log_probs computes the reference once, before "
                           f"training, so a synced reference would never be read; set one of the two")
-    if config.rl == "grpo" and config.effective_beta == 0:
-        raise ConfigError(f"{source}: sync_ref_model: GRPO with beta: 0 loads no reference model to sync")
+    if config.rl in GROUP_ALGORITHMS and config.effective_beta == 0:
+        raise ConfigError(f"{source}: sync_ref_model: rl={config.rl} with beta: 0 loads no reference model to sync")
 
 
 def _check_sampling_kd(config: TrainConfig, source: str) -> None:
@@ -430,10 +445,10 @@ def _check_sampling_kd(config: TrainConfig, source: str) -> None:
 
 def _check_beta_and_loss_type(config: TrainConfig, source: str) -> None:
     if config.beta is not None:
-        if config.rl == "grpo" and config.beta < 0:
+        if config.rl in GROUP_ALGORITHMS and config.beta < 0:
             raise ConfigError(f"{source}: beta: expected a value >= 0 (0 loads no reference model), "
                               f"got {config.beta!r}")
-        if config.rl != "grpo" and config.beta <= 0:
+        if config.rl not in GROUP_ALGORITHMS and config.beta <= 0:
             raise ConfigError(f"{source}: beta: expected a value > 0, got {config.beta!r}")
     if config.loss_type is None:
         return
@@ -532,14 +547,14 @@ def _check_label_smoothing(config: TrainConfig, source: str) -> None:
 
 
 def _check_online(config: TrainConfig, source: str) -> None:
-    """Cross-field rules of GRPO and PPO (reward sources, weights, the delta cap, the format regex)."""
+    """Cross-field rules of the online algorithms (reward sources, weights, clip ranges, the format regex)."""
     if not all(isinstance(spec, str) and spec for spec in config.reward_funcs):
         raise ConfigError(f"{source}: reward_funcs: expected a list of names or paths, got {config.reward_funcs!r}")
     if config.rl == "ppo" and not config.reward_model:
         raise ConfigError(f"{source}: reward_model: PPO needs a reward model (a folder written by rl: rm)")
     if config.rl == "ppo" and config.reward_funcs:
         raise ConfigError(f"{source}: reward_funcs: PPO scores with reward_model only; use rl: grpo for functions")
-    if config.rl in ("grpo", "online_dpo") and not (config.reward_funcs or config.reward_model):
+    if config.rl in (*GROUP_ALGORITHMS, "online_dpo") and not (config.reward_funcs or config.reward_model):
         raise ConfigError(f"{source}: reward_funcs: rl={config.rl} needs reward functions or a reward_model to "
                           f"score its completions")
     sources = len(config.reward_funcs) + bool(config.reward_model)
@@ -548,6 +563,11 @@ def _check_online(config: TrainConfig, source: str) -> None:
                 isinstance(w, (int, float)) and not isinstance(w, bool) for w in config.reward_weights):
             raise ConfigError(f"{source}: reward_weights: expected {sources} numbers (one per reward function, "
                               f"then one for reward_model when set), got {config.reward_weights!r}")
+    if config.reward_clip_range is not None:
+        try:
+            reward_clip_bounds(config.reward_clip_range)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
     epsilon_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
     if config.delta is not None and config.delta <= 1 + epsilon_high:
         raise ConfigError(f"{source}: delta: expected a value > 1 + epsilon_high = {1 + epsilon_high}, "

@@ -22,8 +22,9 @@ DESCRIPTIONS: dict[str, str] = {
     "base_model": "The model to train: a local folder or a Hugging Face hub id (the folder or repo holding "
                   "`gguf_file` when that is set). Its tokenizer is used unless `tokenizer` is set.",
     "rl": "The algorithm: offline `sft`, `dpo`, `ipo` (DPO with loss_type `ipo`), `cpo`, `simpo`, `orpo`, `kto`, "
-          "`rm` (reward model) and `kd` (top-k distillation); online `grpo`, `ppo` and `online_dpo`. "
-          "It picks the dataset row kind, the loss and the defaults of `beta`, `loss_type` and `disable_dropout`.",
+          "`rm` (reward model) and `kd` (top-k distillation); online `grpo`, `rloo`, `ppo` and `online_dpo`. "
+          "It picks the dataset row kind, the loss and the defaults of `beta`, `loss_type`, `num_generations` and "
+          "`disable_dropout`.",
     "gguf_file": "A GGUF file inside `base_model` to load the policy from (dequantised to `model_dtype`), and its "
                  "tokenizer unless `tokenizer` is set; not used for `ref_model` or `reward_model`.",
     "tokenizer": "Tokenizer folder or hub id; null uses `base_model`'s. A tokenizer without a pad token pads with "
@@ -81,10 +82,10 @@ DESCRIPTIONS: dict[str, str] = {
                            "or `all-linear` (every linear layer but the output head).",
     "rl_adapter_ref_model": "With `adapter: lora` and no `ref_model`: true makes the reference a separate frozen "
                             "copy of the base model; false uses the policy with its adapters disabled (no extra "
-                            "memory). Read by the algorithms with a reference: `dpo`, `ipo`, `kto`, `ppo`, and "
-                            "`grpo` with beta > 0.",
-    "ref_model": "A separate reference model (folder or hub id, same vocabulary) for `dpo`, `ipo`, `kto`, `ppo` and "
-                 "`grpo` with beta > 0, loaded in `model_dtype` with `attn_implementation`. Null uses a frozen copy "
+                            "memory). Read by the algorithms with a reference: `dpo`, `ipo`, `kto`, `ppo`, "
+                            "`online_dpo`, and `grpo` and `rloo` with beta > 0.",
+    "ref_model": "A separate reference model (folder or hub id, same vocabulary) for `dpo`, `ipo`, `kto`, `ppo`, "
+                 "`online_dpo`, and `grpo` and `rloo` with beta > 0, loaded in `model_dtype` with `attn_implementation`. Null uses a frozen copy "
                  "of the starting policy (with LoRA: see `rl_adapter_ref_model`).",
     "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
                                 "and held-out pair once before training (in batches of `eval_batch_size`) instead "
@@ -92,24 +93,25 @@ DESCRIPTIONS: dict[str, str] = {
                                 "(as TRL), so it costs no memory during training (under `fsdp` the reference is "
                                 "sharded under a root of its own for the pass, and that root is dropped after "
                                 "it). Split across data-parallel ranks.",
-    "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` (beta > 0) and `ppo`: TR-DPO's trust-region reference (Gorbatovski "
+    "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` and `rloo` (beta > 0), `ppo` and `online_dpo`: TR-DPO's trust-region reference (Gorbatovski "
                       "et al. 2024; TRL's keys): every `ref_model_sync_steps` optimizer steps the reference becomes "
                       "`α·policy + (1 − α)·reference` (α = `ref_model_mixup_alpha`), parameter by parameter (each "
                       "rank its shards under `fsdp`). Checkpoints then keep the reference too (`reference/`, or "
                       "each rank's `reference_shard.safetensors`), so a resumed run continues from the synced one. "
                       "Not with LoRA or `precompute_ref_log_probs`; a `ref_model` must have the policy's parameter "
-                      "names and shapes. GRPO and PPO take the reference logprobs when a rollout is scored, so a "
-                      "sync reaches the next rollout.",
+                      "names and shapes. The online algorithms take the reference logprobs when a rollout is scored, "
+                      "so a sync reaches the next rollout.",
     "ref_model_mixup_alpha": "`sync_ref_model`: α, the policy's weight in each sync (1 copies the policy; TR-DPO "
                              "and TRL default 0.6).",
     "ref_model_sync_steps": "`sync_ref_model`: τ, optimizer steps between syncs (after steps τ, 2τ, ...; TRL's "
                             "default 512).",
     # Losses
     "beta": "The algorithm's main coefficient; null takes its default (`effective_beta`): 2.0 for `simpo`, 0.04 for "
-            "`grpo`, 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`, `online_dpo`: the β of the loss; `orpo`: λ, "
-            "the weight of the odds-ratio term (alias `orpo_alpha`); `grpo`: the weight of the k3 KL penalty, where 0 "
-            "loads no reference model. Must be > 0 (>= 0 for `grpo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) do "
-            "not read it.",
+            "`grpo`, 0.05 for `rloo` (TRL's), 0.1 elsewhere. `dpo`, `ipo`, `cpo`, `simpo`, `kto`, `online_dpo`: the β "
+            "of the loss; `orpo`: λ, the weight of the odds-ratio term (alias `orpo_alpha`); `grpo`: the weight of the "
+            "k3 KL penalty in the loss; `rloo`: the weight of each completion's summed KL (`Σ_t L_old − L_ref`) "
+            "subtracted from its reward. 0 loads no reference model for `grpo` and `rloo`. Must be > 0 (>= 0 for "
+            "`grpo` and `rloo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) do not read it.",
     "loss_type": "The loss variant; null takes the algorithm's default (`effective_loss_type`). `dpo`: "
                  f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py; `aot` and "
                  "`aot_unpaired` sort the micro-batch's log ratios, so their loss depends on its size), or a list "
@@ -126,7 +128,7 @@ DESCRIPTIONS: dict[str, str] = {
                  "`epsilon`, `epsilon_high` or `delta`); `kto`: `kto` (default, against the mismatched-pair KL "
                  "baseline) or `apo_zero_unpaired` (APO's zero anchor on unpaired data, as TRL: `λD·(1 − σ(βΔ))` / "
                  "`λU·σ(βΔ)`, no KL pass); `cpo`: `sigmoid` (default), `hinge` `relu(1 − β(Lc − Lr))` or `ipo` "
-                 "`(Lc − Lr − 1/(2β))²` (TRL's CPO). Any other `rl` rejects it.",
+                 "`(Lc − Lr − 1/(2β))²` (TRL's CPO). Any other `rl` (`rloo` included: one loss) rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
     "ld_alpha": "`dpo` and `ipo`: LD-DPO (Liu et al. 2024; TRL's key), α in [0, 1]: in each pair's sequence logps "
@@ -202,25 +204,26 @@ DESCRIPTIONS: dict[str, str] = {
                           "replies.",
     "z_loss": "`sft`: coefficient of the z-loss `z_loss·lse²` added per completion token (lse: log-sum-exp of the "
               "logits), which keeps logits small.",
-    # Online RL (GRPO and PPO)
-    "num_generations": "`grpo`: completions sampled per prompt, the group whose rewards are normalised together; "
-                       "each update micro-batch holds `micro_batch_size × num_generations` completions. `ppo` "
-                       "samples one completion per prompt.",
-    "temperature": "`grpo`, `ppo` and `online_dpo`: the sampling temperature; the policy, old and reference token "
+    # Online RL (GRPO, RLOO, PPO and online DPO)
+    "num_generations": "`grpo` and `rloo`: completions sampled per prompt, the group whose rewards are compared "
+                       "(GRPO normalises them, RLOO takes each one's baseline from the others); null: 8 for `grpo`, "
+                       "2 for `rloo` (TRL's defaults). Each update micro-batch holds `micro_batch_size × "
+                       "num_generations` completions. `ppo` samples one completion per prompt, `online_dpo` two.",
+    "temperature": "`grpo`, `rloo`, `ppo` and `online_dpo`: the sampling temperature; the policy, old and reference token "
                    "logprobs of the losses are taken at it too (logits / T). `online_dpo` samples at it; its DPO loss "
                    "reads the models' own logprobs (T = 1), as offline DPO. `kd` samples replies at it "
                    "(`kd_on_policy_ratio`, `kd_teacher_replies`) and distils at `kd_temperature`.",
-    "top_p": "`grpo`, `ppo`, `online_dpo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It shapes "
+    "top_p": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It shapes "
              "sampling only; logprobs use the full vocabulary.",
-    "top_k": "`grpo`, `ppo`, `online_dpo` and `kd`'s sampled replies: sample from the k most likely tokens only (null "
+    "top_k": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: sample from the k most likely tokens only (null "
              "or 0: off). It shapes sampling only, like `top_p`.",
-    "max_completion_length": "`grpo`, `ppo`, `online_dpo` and `kd`'s sampled replies: most new tokens per completion; "
+    "max_completion_length": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: most new tokens per completion; "
                              "one with no EOS by then is truncated (`completions/clipped_ratio`, "
                              "`mask_truncated_completions`). GRPO's `dr_grpo` loss divides by it and the built-in "
                              "`length` reward scales by it.",
-    "epsilon": "`grpo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)`. PPO's clip "
-               "range is `cliprange`.",
-    "epsilon_high": "`grpo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`. With `loss_type: "
+    "epsilon": "`grpo` and `rloo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)` "
+               "(RLOO's ρ is one per completion, `e^(Σ_t L_t − L_old,t)`, as TRL). PPO's clip range is `cliprange`.",
+    "epsilon_high": "`grpo` and `rloo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`. With `loss_type: "
                     "cispo` the importance weight's cap is 1 + ε_high (the only clip; MiniMax-M1 tunes it).",
     "delta": "`grpo`: optional cap on ρ in the unclipped term (two-sided clipping, `min(ρ, δ)·A`); must be greater "
              "than 1 + ε_high. Null: no cap.",
@@ -229,10 +232,12 @@ DESCRIPTIONS: dict[str, str] = {
     "scale_rewards": "`grpo`: advantages are `(r − mean of the group)` divided by the group's std + 1e-4 "
                      "(`group`), by the std of the whole batch over all ranks + 1e-4 (`batch`), or not divided "
                      "(`none`).",
-    "num_iterations": "`grpo`: optimizer updates per rollout, each over all the rollout's micro-batches. Above 1 the "
-                      "sampling policy's logprobs are stored before the first update, so later updates see ρ ≠ 1.",
-    "mask_truncated_completions": "`grpo`: completions that reach `max_completion_length` without EOS get no loss "
-                                  "(their labels are masked); they still count in their group's reward statistics.",
+    "num_iterations": "`grpo` and `rloo`: optimizer updates per rollout, each over all the rollout's micro-batches. Above 1 the "
+                      "sampling policy's logprobs are stored before the first update, so later updates see ρ ≠ 1 (RLOO takes "
+                      "them anyway when beta > 0, for the KL in the reward, but with 1 iteration its ρ is exactly 1).",
+    "mask_truncated_completions": "`grpo` and `rloo`: completions that reach `max_completion_length` without EOS "
+                                  "get no loss (their labels are masked, and RLOO's KL over their tokens is 0); they "
+                                  "still count in their group's reward statistics.",
     "top_entropy_quantile": "`grpo`: ρ of \"Beyond the 80/20 Rule\" (TRL's key): the policy-gradient term is kept "
                             "only on tokens whose entropy (at `temperature`, a side output of the fused kernel) is "
                             "at least the 1 − ρ quantile of the micro-batch's completion tokens on every rank; the "
@@ -249,18 +254,22 @@ DESCRIPTIONS: dict[str, str] = {
     "use_bias_correction_kl": "`grpo`: DeepSeek-V3.2's unbiased KL estimate (TRL's key): the k3 penalty of each token "
                               "is multiplied by its importance ratio ρ, since tokens were sampled from π_old. Needs "
                               "beta > 0.",
-    "reward_funcs": "`grpo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` "
+    "normalize_advantages": "`rloo`: divide the leave-one-out advantages, less their mean, by their std + 1e-4 over "
+                            "the whole batch (every rank's completions), as TRL's RLOO key.",
+    "reward_clip_range": "`rloo`: `[low, high]` bounds the weighted reward is clipped to before the KL penalty and "
+                         "the baseline (TRL's RLOO key); the logged `reward` is the unclipped one. Null: no clipping.",
+    "reward_funcs": "`grpo`, `rloo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` "
                     "(against a `solution` or `answer` column), `format` (`reward_format_pattern`) and `length` "
                     "(−tokens / `max_completion_length`), or `package.module:function`, `package.module.function`, "
                     "`path/file.py:function`, called as `f(prompts, completions, **columns) -> list[float | None]`. "
-                    "GRPO and online DPO need these or `reward_model`; `ppo` rejects them.",
-    "reward_weights": "`grpo` and `online_dpo`: one weight per reward source, the `reward_funcs` in order and then "
+                    "GRPO, RLOO and online DPO need these or `reward_model`; `ppo` rejects them.",
+    "reward_weights": "`grpo`, `rloo` and `online_dpo`: one weight per reward source, the `reward_funcs` in order and then "
                       "`reward_model` when set; null weighs each 1.0. A None reward leaves that source out of the "
                       "sample's sum.",
     "reward_model": "A folder written by `rl: rm` (backbone + `value_head.safetensors`) that scores prompt + "
                     "completion at its last token. `ppo`: required; the frozen scorer and the starting weights of "
-                    "the trained value model. `grpo`, `online_dpo`: an optional reward source next to `reward_funcs`.",
-    "reward_format_pattern": "`grpo` and `online_dpo`: the regular expression the built-in `format` reward searches "
+                    "the trained value model. `grpo`, `rloo`, `online_dpo`: an optional reward source next to `reward_funcs`.",
+    "reward_format_pattern": "`grpo`, `rloo` and `online_dpo`: the regular expression the built-in `format` reward searches "
                              "each completion for (1.0 on a match, else 0.0); the default wants `<think>...</think>` "
                              "then `<answer>...</answer>`.",
     "kl_coef": "`ppo`: weight of the per-token KL penalty in the rewards: `r_t = −kl_coef·KL_t`, plus the reward "
@@ -280,30 +289,31 @@ DESCRIPTIONS: dict[str, str] = {
     "num_ppo_epochs": "`ppo`: passes over each rollout, each over a fresh permutation of its rows.",
     "num_mini_batches": "`ppo`: optimizer updates per pass; a rollout takes `micro_batch_size × "
                         "gradient_accumulation_steps × num_mini_batches` prompts per device, one completion each.",
-    "num_sample_generations": "`grpo`, `ppo` and `online_dpo`: how many times, evenly spaced over the run, the first 8 "
+    "num_sample_generations": "`grpo`, `rloo`, `ppo` and `online_dpo`: how many times, evenly spaced over the run, the first 8 "
                               "prompts and completions of the latest rollout (with what they scored) are logged to "
                               "`samples.jsonl` and TensorBoard; 0 logs none. `kd` logs its sampled replies (the "
                               "student's or the teacher's) the same way, on steps that sampled.",
-    "local_rollout_forward_batch_size": "`grpo`, `ppo` and `online_dpo`: rows per chunk of the no-grad forward passes "
+    "local_rollout_forward_batch_size": "`grpo`, `rloo`, `ppo` and `online_dpo`: rows per chunk of the no-grad forward passes "
                                         "over a rollout (old and reference logprobs, values, reward-model scores); "
                                         "lower it to save memory. Generation runs one micro-batch of prompts at a "
                                         "time.",
     # Optimisation
     "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` needs >= 2, and "
                         "a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` and `rm` (two "
-                        "sequences each), prompts for `grpo` (`num_generations` completions each) and `ppo`. Each "
+                        "sequences each), prompts for `grpo` and `rloo` (`num_generations` completions each), `ppo` and "
+                        "`online_dpo`. Each "
                         "epoch drops the tail of the shuffled rows that does not fill `micro_batch_size × ranks`.",
     "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
                        "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once; "
                        "`kto` needs >= 2.",
     "gradient_accumulation_steps": "Micro-batches whose gradients make one optimizer step; the step's loss is "
-                                   "their mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` samples one "
+                                   "their mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` and `rloo` sample one "
                                    "rollout from that many micro-batches of prompts; each `ppo` mini-batch "
                                    "update is that many micro-batches.",
     "num_epochs": "Passes over the training data (fractions allowed): ceil(micro-batches per epoch × num_epochs / "
                   "micro-batches per round) × updates per round optimizer steps. Ignored when `max_steps` is set.",
     "max_steps": "Total optimizer steps, overriding `num_epochs`; online, each rollout gives `num_iterations` "
-                 "(`grpo`) or `num_ppo_epochs × num_mini_batches` (`ppo`) steps. The schedule and `warmup_ratio` "
+                 "(`grpo`, `rloo`) or `num_ppo_epochs × num_mini_batches` (`ppo`) steps. The schedule and `warmup_ratio` "
                  "are computed from the total.",
     "learning_rate": "Peak AdamW learning rate, reached after warmup.",
     "weight_decay": "AdamW decoupled weight decay, on matrices (parameters with >= 2 dimensions) only; biases and "
@@ -333,7 +343,7 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
-    "fsdp_gather_for_generation": "`grpo`/`ppo`/`online_dpo` (and `kd`'s sampled replies) under `fsdp`: gather the "
+    "fsdp_gather_for_generation": "`grpo`/`rloo`/`ppo`/`online_dpo` (and `kd`'s sampled replies) under `fsdp`: gather the "
                                   "policy whole on every GPU for each rollout (fast; as TRL's "
                                   "`ds3_gather_for_generation`). `false` gathers each layer at each new token instead: "
                                   "slow, for a policy whose whole weights do not fit on one GPU.",
@@ -391,11 +401,11 @@ SECTIONS: list[tuple[str, list[str]]] = [
                 "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk",
                 "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
-    ("Online RL (GRPO, PPO and online DPO; sampling also for KD's sampled replies)",
+    ("Online RL (GRPO, RLOO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
       "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "off_policy_mask_threshold",
-      "use_bias_correction_kl", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
+      "use_bias_correction_kl", "normalize_advantages", "reward_clip_range", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
       "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
       "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
       "local_rollout_forward_batch_size"]),

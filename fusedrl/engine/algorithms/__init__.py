@@ -12,11 +12,12 @@ from .online_dpo import OnlineDPO
 from .ppo import PPO
 from .preference import CPO, DPO, ORPO, SimPO
 from .reward_model import RewardModelling
+from .rloo import RLOO
 from .sft import SFT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "sft": SFT, "dpo": DPO, "ipo": DPO, "cpo": CPO, "simpo": SimPO, "orpo": ORPO, "kto": KTO,
-    "rm": RewardModelling, "kd": KD, "grpo": GRPO, "ppo": PPO, "online_dpo": OnlineDPO,
+    "rm": RewardModelling, "kd": KD, "grpo": GRPO, "rloo": RLOO, "ppo": PPO, "online_dpo": OnlineDPO,
 }
 
 

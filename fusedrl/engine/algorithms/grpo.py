@@ -28,14 +28,21 @@ class GRPO(OnlineAlgorithm):
                  "clip_ratio/region_mean", "loss")
     summary_keys = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio")
 
+    kl_in_loss = True  # the reference's token logprobs go to the loss (RLOO puts its KL in the reward instead)
+
     @property
     def needs_reference(self) -> bool:
         """A reference model only for the KL term: ``beta: 0`` loads none."""
         return self.config.effective_beta > 0
 
     @property
+    def needs_old_logps(self) -> bool:
+        """The sampling policy's token logprobs are taken only when the policy moves before its last update."""
+        return self.config.num_iterations > 1
+
+    @property
     def num_generations(self) -> int:
-        return self.config.num_generations
+        return self.config.effective_num_generations
 
     @property
     def updates_per_round(self) -> int:
@@ -46,24 +53,32 @@ class GRPO(OnlineAlgorithm):
         cfg = self.config
         sampled = self.sample(batches)
         rollout, sequences = sampled.rollout, sampled.sequences
-        rewards = self.rewards(sampled)
-        advantages, metrics = grpo_advantages(rewards, num_generations=self.num_generations,
-                                              reward_weights=cfg.reward_weights, scale_rewards=cfg.scale_rewards,
-                                              device=self.device)
-        metrics.update(rollout.length_metrics())
         if cfg.mask_truncated_completions:
             sequences["labels"] = sequences["labels"].masked_fill(rollout.truncated[:, None], IGNORE_INDEX)
+        rewards = self.rewards(sampled)
+        old_logps = self.policy_logps(sequences) if self.needs_old_logps else None
+        ref_logps = self.reference_logps(sequences) if self.needs_reference else None
+        advantages, metrics = self.advantages(rewards, sequences["labels"], old_logps, ref_logps)
+        metrics.update(rollout.length_metrics())
         tensors = {**sequences, "advantages": advantages}
         if cfg.num_iterations > 1:
-            tensors["old_logps"] = self.policy_logps(sequences)
-        if self.needs_reference:
-            tensors["ref_logps"] = self.reference_logps(sequences)
+            tensors["old_logps"] = old_logps
+        if self.kl_in_loss and ref_logps is not None:
+            tensors["ref_logps"] = ref_logps
         rows = torch.arange(rollout.rows, device=self.device).split(cfg.micro_batch_size * self.num_generations)
         shared = {"rollout_metrics": as_floats(metrics),
                   "num_items_in_batch": tokens_per_micro_batch(sequences["labels"], len(rows))}
         micro_batches = [{**select_rows(tensors, index), **shared} for index in rows]
         self.remember(sampled, lambda row: _note(rewards, advantages, row))
         return [micro_batches] * cfg.num_iterations
+
+    def advantages(self, rewards: dict, labels: torch.Tensor, old_logps: torch.Tensor | None,
+                   ref_logps: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """``(advantages [N], rollout metrics)`` of the rollout's per-source ``rewards`` (``labels``, ``old_logps``
+        and ``ref_logps`` ``[N, T]`` are there for the algorithms whose rewards read them)."""
+        cfg = self.config
+        return grpo_advantages(rewards, num_generations=self.num_generations, reward_weights=cfg.reward_weights,
+                               scale_rewards=cfg.scale_rewards, device=self.device)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config

@@ -16,6 +16,7 @@ DATA_KINDS = {
     "kto": "kto",
     "ppo": "prompt",
     "grpo": "prompt",
+    "rloo": "prompt",
     "online_dpo": "prompt",
     "kd": "kd",
 }

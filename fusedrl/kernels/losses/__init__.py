@@ -7,7 +7,7 @@ weight to the loss through ``linear_logprobs`` without a ``[tokens, vocab]`` ten
 from .distill import DIVERGENCES, teacher_logprobs, topk_kd_loss
 from .dpo import DPO_LOSS_TYPES, RunningMean, dpo_loss
 from .fused_distill import fused_linear_kd_loss, fused_linear_topk_kd_loss
-from .fused_policy import fused_linear_grpo_loss, fused_linear_ppo_loss
+from .fused_policy import fused_linear_grpo_loss, fused_linear_ppo_loss, fused_linear_rloo_loss
 from .fused_preference import (
     fused_linear_cpo_loss,
     fused_linear_dpo_loss,
@@ -19,6 +19,7 @@ from .grpo import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
 from .kto import KTO_LOSS_TYPES, check_kto_balance, kto_loss, kto_metrics
 from .policy import gae_advantages, ppo_policy_loss, ppo_rewards, ppo_value_loss, token_kl
 from .preference import cpo_loss, orpo_loss, preference_metrics, reward_model_loss, simpo_loss
+from .rloo import rloo_advantages, rloo_loss
 from .sequence import (
     completion_lengths,
     completion_mask,
@@ -34,9 +35,10 @@ __all__ = [
     "check_kto_balance", "completion_lengths", "completion_mask", "cpo_loss", "dpo_loss",
     "fused_linear_cpo_loss", "fused_linear_dpo_loss", "fused_linear_grpo_loss", "fused_linear_kd_loss",
     "fused_linear_kto_loss",
-    "fused_linear_orpo_loss", "fused_linear_ppo_loss", "fused_linear_simpo_loss", "fused_linear_topk_kd_loss",
+    "fused_linear_orpo_loss", "fused_linear_ppo_loss", "fused_linear_rloo_loss", "fused_linear_simpo_loss",
+    "fused_linear_topk_kd_loss",
     "gae_advantages", "grpo_advantages", "grpo_loss", "kto_loss", "kto_metrics", "masked_mean", "masked_sum",
     "masked_whiten", "orpo_loss", "ppo_policy_loss", "ppo_rewards", "ppo_value_loss", "preference_metrics",
-    "reward_model_loss", "sequence_logps", "simpo_loss", "teacher_logprobs", "token_kl", "token_mean_nll",
+    "reward_model_loss", "rloo_advantages", "rloo_loss", "sequence_logps", "simpo_loss", "teacher_logprobs", "token_kl", "token_mean_nll",
     "topk_kd_loss",
 ]

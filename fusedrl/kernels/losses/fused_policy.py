@@ -1,4 +1,4 @@
-"""One-call online-RL losses from hidden states and the lm_head weight: GRPO and PPO.
+"""One-call online-RL losses from hidden states and the lm_head weight: GRPO, RLOO and PPO.
 
 ``hidden [B, T, H]`` and ``labels [B, T]`` (already shifted: position t holds the
 sampled token t+1; prompt and padding are ``ignore_index``). Token logprobs are taken
@@ -14,6 +14,7 @@ from .checks import check_range
 from .fused_common import check_hidden_labels, reference_token_logps
 from .grpo import grpo_loss
 from .policy import ppo_policy_loss, ppo_value_loss
+from .rloo import rloo_loss
 from .sequence import completion_mask, masked_mean
 
 
@@ -83,6 +84,41 @@ def fused_linear_grpo_loss(
     metrics["entropy"] = masked_mean(entropy.detach(), mask)
     return loss, metrics
 
+
+def fused_linear_rloo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    old_logps: torch.Tensor | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    temperature: float = 0.9,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+):
+    """RLOO from hidden states: ``rloo_loss`` on the policy's token logprobs at ``temperature``.
+
+    Args:
+        hidden ``[B, T, H]``, weight ``[V, H]``, labels ``[B, T]``, advantages ``[B]`` (``rloo_advantages``: the
+            KL to the reference is already in them), bias ``[V]``.
+        old_logps: ``[B, T]`` logprobs of the sampling policy (None: this policy, ``rho = 1``).
+        epsilon, epsilon_high: the clip range of the completion's ratio.
+
+    Returns:
+        ``(loss scalar fp32, metrics)``: clip_ratio/{low,high,region}_mean and entropy (token mean at
+        ``temperature``).
+    """
+    check_hidden_labels(hidden, labels)
+    logps, entropy = linear_logprobs(hidden, weight, labels, bias=bias, temperature=temperature, softcap=softcap,
+                                     ignore_index=ignore_index, return_entropy=True, backend=backend)
+    mask = completion_mask(labels, ignore_index)
+    loss, metrics = rloo_loss(logps, old_logps, advantages, mask, epsilon=epsilon, epsilon_high=epsilon_high)
+    metrics["entropy"] = masked_mean(entropy.detach(), mask)
+    return loss, metrics
 
 def fused_linear_ppo_loss(
     hidden: torch.Tensor,

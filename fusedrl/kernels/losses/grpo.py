@@ -80,13 +80,8 @@ def grpo_advantages(
         (mean over the samples the function scored).
     """
     check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
-    if not isinstance(num_generations, int) or num_generations < 2:
-        raise ValueError(f"num_generations: expected an int >= 2, got {num_generations!r}")
     total, per_func = weighted_rewards(rewards, reward_weights, device)
-    if total.shape[0] % num_generations:
-        raise ValueError(f"rewards: expected a multiple of num_generations={num_generations} samples, "
-                         f"got {total.shape[0]}")
-    grouped = total.view(-1, num_generations)
+    grouped = grouped_rewards(total, num_generations)
     group_std = grouped.std(dim=1)
     advantages = total - grouped.mean(dim=1).repeat_interleave(num_generations)
     if scale_rewards == "group":
@@ -97,10 +92,25 @@ def grpo_advantages(
         "reward": total.mean(),
         "reward_std": group_std.mean(),
         "frac_reward_zero_std": torch.isclose(group_std, torch.zeros_like(group_std)).float().mean(),
+        **reward_function_means(rewards, per_func),
     }
-    for name, column in zip(rewards, per_func.unbind(dim=1)):
-        metrics[f"rewards/{name}/mean"] = column.nanmean()
     return advantages, metrics
+
+
+def grouped_rewards(total: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """``total [B]`` as ``[B / G, G]``: one row per prompt's group of ``num_generations`` (G >= 2) completions."""
+    if not isinstance(num_generations, int) or isinstance(num_generations, bool) or num_generations < 2:
+        raise ValueError(f"num_generations: expected an int >= 2, got {num_generations!r}")
+    if total.shape[0] % num_generations:
+        raise ValueError(f"rewards: expected a multiple of num_generations={num_generations} samples, "
+                         f"got {total.shape[0]}")
+    return total.view(-1, num_generations)
+
+
+def reward_function_means(rewards: Mapping, per_func: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``rewards/<name>/mean`` of each function of ``rewards``: the mean over the samples it scored (its column
+    of ``per_func [B, F]``, NaN where it returned None)."""
+    return {f"rewards/{name}/mean": column.nanmean() for name, column in zip(rewards, per_func.unbind(dim=1))}
 
 
 def grpo_loss(

@@ -97,13 +97,18 @@ def global_sum_and_count(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return total[0], total[1]
 
 
-def global_std(values: torch.Tensor) -> torch.Tensor:
-    """Unbiased fp32 standard deviation of ``values`` (detached), over every rank's values when
-    torch.distributed is initialised (GRPO's ``scale_rewards: batch`` over the whole data-parallel batch)."""
+def global_mean_and_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 mean and unbiased standard deviation of ``values`` (detached), over every rank's values when
+    torch.distributed is initialised (statistics of the whole data-parallel batch, as TRL gathers it)."""
     total, count = global_sum_and_count(values)
     mean = total / count
     squares, _ = global_sum_and_count((values.detach().float() - mean).square())
-    return (squares / (count - 1).clamp(min=1)).sqrt()
+    return mean, (squares / (count - 1).clamp(min=1)).sqrt()
+
+
+def global_std(values: torch.Tensor) -> torch.Tensor:
+    """``global_mean_and_std``'s standard deviation (GRPO's ``scale_rewards: batch``)."""
+    return global_mean_and_std(values)[1]
 
 
 def global_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
