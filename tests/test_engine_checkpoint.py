@@ -27,14 +27,17 @@ RESUME_CASES = {
     "bco_pair": {"loss_type": "bco_pair", "eval_steps": 1},
     # MPO: bco_pair's running mean inside a weighted sum of loss types
     "mpo": {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0], "rpo_alpha": None},
+    # KTO's unpaired bco: the same running mean, over every training row's reward
+    "kto_bco": {"rl": "kto", "loss_type": "bco", "eval_steps": 1},
 }
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_continues_the_same_loss_curve(model_dir, tmp_path, case):
-    extra = RESUME_CASES[case]
-    raw = train_config(model_dir, tmp_path / "full", "dpo", max_steps=6, save_steps=3, save_total_limit=None,
-                       lr_scheduler="cosine", warmup_steps=1, gradient_accumulation_steps=2, **extra)
+    extra = dict(RESUME_CASES[case])
+    raw = train_config(model_dir, tmp_path / "full", extra.pop("rl", "dpo"), max_steps=6, save_steps=3,
+                       save_total_limit=None, lr_scheduler="cosine", warmup_steps=1, gradient_accumulation_steps=2,
+                       **extra)
     full = train(config_from_dict(raw))
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "full")] == ["checkpoint-3", "checkpoint-6"]
 

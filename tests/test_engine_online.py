@@ -1,4 +1,5 @@
-"""Online RL (GRPO, RLOO, online DPO and PPO) on tiny random models: rollouts, rewards, losses, metrics against eager, training."""
+"""Online RL (GRPO, RLOO, online DPO and PPO) on tiny random models: rollouts, rewards, losses, metrics against
+eager, training."""
 import json
 import shutil
 

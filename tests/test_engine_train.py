@@ -110,12 +110,18 @@ def test_eval_command_scores_a_model_as_training_does(model_dir, tmp_path, capsy
         evaluate_config(config_from_dict({**raw, "test_datasets": []}))
 
 
-@pytest.mark.parametrize("option, base", [({"precompute_ref_log_probs": True}, {}),
-                                          ({"gradient_checkpointing": True}, {}),
-                                          ({"precompute_ref_log_probs": True}, {"ld_alpha": 0.5})],
-                         ids=["precomputed_reference", "gradient_checkpointing", "precomputed_reference_ld_dpo"])
+@pytest.mark.parametrize("option, base", [
+    ({"precompute_ref_log_probs": True}, {}),
+    ({"gradient_checkpointing": True}, {}),
+    ({"precompute_ref_log_probs": True}, {"ld_alpha": 0.5}),
+    # held-out batches read a copy of BCO's running reward mean: evaluating every step leaves training as it was
+    ({"eval_steps": 1}, {"loss_type": "bco_pair", "eval_steps": 0}),
+    ({"eval_steps": 1}, {"rl": "kto", "loss_type": "bco", "eval_steps": 0}),
+], ids=["precomputed_reference", "gradient_checkpointing", "precomputed_reference_ld_dpo", "evaluated_bco_pair",
+        "evaluated_kto_bco"])
 def test_option_leaves_the_loss_curve_unchanged(option, base, model_dir, tmp_path):
-    raw = train_config(model_dir, tmp_path / "plain", "dpo", max_steps=3, **base)
+    base = dict(base)
+    raw = train_config(model_dir, tmp_path / "plain", base.pop("rl", "dpo"), max_steps=3, **base)
     plain = train(config_from_dict(raw))
     raw.update(output_dir=str(tmp_path / "option"), **option)
     changed = train(config_from_dict(raw))

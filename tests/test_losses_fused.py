@@ -374,7 +374,8 @@ def test_reference_free_pairwise_matches_eager(backend, dtype, method):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("loss_type", KTO_LOSS_TYPES)
 def test_kto_matches_eager(backend, dtype, loss_type):
-    """KTO against the mismatched-pair KL baseline, and apo_zero_unpaired without one."""
+    """KTO against the mismatched-pair KL baseline, apo_zero_unpaired without one, and bco against the mean reward
+    (a fresh running mean: this batch's)."""
     rows, beta, wd, wu = 5, 0.5, 1.3, 0.8
     hidden, weight = make_model(rows)
     labels, kl_labels = make_labels(rows), make_labels(rows)
@@ -400,10 +401,13 @@ def test_kto_matches_eager(backend, dtype, loss_type):
         if loss_type == "kto":
             losses = torch.where(desirable, wd * (1 - torch.sigmoid(beta * (d - kl))),
                                  wu * (1 - torch.sigmoid(beta * (kl - d))))
+        elif loss_type == "bco":
+            shift = (beta * d).mean().detach()
+            losses = torch.where(desirable, -wd * F.logsigmoid(beta * d - shift), -wu * F.logsigmoid(shift - beta * d))
         else:
             losses = torch.where(desirable, wd * (1 - torch.sigmoid(beta * d)), wu * torch.sigmoid(beta * d))
         rewards = (beta * d).detach()
-        metrics = {} if loss_type != "kto" else {"kl": kl}
+        metrics = {"kto": {"kl": kl}, "bco": {"delta": rewards.mean()}}.get(loss_type, {})
         metrics |= {
             "rewards/chosen": rewards[desirable].mean(), "rewards/rejected": rewards[~desirable].mean(),
             "logps/chosen": logps[desirable].detach().mean(), "logps/rejected": logps[~desirable].detach().mean(),

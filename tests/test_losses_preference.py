@@ -279,6 +279,32 @@ def test_kto_apo_zero_unpaired_hand_computed():
         kto_loss(t(1.0, 2.0), t(1.0, 2.0), None, None, torch.tensor([True, False]), loss_type="apo_zero")
 
 
+def test_kto_bco_shifts_the_rewards_by_their_running_mean():
+    """BCO on unpaired rows (TRL's BCOTrainer): each batch's rewards join the running mean before it shifts them;
+    desirable rows lose -wD log sig(r - delta), undesirable ones -wU log sig(delta - r)."""
+    running = RunningMean()
+    logps = t(1.0, -1.0, 0.5).requires_grad_()
+    losses, rewards, delta = kto_loss(logps, t(0.0, 0.0, 0.0), None, None, torch.tensor([True, False, True]),
+                                      beta=2.0, desirable_weight=1.5, loss_type="bco", bco_running_mean=running)
+    torch.testing.assert_close(rewards, t(2.0, -2.0, 1.0))
+    assert delta.item() == pytest.approx(1.0 / 3) and running.mean == pytest.approx(1.0 / 3)
+    logsig = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    torch.testing.assert_close(losses, t(-1.5 * logsig(2.0 - 1 / 3), -logsig(1 / 3 + 2.0), -1.5 * logsig(1.0 - 1 / 3)))
+    (grad,) = torch.autograd.grad(losses.sum(), logps)  # delta is a constant: d/dL = -w b sig(-(r - delta))
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    torch.testing.assert_close(grad, t(-1.5 * 2 * sig(-(2.0 - 1 / 3)), 2 * sig(-(1 / 3 + 2.0)),
+                                       -1.5 * 2 * sig(-(1.0 - 1 / 3))))
+    _, _, second = kto_loss(t(4.0), t(0.0), None, None, torch.tensor([False]), beta=1.0, loss_type="bco",
+                            bco_running_mean=running)
+    assert second.item() == pytest.approx((1.0 + 4.0) / 4) and running.count == 4  # every reward so far
+    _, _, fresh = kto_loss(t(4.0, 2.0), t(0.0, 0.0), None, None, torch.tensor([True, False]), loss_type="bco")
+    assert fresh.item() == pytest.approx(0.3)  # no running mean: this batch's mean reward
+    assert "delta" not in kto_metrics(rewards, logps, torch.tensor([True, False, True]), None)
+    with pytest.raises(ValueError, match="bco_running_mean: only loss_type bco"):
+        kto_loss(t(1.0), t(0.0), None, None, torch.tensor([True]), loss_type="apo_zero_unpaired",
+                 bco_running_mean=RunningMean())
+
+
 def test_kto_rejects_bad_input():
     with pytest.raises(ValueError, match="logps: KTO needs a batch of at least 2"):
         kto_loss(t(1.0), t(1.0), t(1.0), t(1.0), torch.tensor([True]))

@@ -85,22 +85,24 @@ DESCRIPTIONS: dict[str, str] = {
                             "memory). Read by the algorithms with a reference: `dpo`, `ipo`, `kto`, `ppo`, "
                             "`online_dpo`, and `grpo` and `rloo` with beta > 0.",
     "ref_model": "A separate reference model (folder or hub id, same vocabulary) for `dpo`, `ipo`, `kto`, `ppo`, "
-                 "`online_dpo`, and `grpo` and `rloo` with beta > 0, loaded in `model_dtype` with `attn_implementation`. Null uses a frozen copy "
-                 "of the starting policy (with LoRA: see `rl_adapter_ref_model`).",
+                 "`online_dpo`, and `grpo` and `rloo` with beta > 0, loaded in `model_dtype` with "
+                 "`attn_implementation`. Null uses a frozen copy of the starting policy (with LoRA: see "
+                 "`rl_adapter_ref_model`).",
     "precompute_ref_log_probs": "`dpo` and `ipo` only: compute the reference's summed logprobs of every training "
                                 "and held-out pair once before training (in batches of `eval_batch_size`) instead "
                                 "of a reference forward pass in every step; the reference model is then released "
                                 "(as TRL), so it costs no memory during training (under `fsdp` the reference is "
                                 "sharded under a root of its own for the pass, and that root is dropped after "
                                 "it). Split across data-parallel ranks.",
-    "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` and `rloo` (beta > 0), `ppo` and `online_dpo`: TR-DPO's trust-region reference (Gorbatovski "
-                      "et al. 2024; TRL's keys): every `ref_model_sync_steps` optimizer steps the reference becomes "
-                      "`α·policy + (1 − α)·reference` (α = `ref_model_mixup_alpha`), parameter by parameter (each "
-                      "rank its shards under `fsdp`). Checkpoints then keep the reference too (`reference/`, or "
-                      "each rank's `reference_shard.safetensors`), so a resumed run continues from the synced one. "
-                      "Not with LoRA or `precompute_ref_log_probs`; a `ref_model` must have the policy's parameter "
-                      "names and shapes. The online algorithms take the reference logprobs when a rollout is scored, "
-                      "so a sync reaches the next rollout.",
+    "sync_ref_model": "`dpo`, `ipo`, `kto`, `grpo` and `rloo` (beta > 0), `ppo` and `online_dpo`: TR-DPO's "
+                      "trust-region reference (Gorbatovski et al. 2024; TRL's keys): every `ref_model_sync_steps` "
+                      "optimizer steps the reference becomes `α·policy + (1 − α)·reference` (α = "
+                      "`ref_model_mixup_alpha`), parameter by parameter (each rank its shards under `fsdp`). "
+                      "Checkpoints then keep the reference too (`reference/`, or each rank's "
+                      "`reference_shard.safetensors`), so a resumed run continues from the synced one. Not with LoRA "
+                      "or `precompute_ref_log_probs`; a `ref_model` must have the policy's parameter names and shapes. "
+                      "The online algorithms take the reference logprobs when a rollout is scored, so a sync reaches "
+                      "the next rollout.",
     "ref_model_mixup_alpha": "`sync_ref_model`: α, the policy's weight in each sync (1 copies the policy; TR-DPO "
                              "and TRL default 0.6).",
     "ref_model_sync_steps": "`sync_ref_model`: τ, optimizer steps between syncs (after steps τ, 2τ, ...; TRL's "
@@ -127,7 +129,11 @@ DESCRIPTIONS: dict[str, str] = {
                  "`sapo_temperature_pos` where A > 0 and `sapo_temperature_neg` elsewhere, aggregated as `grpo`; no "
                  "`epsilon`, `epsilon_high` or `delta`); `kto`: `kto` (default, against the mismatched-pair KL "
                  "baseline) or `apo_zero_unpaired` (APO's zero anchor on unpaired data, as TRL: `λD·(1 − σ(βΔ))` / "
-                 "`λU·σ(βΔ)`, no KL pass); `cpo`: `sigmoid` (default), `hinge` `relu(1 − β(Lc − Lr))` or `ipo` "
+                 "`λU·σ(βΔ)`, no KL pass) or `bco` (TRL's BCOTrainer on the same unpaired rows, without its "
+                 "density-ratio weights: the running mean δ of every training reward βΔ so far shifts them, "
+                 "`−λD·logσ(βΔ − δ)` / "
+                 "`−λU·logσ(δ − βΔ)`, no KL pass; logs `delta`; δ is checkpointed and held-out rows do not move "
+                 "it); `cpo`: `sigmoid` (default), `hinge` `relu(1 − β(Lc − Lr))` or `ipo` "
                  "`(Lc − Lr − 1/(2β))²` (TRL's CPO). Any other `rl` (`rloo` included: one loss) rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
@@ -155,10 +161,11 @@ DESCRIPTIONS: dict[str, str] = {
                  "loss; 0 gives the bare CPO term and the original SimPO.",
     "simpo_gamma": "`simpo`: the target reward margin γ in `−logσ(β·(avg_c − avg_r) − γ)`, where avg are "
                    "per-token average logprobs; any real number.",
-    "desirable_weight": "`kto`: λD, the weight of a desirable row's loss `λD·(1 − σ(β(Δ − KL)))`; a warning is "
-                        "logged when λD·nD / (λU·nU) over the training rows is outside [1, 4/3].",
-    "undesirable_weight": "`kto`: λU, the weight of an undesirable row's loss `λU·(1 − σ(β(KL − Δ)))` (see "
-                          "`desirable_weight` for the balance warning).",
+    "desirable_weight": "`kto`: λD, the weight of a desirable row's loss `λD·(1 − σ(β(Δ − KL)))` (and of the "
+                        "`apo_zero_unpaired` and `bco` losses of `loss_type`); a warning is logged when λD·nD / "
+                        "(λU·nU) over the training rows is outside [1, 4/3].",
+    "undesirable_weight": "`kto`: λU, the weight of an undesirable row's loss `λU·(1 − σ(β(KL − Δ)))` (and of the "
+                          "other loss types'; see `desirable_weight` for the balance warning).",
     "center_rewards_coefficient": "`rm`: c in `−logσ(rc − rr − margin) + c·(rc + rr)²`, pulling the reward "
                                   "model's scores towards 0 (margin: the data's optional `margin` column, else 0).",
     "kd_temperature": "`kd`: the distillation temperature T: the student is `log_softmax(z / T)`, the teacher's "
@@ -209,22 +216,23 @@ DESCRIPTIONS: dict[str, str] = {
                        "(GRPO normalises them, RLOO takes each one's baseline from the others); null: 8 for `grpo`, "
                        "2 for `rloo` (TRL's defaults). Each update micro-batch holds `micro_batch_size × "
                        "num_generations` completions. `ppo` samples one completion per prompt, `online_dpo` two.",
-    "temperature": "`grpo`, `rloo`, `ppo` and `online_dpo`: the sampling temperature; the policy, old and reference token "
-                   "logprobs of the losses are taken at it too (logits / T). `online_dpo` samples at it; its DPO loss "
-                   "reads the models' own logprobs (T = 1), as offline DPO. `kd` samples replies at it "
+    "temperature": "`grpo`, `rloo`, `ppo` and `online_dpo`: the sampling temperature; the policy, old and reference "
+                   "token logprobs of the losses are taken at it too (logits / T). `online_dpo` samples at it; its DPO "
+                   "loss reads the models' own logprobs (T = 1), as offline DPO. `kd` samples replies at it "
                    "(`kd_on_policy_ratio`, `kd_teacher_replies`) and distils at `kd_temperature`.",
-    "top_p": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It shapes "
-             "sampling only; logprobs use the full vocabulary.",
-    "top_k": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: sample from the k most likely tokens only (null "
-             "or 0: off). It shapes sampling only, like `top_p`.",
-    "max_completion_length": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: most new tokens per completion; "
-                             "one with no EOS by then is truncated (`completions/clipped_ratio`, "
+    "top_p": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: nucleus-sampling threshold (1: off). It "
+             "shapes sampling only; logprobs use the full vocabulary.",
+    "top_k": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: sample from the k most likely tokens "
+             "only (null or 0: off). It shapes sampling only, like `top_p`.",
+    "max_completion_length": "`grpo`, `rloo`, `ppo`, `online_dpo` and `kd`'s sampled replies: most new tokens per "
+                             "completion; one with no EOS by then is truncated (`completions/clipped_ratio`, "
                              "`mask_truncated_completions`). GRPO's `dr_grpo` loss divides by it and the built-in "
                              "`length` reward scales by it.",
     "epsilon": "`grpo` and `rloo`: the lower clip range ε of the importance ratio, `clip(ρ, 1 − ε, 1 + ε_high)` "
                "(RLOO's ρ is one per completion, `e^(Σ_t L_t − L_old,t)`, as TRL). PPO's clip range is `cliprange`.",
-    "epsilon_high": "`grpo` and `rloo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`. With `loss_type: "
-                    "cispo` the importance weight's cap is 1 + ε_high (the only clip; MiniMax-M1 tunes it).",
+    "epsilon_high": "`grpo` and `rloo`: the upper clip range ε_high (DAPO's clip-higher); null uses `epsilon`. With "
+                    "`loss_type: cispo` the importance weight's cap is 1 + ε_high (the only clip; MiniMax-M1 tunes "
+                    "it).",
     "delta": "`grpo`: optional cap on ρ in the unclipped term (two-sided clipping, `min(ρ, δ)·A`); must be greater "
              "than 1 + ε_high. Null: no cap.",
     "importance_sampling_level": "`grpo`: `token`: one ratio per token, `ρ_t = e^(L_t − L_old,t)`; `sequence` "
@@ -232,9 +240,10 @@ DESCRIPTIONS: dict[str, str] = {
     "scale_rewards": "`grpo`: advantages are `(r − mean of the group)` divided by the group's std + 1e-4 "
                      "(`group`), by the std of the whole batch over all ranks + 1e-4 (`batch`), or not divided "
                      "(`none`).",
-    "num_iterations": "`grpo` and `rloo`: optimizer updates per rollout, each over all the rollout's micro-batches. Above 1 the "
-                      "sampling policy's logprobs are stored before the first update, so later updates see ρ ≠ 1 (RLOO takes "
-                      "them anyway when beta > 0, for the KL in the reward, but with 1 iteration its ρ is exactly 1).",
+    "num_iterations": "`grpo` and `rloo`: optimizer updates per rollout, each over all the rollout's micro-batches. "
+                      "Above 1 the sampling policy's logprobs are stored before the first update, so later updates see "
+                      "ρ ≠ 1 (RLOO takes them anyway when beta > 0, for the KL in the reward, but with 1 iteration its "
+                      "ρ is exactly 1).",
     "mask_truncated_completions": "`grpo` and `rloo`: completions that reach `max_completion_length` without EOS "
                                   "get no loss (their labels are masked, and RLOO's KL over their tokens is 0); they "
                                   "still count in their group's reward statistics.",
@@ -258,20 +267,22 @@ DESCRIPTIONS: dict[str, str] = {
                             "the whole batch (every rank's completions), as TRL's RLOO key.",
     "reward_clip_range": "`rloo`: `[low, high]` bounds the weighted reward is clipped to before the KL penalty and "
                          "the baseline (TRL's RLOO key); the logged `reward` is the unclipped one. Null: no clipping.",
-    "reward_funcs": "`grpo`, `rloo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins `accuracy` "
-                    "(against a `solution` or `answer` column), `format` (`reward_format_pattern`) and `length` "
-                    "(−tokens / `max_completion_length`), or `package.module:function`, `package.module.function`, "
-                    "`path/file.py:function`, called as `f(prompts, completions, **columns) -> list[float | None]`. "
-                    "GRPO, RLOO and online DPO need these or `reward_model`; `ppo` rejects them.",
-    "reward_weights": "`grpo`, `rloo` and `online_dpo`: one weight per reward source, the `reward_funcs` in order and then "
-                      "`reward_model` when set; null weighs each 1.0. A None reward leaves that source out of the "
+    "reward_funcs": "`grpo`, `rloo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins "
+                    "`accuracy` (against a `solution` or `answer` column), `format` (`reward_format_pattern`) and "
+                    "`length` (−tokens / `max_completion_length`), or `package.module:function`, "
+                    "`package.module.function`, `path/file.py:function`, called as `f(prompts, completions, **columns) "
+                    "-> list[float | None]`. GRPO, RLOO and online DPO need these or `reward_model`; `ppo` rejects "
+                    "them.",
+    "reward_weights": "`grpo`, `rloo` and `online_dpo`: one weight per reward source, the `reward_funcs` in order and "
+                      "then `reward_model` when set; null weighs each 1.0. A None reward leaves that source out of the "
                       "sample's sum.",
     "reward_model": "A folder written by `rl: rm` (backbone + `value_head.safetensors`) that scores prompt + "
-                    "completion at its last token. `ppo`: required; the frozen scorer and the starting weights of "
-                    "the trained value model. `grpo`, `rloo`, `online_dpo`: an optional reward source next to `reward_funcs`.",
-    "reward_format_pattern": "`grpo`, `rloo` and `online_dpo`: the regular expression the built-in `format` reward searches "
-                             "each completion for (1.0 on a match, else 0.0); the default wants `<think>...</think>` "
-                             "then `<answer>...</answer>`.",
+                    "completion at its last token. `ppo`: required; the frozen scorer and the starting weights of the "
+                    "trained value model. `grpo`, `rloo`, `online_dpo`: an optional reward source next to "
+                    "`reward_funcs`.",
+    "reward_format_pattern": "`grpo`, `rloo` and `online_dpo`: the regular expression the built-in `format` reward "
+                             "searches each completion for (1.0 on a match, else 0.0); the default wants "
+                             "`<think>...</think>` then `<answer>...</answer>`.",
     "kl_coef": "`ppo`: weight of the per-token KL penalty in the rewards: `r_t = −kl_coef·KL_t`, plus the reward "
                "model's score on the last completion token (GRPO's KL weight is `beta`).",
     "kl_estimator": "`ppo`: the per-token KL estimate of those rewards: `k1` = L − R, or `k3` = e^(R − L) − (R − L) "
@@ -289,32 +300,32 @@ DESCRIPTIONS: dict[str, str] = {
     "num_ppo_epochs": "`ppo`: passes over each rollout, each over a fresh permutation of its rows.",
     "num_mini_batches": "`ppo`: optimizer updates per pass; a rollout takes `micro_batch_size × "
                         "gradient_accumulation_steps × num_mini_batches` prompts per device, one completion each.",
-    "num_sample_generations": "`grpo`, `rloo`, `ppo` and `online_dpo`: how many times, evenly spaced over the run, the first 8 "
-                              "prompts and completions of the latest rollout (with what they scored) are logged to "
-                              "`samples.jsonl` and TensorBoard; 0 logs none. `kd` logs its sampled replies (the "
-                              "student's or the teacher's) the same way, on steps that sampled.",
-    "local_rollout_forward_batch_size": "`grpo`, `rloo`, `ppo` and `online_dpo`: rows per chunk of the no-grad forward passes "
-                                        "over a rollout (old and reference logprobs, values, reward-model scores); "
-                                        "lower it to save memory. Generation runs one micro-batch of prompts at a "
-                                        "time.",
+    "num_sample_generations": "`grpo`, `rloo`, `ppo` and `online_dpo`: how many times, evenly spaced over the run, the "
+                              "first 8 prompts and completions of the latest rollout (with what they scored) are "
+                              "logged to `samples.jsonl` and TensorBoard; 0 logs none. `kd` logs its sampled replies "
+                              "(the student's or the teacher's) the same way, on steps that sampled.",
+    "local_rollout_forward_batch_size": "`grpo`, `rloo`, `ppo` and `online_dpo`: rows per chunk of the no-grad forward "
+                                        "passes over a rollout (old and reference logprobs, values, reward-model "
+                                        "scores); lower it to save memory. Generation runs one micro-batch of prompts "
+                                        "at a time.",
     # Optimisation
-    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` needs >= 2, and "
-                        "a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` and `rm` (two "
-                        "sequences each), prompts for `grpo` and `rloo` (`num_generations` completions each), `ppo` and "
-                        "`online_dpo`. Each "
-                        "epoch drops the tail of the shuffled rows that does not fill `micro_batch_size × ranks`.",
+    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` needs >= 2, and a "
+                        "pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` and `rm` (two sequences "
+                        "each), prompts for `grpo` and `rloo` (`num_generations` completions each), `ppo` and "
+                        "`online_dpo`. Each epoch drops the tail of the shuffled rows that does not fill "
+                        "`micro_batch_size × ranks`.",
     "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
                        "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once; "
                        "`kto` needs >= 2.",
-    "gradient_accumulation_steps": "Micro-batches whose gradients make one optimizer step; the step's loss is "
-                                   "their mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` and `rloo` sample one "
-                                   "rollout from that many micro-batches of prompts; each `ppo` mini-batch "
-                                   "update is that many micro-batches.",
+    "gradient_accumulation_steps": "Micro-batches whose gradients make one optimizer step; the step's loss is their "
+                                   "mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` and `rloo` sample one "
+                                   "rollout from that many micro-batches of prompts; each `ppo` mini-batch update is "
+                                   "that many micro-batches.",
     "num_epochs": "Passes over the training data (fractions allowed): ceil(micro-batches per epoch × num_epochs / "
                   "micro-batches per round) × updates per round optimizer steps. Ignored when `max_steps` is set.",
-    "max_steps": "Total optimizer steps, overriding `num_epochs`; online, each rollout gives `num_iterations` "
-                 "(`grpo`, `rloo`) or `num_ppo_epochs × num_mini_batches` (`ppo`) steps. The schedule and `warmup_ratio` "
-                 "are computed from the total.",
+    "max_steps": "Total optimizer steps, overriding `num_epochs`; online, each rollout gives `num_iterations` (`grpo`, "
+                 "`rloo`) or `num_ppo_epochs × num_mini_batches` (`ppo`) steps. The schedule and `warmup_ratio` are "
+                 "computed from the total.",
     "learning_rate": "Peak AdamW learning rate, reached after warmup.",
     "weight_decay": "AdamW decoupled weight decay, on matrices (parameters with >= 2 dimensions) only; biases and "
                     "norms get none.",
@@ -343,8 +354,8 @@ DESCRIPTIONS: dict[str, str] = {
             "Only rank 0 reads the weights (the others build the models on the meta device and receive their "
             "shards). Sampling (GRPO, PPO) gathers the "
             "policy whole for the rollout and steps all ranks in lockstep. Ignored by a single process.",
-    "fsdp_gather_for_generation": "`grpo`/`rloo`/`ppo`/`online_dpo` (and `kd`'s sampled replies) under `fsdp`: gather the "
-                                  "policy whole on every GPU for each rollout (fast; as TRL's "
+    "fsdp_gather_for_generation": "`grpo`/`rloo`/`ppo`/`online_dpo` (and `kd`'s sampled replies) under `fsdp`: gather "
+                                  "the policy whole on every GPU for each rollout (fast; as TRL's "
                                   "`ds3_gather_for_generation`). `false` gathers each layer at each new token instead: "
                                   "slow, for a policy whose whole weights do not fit on one GPU.",
     "torch_compile": "`torch.compile` each decoder layer of the trained, reference and reward models (regional "
@@ -405,7 +416,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
       "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "off_policy_mask_threshold",
-      "use_bias_correction_kl", "normalize_advantages", "reward_clip_range", "reward_funcs", "reward_weights", "reward_model", "reward_format_pattern", "kl_coef",
+      "use_bias_correction_kl", "normalize_advantages", "reward_clip_range", "reward_funcs", "reward_weights",
+      "reward_model", "reward_format_pattern", "kl_coef",
       "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
       "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
       "local_rollout_forward_batch_size"]),

@@ -13,6 +13,7 @@ from ..reference_cache import add_reference_logps, collate_with_columns
 from ..sharding import shard, shard_sizes
 from ..training_data import TrainingData
 from .base import Algorithm, float_metrics
+from .reward_shift import RunningRewardShift
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Pairwise(Algorithm):
         return {"weight": weight, "bias": bias, "softcap": self.softcap, "backend": self.config.kernel_backend}
 
 
-class DPO(Pairwise):
+class DPO(RunningRewardShift, Pairwise):
     """``rl: dpo`` (any ``loss_type``; RPO through ``rpo_alpha``) and ``rl: ipo`` (loss_type ipo)."""
 
     needs_reference = True
@@ -89,26 +90,9 @@ class DPO(Pairwise):
             beta=cfg.effective_beta, loss_type=cfg.effective_loss_type, loss_weights=cfg.loss_weights,
             label_smoothing=cfg.label_smoothing, use_weighting=cfg.use_weighting, ld_alpha=cfg.ld_alpha,
             f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef,
-            rpo_alpha=self.nll_weight, bco_running_mean=self._bco_mean_for_this_call(),
+            rpo_alpha=self.nll_weight, bco_running_mean=self.bco_mean_for_this_call(),
         )
         return loss, float_metrics(loss, metrics)
-
-    def _bco_mean_for_this_call(self) -> RunningMean | None:
-        """bco_pair's running mean: the live one in training; a throwaway copy in evaluation, so held-out
-        rewards never shift the training delta."""
-        if self.bco_running_mean is None or self.model.training:
-            return self.bco_running_mean
-        copy = RunningMean()
-        copy.load_state_dict(self.bco_running_mean.state_dict())
-        return copy
-
-    def state(self) -> dict:
-        """bco_pair's running mean of the rewards (part of the loss, so part of an exact resume)."""
-        return {"bco_running_mean": self.bco_running_mean.state_dict()} if self.bco_running_mean else {}
-
-    def restore(self, state: dict) -> None:
-        if self.bco_running_mean is not None and "bco_running_mean" in state:
-            self.bco_running_mean.load_state_dict(state["bco_running_mean"])
 
 
 class CPO(Pairwise):

@@ -5,7 +5,7 @@ tensors. The ``fused_linear_*`` wrappers go from hidden states and the lm_head
 weight to the loss through ``linear_logprobs`` without a ``[tokens, vocab]`` tensor.
 """
 from .distill import DIVERGENCES, teacher_logprobs, topk_kd_loss
-from .dpo import DPO_LOSS_TYPES, RunningMean, dpo_loss
+from .dpo import DPO_LOSS_TYPES, dpo_loss
 from .fused_distill import fused_linear_kd_loss, fused_linear_topk_kd_loss
 from .fused_policy import fused_linear_grpo_loss, fused_linear_ppo_loss, fused_linear_rloo_loss
 from .fused_preference import (
@@ -21,6 +21,7 @@ from .policy import gae_advantages, ppo_policy_loss, ppo_rewards, ppo_value_loss
 from .preference import cpo_loss, orpo_loss, preference_metrics, reward_model_loss, simpo_loss
 from .rloo import rloo_advantages, rloo_loss
 from .sequence import (
+    RunningMean,
     completion_lengths,
     completion_mask,
     masked_mean,
@@ -39,6 +40,7 @@ __all__ = [
     "fused_linear_topk_kd_loss",
     "gae_advantages", "grpo_advantages", "grpo_loss", "kto_loss", "kto_metrics", "masked_mean", "masked_sum",
     "masked_whiten", "orpo_loss", "ppo_policy_loss", "ppo_rewards", "ppo_value_loss", "preference_metrics",
-    "reward_model_loss", "rloo_advantages", "rloo_loss", "sequence_logps", "simpo_loss", "teacher_logprobs", "token_kl", "token_mean_nll",
+    "reward_model_loss", "rloo_advantages", "rloo_loss", "sequence_logps", "simpo_loss", "teacher_logprobs",
+    "token_kl", "token_mean_nll",
     "topk_kd_loss",
 ]

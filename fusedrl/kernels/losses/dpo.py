@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .checks import check_choice, check_lengths, check_pair, check_range
 from .preference import check_label_smoothing, length_normalised, pairwise_sigmoid_loss
-from .sequence import global_sum_and_count
+from .sequence import RunningMean
 
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair",
@@ -27,34 +27,6 @@ LOG_RATIO_LOSS_TYPES = ("aot", "aot_unpaired", "apo_zero")
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 EXO_DEFAULT_EPSILON = 1e-3
 EXP_CAP = 80.0  # the f-divergence scores' exponents are capped here (e^80 is finite in fp32)
-
-
-class RunningMean:
-    """Mean of every value passed to ``update`` so far, across ranks: BCO's reward shift ``delta``."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0.0
-
-    @property
-    def mean(self) -> float:
-        """The running mean (0 before the first update)."""
-        return self.total / self.count if self.count else 0.0
-
-    def update(self, values: torch.Tensor) -> float:
-        """Fold ``values`` (any shape, detached) into the mean and return the new mean."""
-        total, count = global_sum_and_count(values)
-        self.total += total.item()
-        self.count += count.item()
-        return self.mean
-
-    def state_dict(self) -> dict[str, float]:
-        """The state to checkpoint."""
-        return {"total": self.total, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        """Restore a state from ``state_dict``."""
-        self.total, self.count = float(state["total"]), float(state["count"])
 
 
 def f_divergence_scores(log_ratios: torch.Tensor, f_divergence_type: str, alpha: float = 1.0) -> torch.Tensor:

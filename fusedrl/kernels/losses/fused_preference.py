@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from ..cross_entropy import linear_cross_entropy
 from ..logprobs import linear_logprobs
 from .checks import check_choice, check_lengths, check_range
-from .dpo import RunningMean, dpo_loss
+from .dpo import dpo_loss
 from .fused_common import check_hidden_labels, frozen_token_logps, reference_token_logps
 from .kto import KTO_LOSS_TYPES, kto_loss, kto_metrics
 from .preference import cpo_loss, orpo_loss, preference_metrics, simpo_loss
-from .sequence import completion_mask, masked_mean, pairwise_sequence_logps, sequence_logps
+from .sequence import RunningMean, completion_mask, masked_mean, pairwise_sequence_logps, sequence_logps
 
 
 class PairwisePolicy(NamedTuple):
@@ -306,6 +306,7 @@ def fused_linear_kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     loss_type: str = "kto",
+    bco_running_mean: RunningMean | None = None,
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
@@ -318,11 +319,12 @@ def fused_linear_kto_loss(
             (e.g. rotated by one); run under no_grad. ``kto`` only.
         The reference: ``ref_logps`` (and for kto ``ref_kl_logps``) ``[B]`` (summed), or ``ref_hidden`` (and
             ``ref_kl_hidden``) through ``ref_weight`` / ``ref_bias`` (default: the policy head).
-        loss_type: ``kto`` or ``apo_zero_unpaired`` (see ``kto_loss``).
+        loss_type, bco_running_mean: ``kto``, ``apo_zero_unpaired`` or ``bco`` with its running mean (see
+            ``kto_loss``).
 
     Returns:
-        ``(loss scalar fp32, metrics)``: kl (kto only), rewards/{chosen,rejected,margins}, logps/{chosen,rejected}
-        (chosen = desirable rows; a side absent from the batch is absent from the metrics).
+        ``(loss scalar fp32, metrics)``: kl (kto only), delta (bco only), rewards/{chosen,rejected,margins},
+        logps/{chosen,rejected} (chosen = desirable rows; a side absent from the batch is absent from the metrics).
     """
     check_choice("loss_type", loss_type, KTO_LOSS_TYPES)
     check_hidden_labels(hidden, labels)
@@ -346,11 +348,15 @@ def fused_linear_kto_loss(
                                                  ("ref_kl_hidden", "ref_kl_logps"), head)
     elif any(x is not None for x in (kl_hidden, kl_labels, ref_kl_hidden, ref_kl_logps)):
         raise ValueError(f"kl_hidden: loss_type {loss_type} has no KL baseline; leave out the kl_* inputs")
-    losses, rewards, kl = kto_loss(logps, ref_logps.detach(), kl_logps,
-                                   None if ref_kl_logps is None else ref_kl_logps.detach(), desirable, beta=beta,
-                                   desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
-                                   loss_type=loss_type)
-    return losses.mean(), kto_metrics(rewards, logps, desirable, kl)
+    losses, rewards, baseline = kto_loss(logps, ref_logps.detach(), kl_logps,
+                                         None if ref_kl_logps is None else ref_kl_logps.detach(), desirable,
+                                         beta=beta, desirable_weight=desirable_weight,
+                                         undesirable_weight=undesirable_weight, loss_type=loss_type,
+                                         bco_running_mean=bco_running_mean)
+    metrics = kto_metrics(rewards, logps, desirable, baseline if loss_type == "kto" else None)
+    if loss_type == "bco":
+        metrics["delta"] = baseline
+    return losses.mean(), metrics
 
 
 def _reference_sequence_logps(given, ref_hidden, labels, mask, names, head) -> torch.Tensor:

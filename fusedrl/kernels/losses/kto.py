@@ -1,15 +1,18 @@
-"""KTO: unpaired desirable / undesirable completions against a detached KL baseline."""
+"""KTO on unpaired desirable / undesirable completions: against a detached KL baseline, APO's zero anchor or
+BCO's running reward shift."""
 from __future__ import annotations
 
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from .checks import check_choice, check_range, check_same_shape, check_tensor
-from .sequence import global_sum_and_count
+from .sequence import RunningMean, global_sum_and_count
 
-# kto: against the mismatched-pair KL baseline; apo_zero_unpaired: APO's zero anchor, no baseline (as TRL).
-KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+# kto: against the mismatched-pair KL baseline; apo_zero_unpaired: APO's zero anchor, no baseline (as TRL's KTO);
+# bco: TRL's BCOTrainer (Jung et al. 2024) without its density-ratio weights, against a running mean of the rewards.
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired", "bco")
 
 
 def check_kto_balance(
@@ -46,6 +49,7 @@ def kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     loss_type: str = "kto",
+    bco_running_mean: RunningMean | None = None,
 ):
     """Per-example KTO losses.
 
@@ -53,14 +57,21 @@ def kto_loss(
         logps, ref_logps: summed completion logprobs ``[B]`` of the policy and the reference.
         kl_logps, ref_kl_logps: the same for mismatched pairs ``[B]`` (each prompt with another
             example's completion, e.g. rotated by one); they form the KL baseline, no gradient.
-            ``apo_zero_unpaired`` takes None for both.
+            ``apo_zero_unpaired`` and ``bco`` take None for both.
         desirable: ``[B]`` bool, True for desirable completions. With ``kto`` B must be at least 2.
         loss_type: ``kto``, or ``apo_zero_unpaired`` (APO's zero anchor on unpaired data, as TRL):
-            ``wD * (1 - sig(b * d))`` for desirable rows and ``wU * sig(b * d)`` for undesirable ones.
+            ``wD * (1 - sig(b * d))`` for desirable rows and ``wU * sig(b * d)`` for undesirable ones; or ``bco``
+            (binary classifier optimisation on unpaired data, as TRL's BCOTrainer): the running mean ``delta`` of every
+            training reward so far (``bco_running_mean``, this batch's rewards folded in first) shifts the rewards,
+            desirable rows lose ``-wD * log sig(b * d - delta)`` and undesirable ones ``-wU * log sig(delta - b * d)``
+            (the weights default to 1, TRL's BCO has none).
+        bco_running_mean: ``bco``'s running mean, updated in place (a fresh one when None: delta is then this
+            batch's mean reward).
 
     Returns:
-        ``(losses [B], rewards = b * (L - R) [B] detached, kl scalar detached or None)`` where with ``kto``
-        desirable rows lose ``wD * (1 - sig(b * (d - kl)))`` and undesirable rows ``wU * (1 - sig(b * (kl - d)))``.
+        ``(losses [B], rewards = b * (L - R) [B] detached, baseline)`` where with ``kto`` desirable rows lose
+        ``wD * (1 - sig(b * (d - kl)))`` and undesirable rows ``wU * (1 - sig(b * (kl - d)))``. ``baseline`` is the
+        detached scalar the rewards are compared with: the KL estimate (``kto``), delta (``bco``), or None.
     """
     check_choice("loss_type", loss_type, KTO_LOSS_TYPES)
     check_tensor("logps", logps, dims=1)
@@ -68,7 +79,9 @@ def kto_loss(
         raise ValueError(f"logps: KTO needs a batch of at least 2 (the KL baseline pairs mismatched examples), "
                          f"got batch size {logps.shape[0]}")
     if (kl_logps is None or ref_kl_logps is None) != (loss_type != "kto"):
-        raise ValueError(f"kl_logps: loss_type kto needs kl_logps and ref_kl_logps, {KTO_LOSS_TYPES[1]} neither")
+        raise ValueError(f"kl_logps: loss_type kto needs kl_logps and ref_kl_logps, {KTO_LOSS_TYPES[1:]} neither")
+    if bco_running_mean is not None and loss_type != "bco":
+        raise ValueError(f"bco_running_mean: only loss_type bco shifts its rewards by a running mean, got {loss_type}")
     check_same_shape("logps", logps, ref_logps=ref_logps, kl_logps=kl_logps, ref_kl_logps=ref_kl_logps,
                      desirable=desirable)
     if desirable.dtype != torch.bool:
@@ -81,6 +94,13 @@ def kto_loss(
         chosen_losses = desirable_weight * (1.0 - torch.sigmoid(beta * delta))
         rejected_losses = undesirable_weight * torch.sigmoid(beta * delta)
         return torch.where(desirable, chosen_losses, rejected_losses), (beta * delta).detach(), None
+    if loss_type == "bco":
+        rewards = beta * delta
+        running = bco_running_mean if bco_running_mean is not None else RunningMean()
+        shift = rewards.new_tensor(running.update(rewards.detach()))
+        chosen_losses = -desirable_weight * F.logsigmoid(rewards - shift)
+        rejected_losses = -undesirable_weight * F.logsigmoid(shift - rewards)
+        return torch.where(desirable, chosen_losses, rejected_losses), rewards.detach(), shift
     kl = kto_kl_estimate(kl_logps, ref_kl_logps)
     chosen_losses = desirable_weight * (1.0 - torch.sigmoid(beta * (delta - kl)))
     rejected_losses = undesirable_weight * (1.0 - torch.sigmoid(beta * (kl - delta)))

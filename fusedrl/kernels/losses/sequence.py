@@ -134,3 +134,32 @@ def global_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     low = int(position)
     high = min(low + 1, ordered.numel() - 1)
     return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+class RunningMean:
+    """Mean of every value passed to ``update`` so far, across ranks: BCO's reward shift ``delta`` (DPO's
+    ``bco_pair`` and KTO's unpaired ``bco``)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0.0
+
+    @property
+    def mean(self) -> float:
+        """The running mean (0 before the first update)."""
+        return self.total / self.count if self.count else 0.0
+
+    def update(self, values: torch.Tensor) -> float:
+        """Fold ``values`` (any shape, detached) into the mean and return the new mean."""
+        total, count = global_sum_and_count(values)
+        self.total += total.item()
+        self.count += count.item()
+        return self.mean
+
+    def state_dict(self) -> dict[str, float]:
+        """The state to checkpoint."""
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore a state from ``state_dict``."""
+        self.total, self.count = float(state["total"]), float(state["count"])
