@@ -343,13 +343,17 @@ def test_mask_truncated_completions(files, tmp_path, masked):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "cispo", "sapo"])
-def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type):
+@pytest.mark.parametrize("loss_type, extra", [
+    ("grpo", {}), ("cispo", {}), ("sapo", {}), ("vespo", {}), ("luspo", {"importance_sampling_level": "sequence"}),
+    ("grpo", {"multi_objective_aggregation": "normalize_then_sum"}),
+], ids=["grpo", "cispo", "sapo", "vespo", "luspo", "gdpo"])
+def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type, extra):
     """A few dozen steps: the fraction of low-id tokens in the completions climbs clearly above its start, with
-    the clipped surrogate, with CISPO's weighted policy gradient and with SAPO's soft gate."""
+    the clipped surrogate, CISPO's and VESPO's weighted policy gradients, SAPO's soft gate, LUSPO's
+    length-weighted sequence loss and GDPO's per-reward normalisation."""
     config = online_config(files, tmp_path / "run", "grpo", max_steps=30, learning_rate=2e-2, beta=0.0,
                            num_generations=8, micro_batch_size=2, test_datasets=[], num_sample_generations=3,
-                           loss_type=loss_type)
+                           loss_type=loss_type, **extra)
     result = train(config)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward"] for r in records if r["split"] == "train"]
@@ -663,6 +667,14 @@ def test_online_defaults():
     ({"rl": "grpo", "reward_format_pattern": "(unclosed"}, "reward_format_pattern: not a valid regular expression"),
     ({"rl": "grpo", "num_generations": 1}, "num_generations: expected a value >= 2"),
     ({"rl": "grpo", "scale_rewards": "group_norm"}, "scale_rewards: expected one of"),
+    ({"rl": "grpo", "loss_type": "vespo", "importance_sampling_level": "sequence"},
+     "importance_sampling_level: loss_type vespo needs token"),
+    ({"rl": "grpo", "loss_type": "luspo"}, "importance_sampling_level: loss_type luspo needs sequence"),
+    ({"rl": "grpo", "loss_type": "vespo", "epsilon_high": 0.28}, "epsilon_high: loss_type vespo has no clip range"),
+    ({"rl": "grpo", "loss_type": "vespo", "delta": 2.0}, "delta: loss_type vespo has no unclipped"),
+    ({"rl": "grpo", "vespo_k_pos": 1.0}, "vespo_k_pos: only read with loss_type: vespo"),
+    ({"rl": "grpo", "multi_objective_aggregation": "normalize_then_sum", "scale_rewards": "batch"},
+     "scale_rewards: only read with multi_objective_aggregation: sum_then_normalize"),
     ({"rl": "rloo", "reward_funcs": []}, "reward_funcs: rl=rloo needs reward functions or a reward_model"),
     ({"rl": "rloo", "beta": -0.1}, "beta: expected a value >= 0"),
     ({"rl": "rloo", "scale_rewards": "batch"}, "scale_rewards: rl=rloo does not read it"),

@@ -437,7 +437,8 @@ def rollout_case(rows, temperature):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("level, loss_type, quantile", [("token", "grpo", 1.0), ("sequence", "dapo", 1.0),
                                                        ("token", "bnpo", 0.4), ("sequence", "cispo", 1.0),
-                                                       ("token", "sapo", 1.0)])
+                                                       ("token", "sapo", 1.0), ("sequence", "luspo", 1.0),
+                                                       ("token", "vespo", 1.0)])
 def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     temperature, beta, eps, eps_high, delta = 0.9, 0.05, 0.2, 0.28, 1.5
     hidden, weight, labels, mask, base = rollout_case(ROWS, temperature)
@@ -448,7 +449,8 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
     def fused(hidden, weight, labels, backend):
         return fused_linear_grpo_loss(hidden, weight, labels, advantages, old_logps=old_logps,
                                       ref_hidden=ref_hidden.to(hidden.dtype), beta=beta, epsilon=eps,
-                                      epsilon_high=eps_high, delta=None if loss_type in ("cispo", "sapo") else delta,
+                                      epsilon_high=eps_high,
+                                      delta=None if loss_type in ("cispo", "sapo", "vespo") else delta,
                                       importance_sampling_level=level,
                                       loss_type=loss_type, top_entropy_quantile=quantile, temperature=temperature,
                                       sapo_temperature_pos=0.8, sapo_temperature_neg=1.3, backend=backend)
@@ -476,13 +478,20 @@ def test_grpo_matches_eager(backend, dtype, level, loss_type, quantile):
         if loss_type == "sapo":
             tau = torch.where(a > 0, 0.8, 1.3)
             policy_term = -torch.sigmoid(tau * (rho - 1)) * 4 / tau * a
+        if loss_type == "vespo":  # default k, lambda: 2, 3 where A >= 0, else 3, 2
+            w = torch.exp(((logps - old_logps) * mask).sum(-1, keepdim=True)).detach()
+            k, lam = torch.where(a >= 0, 2.0, 3.0), torch.where(a >= 0, 3.0, 2.0)
+            policy_term = -torch.exp(lam + k * torch.log(w) - lam * w) * a * logps
         per_token = (policy_term * kept + beta * k3) * mask
         if loss_type in ("grpo", "sapo"):
             loss = (per_token.sum(-1) / mask.sum(-1)).mean()
+        elif loss_type == "luspo":
+            loss = per_token.sum(-1).mean()
         else:
             loss = per_token.sum() / mask.sum()
-        low = ((rho < 1 - eps) & (a < 0) & (loss_type not in ("cispo", "sapo"))).float()
-        high = ((rho > 1 + eps_high) & ((a > 0) | (loss_type == "cispo")) & (loss_type != "sapo")).float()
+        soft = loss_type in ("sapo", "vespo")
+        low = ((rho < 1 - eps) & (a < 0) & (loss_type != "cispo") & (not soft)).float()
+        high = ((rho > 1 + eps_high) & ((a > 0) | (loss_type == "cispo")) & (not soft)).float()
         metrics = {
             "kl": k3.detach()[mask].mean(), "entropy": entropy.detach()[mask].mean(),
             "clip_ratio/low_mean": low[mask].mean(), "clip_ratio/high_mean": high[mask].mean(),

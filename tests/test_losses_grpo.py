@@ -62,11 +62,12 @@ AGGREGATIONS = {
     "bnpo": ((-2.0 + 8.0) / 6, dict()),
     "dr_grpo": ((-2.0 + 8.0) / (2 * 5), dict()),
     "dapo": ((-2.0 + 8.0) / 12, dict(num_items_in_batch=12)),
+    "luspo": ((-2.0 + 8.0) / 2, dict(importance_sampling_level="sequence")),  # each row's token losses summed
 }
 
 
 def test_aggregation_table_covers_every_loss_type():
-    assert set(AGGREGATIONS) == set(GRPO_LOSS_TYPES) - {"cispo", "sapo"}  # they change the token loss: see below
+    assert set(AGGREGATIONS) == set(GRPO_LOSS_TYPES) - {"cispo", "sapo", "vespo"}  # they change the token loss
 
 
 @pytest.mark.parametrize("loss_type", list(AGGREGATIONS))
@@ -83,6 +84,8 @@ def test_grpo_aggregations_hand_computed(loss_type):
         torch.testing.assert_close(grad[MASK], t(-0.25, -0.25, 0.25, 0.25, 0.25, 0.25))
     if loss_type == "bnpo":
         torch.testing.assert_close(grad[MASK], t(-1, -1, 2, 2, 2, 2) / 6)
+    if loss_type == "luspo":
+        torch.testing.assert_close(grad[MASK], t(-1 / 2, -1 / 2, 1, 1, 1, 1))
 
 
 def test_dr_grpo_uses_max_completion_length_and_dapo_defaults_to_batch_tokens():
@@ -233,6 +236,50 @@ def test_sapo_gates_each_token_softly_by_the_sign_of_its_advantage():
     assert metrics["clip_ratio/region_mean"].item() == 0.0
     with pytest.raises(ValueError, match="sapo_temperature_neg"):
         grpo_loss(logps, None, adv, mask, beta=0.0, loss_type="sapo", sapo_temperature_neg=0.0)
+
+
+def test_vespo_weighs_each_completion_by_a_gamma_function_of_its_ratio():
+    """VESPO's token loss is ``-sg(phi(w)) * A * L_t`` with ``w`` the completion's ratio (the product of its
+    token ratios) and ``phi(w) = e^(lam + k log w - lam w)`` (k, lam by the sign of A), summed over the batch's
+    tokens (as dapo). On-policy phi(1) = 1: the plain policy gradient."""
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    logps = torch.log(torch.tensor([[1.2, 1.5, 1.0], [0.5, 0.8, 1.0]])).requires_grad_()
+    adv = t(1.5, -2.0)
+    loss, metrics = grpo_loss(logps, torch.zeros(2, 3), adv, mask, beta=0.0, loss_type="vespo", vespo_k_pos=2.0,
+                              vespo_lambda_pos=3.0, vespo_k_neg=1.5, vespo_lambda_neg=0.5, num_items_in_batch=5)
+    phi = [math.exp(lam + k * math.log(w) - lam * w) for w, k, lam in ((1.8, 2.0, 3.0), (0.4, 1.5, 0.5))]
+    expected = -(phi[0] * 1.5 * math.log(1.8) + phi[1] * -2.0 * math.log(0.4)) / 5
+    torch.testing.assert_close(loss, torch.tensor(expected))
+    (grad,) = torch.autograd.grad(loss, logps)
+    torch.testing.assert_close(grad, torch.tensor([[-phi[0] * 1.5] * 2 + [0.0], [phi[1] * 2.0] * 3]) / 5)
+    assert metrics["clip_ratio/region_mean"].item() == 0.0
+    on_policy, _ = grpo_loss(logps, None, adv, mask, beta=0.0, loss_type="vespo", num_items_in_batch=5)
+    torch.testing.assert_close(on_policy, -(1.5 * logps[0, :2].sum() - 2.0 * logps[1].sum()) / 5)
+    with pytest.raises(ValueError, match="importance_sampling_level: loss_type vespo needs token"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, loss_type="vespo", importance_sampling_level="sequence")
+    with pytest.raises(ValueError, match="importance_sampling_level: loss_type luspo needs sequence"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, loss_type="luspo")
+    with pytest.raises(ValueError, match="delta: loss_type vespo"):
+        grpo_loss(logps, None, adv, mask, beta=0.0, loss_type="vespo", delta=2.0)
+
+
+def test_normalize_then_sum_normalises_each_reward_in_its_group_first():
+    """GDPO (multi_objective_aggregation normalize_then_sum): each function is normalised within each group over
+    the samples it scored, the weighted sum is then centred and scaled over the batch; scale_rewards is unread."""
+    rewards = {"accuracy": [1.0, 0.0, 1.0, None, 0.0, 1.0], "format": [10.0, 30.0, 20.0, 5.0, 5.0, 5.0]}
+    adv, metrics = grpo_advantages(rewards, num_generations=3, reward_weights=[1.0, 0.5],
+                                   multi_objective_aggregation="normalize_then_sum", scale_rewards="none")
+    std_acc = torch.tensor([1.0, 0.0, 1.0]).std().item()
+    acc = [(1 - 2 / 3) / (std_acc + 1e-4), (0 - 2 / 3) / (std_acc + 1e-4), (1 - 2 / 3) / (std_acc + 1e-4),
+           0.0, -0.5 / (math.sqrt(0.5) + 1e-4), 0.5 / (math.sqrt(0.5) + 1e-4)]  # None: left out of the sum
+    fmt = [-10 / (10 + 1e-4), 10 / (10 + 1e-4), 0.0, 0.0, 0.0, 0.0]  # format is constant in the second group
+    summed = torch.tensor([a + 0.5 * f for a, f in zip(acc, fmt)])
+    torch.testing.assert_close(adv, (summed - summed.mean()) / (summed.std() + 1e-4))
+    _, plain_metrics = grpo_advantages(rewards, num_generations=3, reward_weights=[1.0, 0.5])
+    assert metrics.keys() == plain_metrics.keys()
+    torch.testing.assert_close(metrics["reward"], plain_metrics["reward"])  # the weighted sum, as before
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        grpo_advantages(rewards, num_generations=3, multi_objective_aggregation="sum")
 
 
 def test_grpo_loss_rejects_bad_input():

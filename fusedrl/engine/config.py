@@ -19,7 +19,8 @@ import yaml
 
 from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KTO_LOSS_TYPES
 from ..kernels.losses.dpo import F_DIVERGENCE_TYPES, LOG_RATIO_LOSS_TYPES, SMOOTHED_LOSS_TYPES
-from ..kernels.losses.grpo import IMPORTANCE_SAMPLING_LEVELS, SCALE_REWARDS
+from ..kernels.losses.grpo import (IMPORTANCE_SAMPLING_LEVELS, MULTI_OBJECTIVE_AGGREGATIONS, SCALE_REWARDS,
+                                   UNCLIPPED_LOSS_TYPES)
 from ..kernels.losses.preference import CPO_LOSS_TYPES
 from ..kernels.losses.policy import KL_ESTIMATORS
 from ..kernels.losses.rloo import reward_clip_bounds
@@ -49,8 +50,10 @@ REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "rloo", "ppo", "online_dpo"
 GROUP_ALGORITHMS = ("grpo", "rloo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
 _GROUP_KEYS = ("num_generations", "epsilon", "epsilon_high", "num_iterations", "mask_truncated_completions")
-_GRPO_ONLY = ("delta", "importance_sampling_level", "scale_rewards", "top_entropy_quantile", "sapo_temperature_pos",
-              "sapo_temperature_neg", "off_policy_mask_threshold", "use_bias_correction_kl")
+_VESPO_KEYS = ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
+_GRPO_ONLY = ("delta", "importance_sampling_level", "scale_rewards", "multi_objective_aggregation",
+              "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", *_VESPO_KEYS,
+              "off_policy_mask_threshold", "use_bias_correction_kl")
 _RLOO_ONLY = ("normalize_advantages", "reward_clip_range")
 _PPO_ONLY = ("kl_coef", "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
              "num_ppo_epochs", "num_mini_batches")
@@ -188,11 +191,17 @@ class TrainConfig:
     delta: float | None = None
     importance_sampling_level: str = field(default="token", metadata=_choices(*IMPORTANCE_SAMPLING_LEVELS))
     scale_rewards: str = field(default="group", metadata=_choices(*SCALE_REWARDS))
+    multi_objective_aggregation: str = field(default="sum_then_normalize",
+                                             metadata=_choices(*MULTI_OBJECTIVE_AGGREGATIONS))
     num_iterations: int = field(default=1, metadata=_range(1))
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))
     sapo_temperature_pos: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     sapo_temperature_neg: float = field(default=1.05, metadata=_range(0.0, low_open=True))
+    vespo_k_pos: float = field(default=2.0, metadata=_range(0.0))
+    vespo_lambda_pos: float = field(default=3.0, metadata=_range(0.0))
+    vespo_k_neg: float = field(default=3.0, metadata=_range(0.0))
+    vespo_lambda_neg: float = field(default=2.0, metadata=_range(0.0))
     off_policy_mask_threshold: float | None = field(default=None, metadata=_range(0.0))
     use_bias_correction_kl: bool = False
     normalize_advantages: bool = False
@@ -485,6 +494,8 @@ SWITCHED_KEYS = (
     ("lr_scheduler", "cosine", ("cosine_min_lr_ratio",)),
     ("sync_ref_model", True, ("ref_model_mixup_alpha", "ref_model_sync_steps")),
     ("loss_type", "sapo", ("sapo_temperature_pos", "sapo_temperature_neg")),
+    ("loss_type", "vespo", _VESPO_KEYS),
+    ("multi_objective_aggregation", "sum_then_normalize", ("scale_rewards",)),
     ("f_divergence_type", "alpha_divergence", ("f_alpha_divergence_coef",)),
 )
 
@@ -573,14 +584,18 @@ def _check_online(config: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: delta: expected a value > 1 + epsilon_high = {1 + epsilon_high}, "
                           f"got {config.delta!r}")
     loss_type = config.effective_loss_type
-    if config.delta is not None and loss_type in ("cispo", "sapo"):
+    if config.delta is not None and loss_type in UNCLIPPED_LOSS_TYPES:
         raise ConfigError(f"{source}: delta: loss_type {loss_type} has no unclipped importance-weight term to cap; "
                           f"remove delta")
     defaults = _field_defaults()
-    for key in ("epsilon", "epsilon_high") if loss_type == "sapo" else ():
+    for key in ("epsilon", "epsilon_high") if loss_type in ("sapo", "vespo") else ():
         if getattr(config, key) != defaults[key]:
-            raise ConfigError(f"{source}: {key}: loss_type sapo has no clip range (sapo_temperature_pos and "
-                              f"sapo_temperature_neg shape its soft gate); remove {key}")
+            raise ConfigError(f"{source}: {key}: loss_type {loss_type} has no clip range (its {loss_type}_* keys "
+                              f"shape its weight); remove {key}")
+    wanted = {"luspo": "sequence", "vespo": "token"}.get(loss_type)
+    if wanted and config.importance_sampling_level != wanted:
+        raise ConfigError(f"{source}: importance_sampling_level: loss_type {loss_type} needs {wanted}, got "
+                          f"{config.importance_sampling_level!r}")
     if config.off_policy_mask_threshold is not None and config.num_iterations == 1:
         raise ConfigError(f"{source}: off_policy_mask_threshold: with num_iterations 1 the policy that sampled the "
                           f"completions is the one trained on them (no drift to mask); set num_iterations > 1")

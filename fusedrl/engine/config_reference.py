@@ -127,7 +127,13 @@ DESCRIPTIONS: dict[str, str] = {
                  "`epsilon_high` itself, so TRL's `epsilon_high: 5` is `4` here), or `sapo` (Soft Adaptive Policy "
                  "Optimization, as TRL: the clip becomes a soft gate, token loss `−σ(τ(ρ − 1))·4/τ·A` with τ = "
                  "`sapo_temperature_pos` where A > 0 and `sapo_temperature_neg` elsewhere, aggregated as `grpo`; no "
-                 "`epsilon`, `epsilon_high` or `delta`); `kto`: `kto` (default, against the mismatched-pair KL "
+                 "`epsilon`, `epsilon_high` or `delta`), or `luspo` (LUSPO, TRL's key: GSPO's clipped loss of each "
+                 "completion weighted by its length, i.e. summed over its tokens, then averaged over completions; "
+                 "needs `importance_sampling_level: sequence`), or `vespo` (VESPO, TRL's key: the token loss "
+                 "`−sg(φ(w))·A·log π` with w the completion's ratio `e^(Σ_t L_t − L_old,t)` and the Gamma-shaped "
+                 "weight `φ(w) = e^λ·w^k·e^(−λw)`, φ(1) = 1, k and λ from the `vespo_*` keys by the sign of A; "
+                 "aggregated as `dapo`; token level, no `epsilon`, `epsilon_high` or `delta`); `kto`: `kto` "
+                 "(default, against the mismatched-pair KL "
                  "baseline) or `apo_zero_unpaired` (APO's zero anchor on unpaired data, as TRL: `λD·(1 − σ(βΔ))` / "
                  "`λU·σ(βΔ)`, no KL pass) or `bco` (TRL's BCOTrainer on the same unpaired rows, without its "
                  "density-ratio weights: the running mean δ of every training reward βΔ so far shifts them, "
@@ -236,10 +242,19 @@ DESCRIPTIONS: dict[str, str] = {
     "delta": "`grpo`: optional cap on ρ in the unclipped term (two-sided clipping, `min(ρ, δ)·A`); must be greater "
              "than 1 + ε_high. Null: no cap.",
     "importance_sampling_level": "`grpo`: `token`: one ratio per token, `ρ_t = e^(L_t − L_old,t)`; `sequence` "
-                                 "(GSPO): one ratio per completion, from the mean of its token log ratios.",
+                                 "(GSPO): one ratio per completion, from the mean of its token log ratios "
+                                 "(`loss_type: luspo` needs it, `vespo` refuses it).",
     "scale_rewards": "`grpo`: advantages are `(r − mean of the group)` divided by the group's std + 1e-4 "
                      "(`group`), by the std of the whole batch over all ranks + 1e-4 (`batch`), or not divided "
-                     "(`none`).",
+                     "(`none`). Read with `multi_objective_aggregation: sum_then_normalize` only.",
+    "multi_objective_aggregation": "`grpo` (TRL's key): how several reward sources make one advantage. "
+                                   "`sum_then_normalize`: the `reward_weights`-weighted sum r, then `scale_rewards`. "
+                                   "`normalize_then_sum` (GDPO): each source's rewards are "
+                                   "normalised within each group first (mean and std of the completions it scored), "
+                                   "their weighted sum is then centred and divided by its std + 1e-4 over the whole "
+                                   "batch (every rank's completions), so a source with a wide range cannot drown "
+                                   "the others. `reward`, `reward_std` and `frac_reward_zero_std` still describe "
+                                   "the weighted sum r.",
     "num_iterations": "`grpo` and `rloo`: optimizer updates per rollout, each over all the rollout's micro-batches. "
                       "Above 1 the sampling policy's logprobs are stored before the first update, so later updates see "
                       "ρ ≠ 1 (RLOO takes them anyway when beta > 0, for the KL in the reward, but with 1 iteration its "
@@ -256,6 +271,11 @@ DESCRIPTIONS: dict[str, str] = {
                             "advantage (TRL's default); larger τ attenuates off-policy tokens (ρ far from 1) faster.",
     "sapo_temperature_neg": "`grpo` with `loss_type: sapo`: τ for tokens of zero or negative advantage (TRL's "
                             "default, slightly above the positive one as in the SAPO paper).",
+    "vespo_k_pos": "`grpo` with `loss_type: vespo`: the shape k of the weight `φ(w) = e^λ·w^k·e^(−λw)` for "
+                   "completions of zero or positive advantage (TRL's default).",
+    "vespo_lambda_pos": "`grpo` with `loss_type: vespo`: the rate λ of that weight where A >= 0 (TRL's default).",
+    "vespo_k_neg": "`grpo` with `loss_type: vespo`: k where A < 0 (TRL's default).",
+    "vespo_lambda_neg": "`grpo` with `loss_type: vespo`: λ where A < 0 (TRL's default).",
     "off_policy_mask_threshold": "`grpo`: DeepSeek-V3.2's off-policy sequence masking (TRL's key): a completion with a "
                                  "negative advantage loses its policy-gradient term when the mean over its tokens of "
                                  "log π_old − log π (the drift since sampling) exceeds this. Needs `num_iterations` "
@@ -414,8 +434,9 @@ SECTIONS: list[tuple[str, list[str]]] = [
                 "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
     ("Online RL (GRPO, RLOO, PPO and online DPO; sampling also for KD's sampled replies)",
      ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
-      "importance_sampling_level", "scale_rewards", "num_iterations", "mask_truncated_completions",
-      "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", "off_policy_mask_threshold",
+      "importance_sampling_level", "scale_rewards", "multi_objective_aggregation", "num_iterations",
+      "mask_truncated_completions", "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg",
+      "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "off_policy_mask_threshold",
       "use_bias_correction_kl", "normalize_advantages", "reward_clip_range", "reward_funcs", "reward_weights",
       "reward_model", "reward_format_pattern", "kl_coef",
       "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",

@@ -78,7 +78,8 @@ class GRPO(OnlineAlgorithm):
         and ``ref_logps`` ``[N, T]`` are there for the algorithms whose rewards read them)."""
         cfg = self.config
         return grpo_advantages(rewards, num_generations=self.num_generations, reward_weights=cfg.reward_weights,
-                               scale_rewards=cfg.scale_rewards, device=self.device)
+                               scale_rewards=cfg.scale_rewards,
+                               multi_objective_aggregation=cfg.multi_objective_aggregation, device=self.device)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
@@ -90,7 +91,9 @@ class GRPO(OnlineAlgorithm):
             importance_sampling_level=cfg.importance_sampling_level, loss_type=cfg.effective_loss_type,
             max_completion_length=cfg.max_completion_length, num_items_in_batch=batch["num_items_in_batch"],
             top_entropy_quantile=cfg.top_entropy_quantile, sapo_temperature_pos=cfg.sapo_temperature_pos,
-            sapo_temperature_neg=cfg.sapo_temperature_neg, off_policy_mask_threshold=cfg.off_policy_mask_threshold,
+            sapo_temperature_neg=cfg.sapo_temperature_neg, vespo_k_pos=cfg.vespo_k_pos,
+            vespo_lambda_pos=cfg.vespo_lambda_pos, vespo_k_neg=cfg.vespo_k_neg, vespo_lambda_neg=cfg.vespo_lambda_neg,
+            off_policy_mask_threshold=cfg.off_policy_mask_threshold,
             use_bias_correction_kl=cfg.use_bias_correction_kl, temperature=cfg.temperature, softcap=self.softcap,
             backend=cfg.kernel_backend,
         )

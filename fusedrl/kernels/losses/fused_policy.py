@@ -41,6 +41,10 @@ def fused_linear_grpo_loss(
     top_entropy_quantile: float = 1.0,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
     off_policy_mask_threshold: float | None = None,
     use_bias_correction_kl: bool = False,
     temperature: float = 0.9,
@@ -78,7 +82,8 @@ def fused_linear_grpo_loss(
         epsilon_high=epsilon_high, delta=delta, importance_sampling_level=importance_sampling_level,
         loss_type=loss_type, max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
         entropy=entropy, top_entropy_quantile=top_entropy_quantile, sapo_temperature_pos=sapo_temperature_pos,
-        sapo_temperature_neg=sapo_temperature_neg, off_policy_mask_threshold=off_policy_mask_threshold,
+        sapo_temperature_neg=sapo_temperature_neg, vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos,
+        vespo_k_neg=vespo_k_neg, vespo_lambda_neg=vespo_lambda_neg, off_policy_mask_threshold=off_policy_mask_threshold,
         use_bias_correction_kl=use_bias_correction_kl,
     )
     metrics["entropy"] = masked_mean(entropy.detach(), mask)

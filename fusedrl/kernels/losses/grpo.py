@@ -8,10 +8,13 @@ import torch
 
 from .checks import check_batch, check_choice, check_range, check_tokens
 from .policy import token_kl
-from .sequence import global_quantile, global_std, masked_mean, masked_sum
+from .sequence import global_mean_and_std, global_quantile, global_std, masked_mean, masked_sum
 
 SCALE_REWARDS = ("group", "batch", "none")
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+# Loss types without a clip range (and so without delta's cap on an unclipped term).
+UNCLIPPED_LOSS_TYPES = ("cispo", "sapo", "vespo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 ADVANTAGE_EPS = 1e-4
 
@@ -46,13 +49,18 @@ def weighted_rewards(
     if device is None:
         device = next((v.device for v in rewards.values() if isinstance(v, torch.Tensor)), "cpu")
     per_func = _reward_matrix(rewards, device)
+    return (per_func * _weight_vector(reward_weights, per_func)).nansum(dim=1), per_func
+
+
+def _weight_vector(reward_weights: Sequence[float] | None, per_func: torch.Tensor) -> torch.Tensor:
+    """``[F]`` fp32 weights of the ``per_func [B, F]`` columns (1.0 each when None)."""
     num_funcs = per_func.shape[1]
-    weights = torch.ones(num_funcs, device=device) if reward_weights is None else torch.tensor(
-        [float(w) for w in reward_weights], device=device)
+    weights = torch.ones(num_funcs, device=per_func.device) if reward_weights is None else torch.tensor(
+        [float(w) for w in reward_weights], device=per_func.device)
     if weights.shape != (num_funcs,):
         raise ValueError(f"reward_weights: expected {num_funcs} weights (one per reward function), "
                          f"got {len(reward_weights)}")
-    return (per_func * weights).nansum(dim=1), per_func
+    return weights
 
 
 def grpo_advantages(
@@ -61,6 +69,7 @@ def grpo_advantages(
     num_generations: int,
     reward_weights: Sequence[float] | None = None,
     scale_rewards: str = "group",
+    multi_objective_aggregation: str = "sum_then_normalize",
     device: torch.device | str | None = None,
 ):
     """Group-relative advantages ``A_i = (r_i - mean_group) / (std + 1e-4)`` (unbiased std).
@@ -72,6 +81,10 @@ def grpo_advantages(
         reward_weights: one weight per function, in the mapping's order (default 1.0 each).
         scale_rewards: ``group`` (std of the group), ``batch`` (std of the batch, every rank's rewards when
             torch.distributed is initialised, as TRL gathers them) or ``none``.
+        multi_objective_aggregation: ``sum_then_normalize`` (the above, on the weighted sum ``r_i``) or
+            ``normalize_then_sum`` (GDPO, TRL's key): each function's rewards are normalised within each group
+            first (mean and unbiased std of the samples it scored), the weighted sum of those is then centred and
+            scaled over the whole batch (every rank's rows); ``scale_rewards`` is not read.
         device: where list rewards are placed (tensors keep theirs when None).
 
     Returns:
@@ -80,11 +93,14 @@ def grpo_advantages(
         (mean over the samples the function scored).
     """
     check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
+    check_choice("multi_objective_aggregation", multi_objective_aggregation, MULTI_OBJECTIVE_AGGREGATIONS)
     total, per_func = weighted_rewards(rewards, reward_weights, device)
     grouped = grouped_rewards(total, num_generations)
     group_std = grouped.std(dim=1)
     advantages = total - grouped.mean(dim=1).repeat_interleave(num_generations)
-    if scale_rewards == "group":
+    if multi_objective_aggregation == "normalize_then_sum":
+        advantages = _normalize_then_sum(per_func, _weight_vector(reward_weights, per_func), num_generations)
+    elif scale_rewards == "group":
         advantages = advantages / (group_std.repeat_interleave(num_generations) + ADVANTAGE_EPS)
     elif scale_rewards == "batch":
         advantages = advantages / (global_std(total) + ADVANTAGE_EPS)
@@ -95,6 +111,20 @@ def grpo_advantages(
         **reward_function_means(rewards, per_func),
     }
     return advantages, metrics
+
+
+def _normalize_then_sum(per_func: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """GDPO's advantages ``[B]``: each column of ``per_func [B, F]`` normalised within each group over the samples
+    it scored (NaN: not scored, left out of the sum), weighted and summed, then centred and scaled batch-wide."""
+    grouped = per_func.view(-1, num_generations, per_func.shape[1])
+    scored = ~grouped.isnan()
+    count = scored.sum(dim=1, keepdim=True)
+    mean = grouped.nansum(dim=1, keepdim=True) / count.clamp(min=1)
+    var = torch.where(scored, grouped - mean, 0.0).square().sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+    normalised = ((grouped - mean) / (var.sqrt() + ADVANTAGE_EPS)).reshape(per_func.shape)
+    summed = (normalised * weights).nansum(dim=1)
+    batch_mean, batch_std = global_mean_and_std(summed)
+    return (summed - batch_mean) / (batch_std + ADVANTAGE_EPS)
 
 
 def grouped_rewards(total: torch.Tensor, num_generations: int) -> torch.Tensor:
@@ -132,6 +162,10 @@ def grpo_loss(
     top_entropy_quantile: float = 1.0,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
     off_policy_mask_threshold: float | None = None,
     use_bias_correction_kl: bool = False,
 ):
@@ -156,7 +190,13 @@ def grpo_loss(
             (Soft Adaptive Policy Optimization, as TRL) replaces the clip by a soft gate:
             ``-sigmoid(tau * (rho - 1)) * 4 / tau * A`` with ``tau = sapo_temperature_pos`` where A > 0, else
             ``sapo_temperature_neg`` (its gradient at rho = 1 is the plain policy gradient); aggregated as
-            ``grpo``; it reads neither the clip range nor ``delta``.
+            ``grpo``; it reads neither the clip range nor ``delta``. ``luspo`` (LUSPO, TRL's key): GSPO's clipped
+            sequence-level loss weighted by the completion's length, i.e. each row's token losses summed, then
+            the mean over rows; needs ``importance_sampling_level="sequence"``. ``vespo`` (VESPO, TRL's key): the
+            token loss ``-sg(phi(w)) * A * L_t`` with ``w = e^(sum_t L_t - L_old,t)`` (the completion's ratio,
+            log clamped to [log 1e-8, 20]) and the Gamma-shaped weight ``phi(w) = e^lam * w^k * e^(-lam * w)``
+            (``phi(1) = 1``; k, lam from ``vespo_k_pos`` / ``vespo_lambda_pos`` where A >= 0, else the ``_neg``
+            pair); aggregated as ``dapo``, no clip range, token level only.
         entropy: ``[B, T]`` entropy of the policy at each position (needed when ``top_entropy_quantile < 1``).
         top_entropy_quantile: rho of "Beyond the 80/20 Rule" (Wang et al. 2025; TRL's key): the policy term is
             kept only on tokens whose entropy is at least the ``1 - rho`` quantile of this micro-batch's
@@ -176,13 +216,16 @@ def grpo_loss(
     check_batch("advantages", advantages, mask.shape[0], like="mask")
     check_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
     check_choice("loss_type", loss_type, GRPO_LOSS_TYPES)
+    if (loss_type == "luspo") != (importance_sampling_level == "sequence") and loss_type in ("luspo", "vespo"):
+        raise ValueError(f"importance_sampling_level: loss_type {loss_type} needs "
+                         f"{'sequence' if loss_type == 'luspo' else 'token'}, got {importance_sampling_level!r}")
     check_range("beta", beta, 0.0)
     check_range("epsilon", epsilon, 0.0, 1.0, high_open=True)
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     check_range("epsilon_high", epsilon_high, 0.0)
     if delta is not None:
         check_range("delta", delta, 1.0 + epsilon_high, low_open=True)
-        if loss_type in ("cispo", "sapo"):
+        if loss_type in UNCLIPPED_LOSS_TYPES:
             raise ValueError(f"delta: loss_type {loss_type} has no unclipped importance-weight term to cap")
     if max_completion_length is not None:
         check_range("max_completion_length", max_completion_length, 0, low_open=True)
@@ -193,6 +236,9 @@ def grpo_loss(
     check_range("top_entropy_quantile", top_entropy_quantile, 0.0, 1.0)
     check_range("sapo_temperature_pos", sapo_temperature_pos, 0.0, low_open=True)
     check_range("sapo_temperature_neg", sapo_temperature_neg, 0.0, low_open=True)
+    for name, value in (("vespo_k_pos", vespo_k_pos), ("vespo_lambda_pos", vespo_lambda_pos),
+                        ("vespo_k_neg", vespo_k_neg), ("vespo_lambda_neg", vespo_lambda_neg)):
+        check_range(name, value, 0.0)
     if top_entropy_quantile < 1.0:
         if entropy is None:
             raise ValueError("entropy: required when top_entropy_quantile < 1 (the tokens to keep are chosen by it)")
@@ -208,6 +254,10 @@ def grpo_loss(
     elif loss_type == "sapo":
         tau = torch.where(adv > 0, sapo_temperature_pos, sapo_temperature_neg)
         per_token = -torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau) * adv
+    elif loss_type == "vespo":
+        k = torch.where(adv >= 0, vespo_k_pos, vespo_k_neg)
+        lam = torch.where(adv >= 0, vespo_lambda_pos, vespo_lambda_neg).clamp(min=1e-4)
+        per_token = -_vespo_weight(log_ratio.detach(), mask, k, lam) * adv * logps.float()
     else:
         clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
         capped = ratio if delta is None else ratio.clamp(max=delta)
@@ -228,7 +278,7 @@ def grpo_loss(
     high = (ratio > 1.0 + epsilon_high) & (adv > 0)
     if loss_type == "cispo":  # the cap weighs tokens of either advantage sign
         low, high = torch.zeros_like(low), ratio > 1.0 + epsilon_high
-    elif loss_type == "sapo":  # a soft gate clips nothing
+    elif loss_type in ("sapo", "vespo"):  # a soft gate, a smooth weight: nothing is clipped
         low = high = torch.zeros_like(low)
     metrics["clip_ratio/low_mean"] = masked_mean(low.float(), mask)
     metrics["clip_ratio/high_mean"] = masked_mean(high.float(), mask)
@@ -236,14 +286,24 @@ def grpo_loss(
     return loss, metrics
 
 
+def _vespo_weight(log_ratio: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """VESPO's ``[B, 1]`` weight ``phi(w) = e^(lam + k log w - lam w)`` of each completion's ratio ``w`` (the sum of
+    its token log ratios ``[B, T]``, each clamped to [-20, 20], then clamped to [log 1e-8, 20]); 0 where it
+    overflows. ``k``, ``lam``: ``[B, 1]``."""
+    log_w = masked_sum(log_ratio.clamp(-20.0, 20.0), mask, dim=-1)[:, None].clamp(math.log(1e-8), 20.0)
+    return torch.exp(lam + k * log_w - lam * log_w.exp()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch):
     """Reduce the per-token losses ``[B, T]`` (or ``[B, 1]``, broadcast over the mask) as ``loss_type`` says."""
     if loss_type in ("grpo", "sapo"):
         return masked_mean(per_token, mask, dim=-1).mean()
+    if loss_type == "luspo":
+        return masked_sum(per_token, mask, dim=-1).mean()
     if loss_type == "bnpo":
         return masked_mean(per_token, mask)
     if loss_type == "dr_grpo":
         length = mask.shape[1] if max_completion_length is None else max_completion_length
         return masked_sum(per_token, mask) / (mask.shape[0] * length)
-    tokens = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch  # dapo, cispo
+    tokens = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch  # dapo, cispo, vespo
     return masked_sum(per_token, mask) / tokens
