@@ -107,7 +107,7 @@ def test_a_ref_model_of_another_shape_is_refused(model_dir, tmp_path):
 @pytest.mark.parametrize("rl, extra, message", [
     ("dpo", {"adapter": "lora"}, r"sync_ref_model: not with adapter: lora"),
     ("dpo", {"precompute_ref_log_probs": True}, r"sync_ref_model: precompute_ref_log_probs computes the reference"),
-    ("grpo", {**ONLINE, "beta": 0.0}, r"sync_ref_model: GRPO with beta: 0 loads no reference model"),
+    ("grpo", {**ONLINE, "beta": 0.0}, r"sync_ref_model: rl=grpo with beta: 0 loads no reference model"),
     ("sft", {}, r"sync_ref_model: rl=sft does not read it"),
     ("cpo", {}, r"sync_ref_model: rl=cpo does not read it"),
 ], ids=["lora", "precomputed", "grpo-no-reference", "sft", "cpo"])
