@@ -103,6 +103,10 @@ def test_kto_mismatched_pairs_rotate_completions(tmp_path):
     assert kl_text.startswith("<|im_start|>user\nWhat colour is the grass?") and "Four." in kl_text
     with pytest.raises(ValueError, match="kto batches need >= 2 rows"):
         make_collator("kto", 0)(list(ds)[:1])
+    single = make_collator("kto", 0, DataConfig(kl_pairs=False))(list(ds)[:1])  # apo_zero_unpaired, bco
+    assert set(single) == {"input_ids", "attention_mask", "labels", "kto_label"}
+    paired = make_collator("kto", 0)(list(ds)[:2])
+    assert torch.equal(single["labels"], paired["labels"][:1, :single["labels"].shape[1]])
 
 
 def test_kto_mismatched_pairs_are_cut_to_max_length():

@@ -34,6 +34,18 @@ def test_training_lowers_held_out_loss(rl, model_dir, tmp_path):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("loss_type", ["apo_zero_unpaired", "bco"])
+def test_kto_without_the_kl_baseline_trains_on_single_rows(loss_type, model_dir, tmp_path):
+    """Only KTO's own loss pairs rows for its KL estimate: the other loss types collate no mismatched pairs and
+    train and evaluate one row at a time."""
+    config = config_from_dict(train_config(model_dir, tmp_path / "run", "kto", loss_type=loss_type,
+                                           micro_batch_size=1, max_steps=2))
+    result = train(config)
+    assert result.step == 2 and "kl" not in result.eval_after
+    data = load_training_data(config, build_algorithm(config, pick_device()).tokenizer, "kto")
+    assert not any(key.startswith("kl_") for key in data.collate([data.train[0]]))
+
+
 @pytest.mark.parametrize("rl, extra", [(rl, {}) for rl in ALGOS] + [("dpo", {"use_weighting": True}),
                                                                      ("kto", {"loss_type": "apo_zero_unpaired"})],
                          ids=ALGOS + ["dpo-wpo", "kto-apo_zero_unpaired"])

@@ -26,7 +26,8 @@ def data_config(config: TrainConfig) -> DataConfig:
     """The data layer's view of a training config."""
     return DataConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                       chat_template=config.chat_template, on_bad_row=config.on_bad_row,
-                      num_proc=config.dataset_num_proc, kd_top_k=config.kd_top_k, packing=config.sample_packing)
+                      num_proc=config.dataset_num_proc, kd_top_k=config.kd_top_k, packing=config.sample_packing,
+                      kl_pairs=config.effective_loss_type == "kto")
 
 
 def load_training_data(config: TrainConfig, tokenizer, kind: str) -> TrainingData:

@@ -14,7 +14,6 @@ class KTO(RunningRewardShift, Algorithm):
     ``loss_type: kto`` only)."""
 
     data_kind = "kto"
-    min_batch_rows = 2
     needs_reference = True
     progress_keys = ("loss", "kl", "rewards/margins")
     plot_keys = ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
@@ -23,6 +22,12 @@ class KTO(RunningRewardShift, Algorithm):
     def __init__(self, config, device):
         super().__init__(config, device)
         self.bco_running_mean = RunningMean() if config.effective_loss_type == "bco" else None
+
+    @property
+    def min_batch_rows(self) -> int:
+        """KTO's KL baseline pairs each row with another row's completion: two rows at least; the other loss
+        types take single rows."""
+        return 2 if self.config.effective_loss_type == "kto" else 1
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config

@@ -119,10 +119,15 @@ def collate_pairwise(rows: list[dict], pad_token_id: int) -> dict[str, torch.Ten
     return batch
 
 
-def collate_kto(rows: list[dict], pad_token_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
+def collate_kto(rows: list[dict], pad_token_id: int, max_length: int | None = None, kl_pairs: bool = True
+                ) -> dict[str, torch.Tensor]:
     """Unpaired batch: ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]``, ``kto_label`` ``[B]`` bool,
-    and the KL pairs ``kl_input_ids``, ``kl_attention_mask``, ``kl_labels`` ``[B, T']``: prompt ``i``
-    with completion ``(i + 1) % B``, its tail cut to ``max_length``. Needs ``B >= 2``."""
+    and with ``kl_pairs`` the KL pairs ``kl_input_ids``, ``kl_attention_mask``, ``kl_labels`` ``[B, T']``:
+    prompt ``i`` with completion ``(i + 1) % B``, its tail cut to ``max_length`` (then ``B >= 2``)."""
+    batch = _stack([_sequence(row["input_ids"], row["completion_mask"]) for row in rows], pad_token_id)
+    batch["kto_label"] = torch.tensor([bool(row["label"]) for row in rows], dtype=torch.bool)
+    if not kl_pairs:
+        return batch
     if len(rows) < 2:
         raise ValueError(f"kto batches need >= 2 rows for the KL pairs, got {len(rows)}; drop the last partial batch")
     splits = []
@@ -134,9 +139,7 @@ def collate_kto(rows: list[dict], pad_token_id: int, max_length: int | None = No
         _, completion, mask = splits[(i + 1) % len(splits)]
         ids, full_mask = list(prompt) + list(completion), [0] * len(prompt) + list(mask)
         mismatched.append(_sequence(ids[:max_length], full_mask[:max_length]))
-    batch = _stack([_sequence(row["input_ids"], row["completion_mask"]) for row in rows], pad_token_id)
     batch.update({f"kl_{key}": value for key, value in _stack(mismatched, pad_token_id).items()})
-    batch["kto_label"] = torch.tensor([bool(row["label"]) for row in rows], dtype=torch.bool)
     return batch
 
 
@@ -169,7 +172,8 @@ def make_collator(algorithm: str, pad_token_id: int, config: DataConfig | None =
     if kind == "pairwise":
         return partial(collate_pairwise, pad_token_id=pad_token_id)
     if kind == "kto":
-        return partial(collate_kto, pad_token_id=pad_token_id, max_length=config.max_length)
+        return partial(collate_kto, pad_token_id=pad_token_id, max_length=config.max_length,
+                       kl_pairs=config.kl_pairs)
     return partial(collate_prompts, pad_token_id=pad_token_id)
 
 

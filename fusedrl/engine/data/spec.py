@@ -76,7 +76,8 @@ class DataConfig:
     token makes the row bad. ``chat_template`` is ``None`` (the tokenizer's, else
     chatml), a name in ``templates.TEMPLATES`` or a Jinja string. ``kd_top_k`` cuts
     every teacher position to its k most likely ids (needed when positions carry
-    different numbers of ids). ``packing`` packs SFT/KD rows (collate.py).
+    different numbers of ids). ``packing`` packs SFT/KD rows (collate.py). ``kl_pairs``:
+    KTO batches carry the mismatched pairs of KTO's KL baseline (its other loss types read none).
     """
 
     max_length: int = 1024
@@ -87,6 +88,7 @@ class DataConfig:
     kd_top_k: int | None = None
     cache_dir: str | None = None
     packing: bool = False
+    kl_pairs: bool = True
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in BAD_ROW_POLICIES:
