@@ -329,14 +329,14 @@ DESCRIPTIONS: dict[str, str] = {
                                         "scores); lower it to save memory. Generation runs one micro-batch of prompts "
                                         "at a time.",
     # Optimisation
-    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` needs >= 2, and a "
-                        "pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` and `rm` (two sequences "
-                        "each), prompts for `grpo` and `rloo` (`num_generations` completions each), `ppo` and "
-                        "`online_dpo`. Each epoch drops the tail of the shuffled rows that does not fill "
-                        "`micro_batch_size × ranks`.",
+    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` with `loss_type: "
+                        "kto` needs >= 2, and a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` "
+                        "and `rm` (two sequences each), prompts for `grpo` and `rloo` (`num_generations` completions "
+                        "each), `ppo` and `online_dpo`. Each epoch drops the tail of the shuffled rows that does not "
+                        "fill `micro_batch_size × ranks`.",
     "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
                        "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once; "
-                       "`kto` needs >= 2.",
+                       "`kto` with `loss_type: kto` needs >= 2.",
     "gradient_accumulation_steps": "Micro-batches whose gradients make one optimizer step; the step's loss is their "
                                    "mean weighted by label tokens (`sft`, `kd`) or rows. `grpo` and `rloo` sample one "
                                    "rollout from that many micro-batches of prompts; each `ppo` mini-batch update is "
