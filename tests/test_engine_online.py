@@ -192,6 +192,12 @@ def test_reward_functions_load_by_name_dotted_path_and_file(files, monkeypatch):
     fmt = load_reward_function("format", format_pattern=r"^\d+$")
     assert fmt.fn(["q", "q"], ["12", "x12"]) == [1.0, 0.0]
     assert load_reward_function("length", max_completion_length=4).fn(["q"], ["ab"], completion_ids=[[1, 2]]) == [-0.5]
+    overlong = load_reward_function("soft_overlong", max_completion_length=10, soft_punish_cache=4)
+    lengths = [3, 6, 7, 9, 10, 12]  # free up to 10 - 4 = 6 tokens, then -1/4 a token down to -1
+    assert overlong.fn(["q"] * 6, ["a"] * 6, completion_ids=[[0] * n for n in lengths]) == [0, 0, -0.25, -0.75, -1, -1]
+    for cache in (None, 11):
+        with pytest.raises(ValueError, match="'soft_overlong' needs soft_punish_cache in \\[1, max_completion_length"):
+            load_reward_function("soft_overlong", max_completion_length=10, soft_punish_cache=cache)
     for spec, message in [("acuracy", "expected one of"), ("missing.py:fn", "not found"),
                           ("toy_rewards.py:nope", "has no function 'nope'"),
                           ("fusedrl.nothing:fn", "cannot import module")]:
@@ -236,6 +242,18 @@ def test_reward_weights_and_none(files, tmp_path):
     metrics = algorithm.updates([batch])[0][0]["rollout_metrics"]
     assert metrics["rewards/constant/mean"] == 1.0 and metrics["rewards/every_other/mean"] == 2.0
     assert metrics["reward"] == pytest.approx(1.0 + 0.5 * 2.0 / 2)
+
+
+def test_soft_overlong_scores_the_rollout_by_its_lengths(files, tmp_path):
+    """The built-in soft_overlong reads each completion's tokens: with max_completion_length 8 and a cache of 4,
+    a completion of n tokens scores min(0, (4 - n) / 4)."""
+    config = online_config(files, tmp_path, "grpo", reward_funcs=["soft_overlong"], soft_punish_cache=4, beta=0.0)
+    algorithm, batch = build(config)
+    micro = algorithm.updates([batch])[0][0]
+    lengths = (micro["labels"] != -100).sum(-1).float()
+    expected = ((4 - lengths) / 4).clamp(max=0.0)
+    assert micro["rollout_metrics"]["rewards/soft_overlong/mean"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert float(expected.min()) < 0  # some completions reach the penalised tail
 
 
 # ---- GRPO --------------------------------------------------------------------------------------
@@ -675,6 +693,11 @@ def test_online_defaults():
     ({"rl": "grpo", "vespo_k_pos": 1.0}, "vespo_k_pos: only read with loss_type: vespo"),
     ({"rl": "grpo", "multi_objective_aggregation": "normalize_then_sum", "scale_rewards": "batch"},
      "scale_rewards: only read with multi_objective_aggregation: sum_then_normalize"),
+    ({"rl": "grpo", "reward_funcs": ["soft_overlong"]}, "soft_punish_cache: set it with the built-in soft_overlong"),
+    ({"rl": "grpo", "soft_punish_cache": 64}, "soft_punish_cache: set it with the built-in soft_overlong"),
+    ({"rl": "grpo", "reward_funcs": ["soft_overlong"], "soft_punish_cache": 600},
+     "soft_punish_cache: expected a value <= max_completion_length \\(512\\)"),
+    ({"rl": "ppo", "reward_model": "rm", "soft_punish_cache": 64}, "soft_punish_cache: rl=ppo does not read it"),
     ({"rl": "rloo", "reward_funcs": []}, "reward_funcs: rl=rloo needs reward functions or a reward_model"),
     ({"rl": "rloo", "beta": -0.1}, "beta: expected a value >= 0"),
     ({"rl": "rloo", "scale_rewards": "batch"}, "scale_rewards: rl=rloo does not read it"),

@@ -82,7 +82,8 @@ KEY_READERS = {
     **{key: ("grpo",) for key in _GRPO_ONLY},
     **{key: ("rloo",) for key in _RLOO_ONLY},
     **{key: ("ppo",) for key in _PPO_ONLY},
-    **{key: (*GROUP_ALGORITHMS, "online_dpo") for key in ("reward_weights", "reward_format_pattern")},
+    **{key: (*GROUP_ALGORITHMS, "online_dpo") for key in ("reward_weights", "reward_format_pattern",
+                                                           "soft_punish_cache")},
     "missing_eos_penalty": ("ppo", "online_dpo"),
     **{key: (*ONLINE_ALGORITHMS, "kd") for key in SAMPLING_KEYS},
     **{key: ONLINE_ALGORITHMS for key in ("local_rollout_forward_batch_size", "reward_model", "reward_funcs")},
@@ -210,6 +211,7 @@ class TrainConfig:
     reward_weights: list | None = None
     reward_model: str | None = None
     reward_format_pattern: str = DEFAULT_FORMAT_PATTERN
+    soft_punish_cache: int | None = field(default=None, metadata=_range(1))
     kl_coef: float = field(default=0.05, metadata=_range(0.0))
     kl_estimator: str = field(default="k1", metadata=_choices(*KL_ESTIMATORS))
     cliprange: float = field(default=0.2, metadata=_range(0.0, 1.0, low_open=True, high_open=True))
@@ -601,6 +603,13 @@ def _check_online(config: TrainConfig, source: str) -> None:
                           f"completions is the one trained on them (no drift to mask); set num_iterations > 1")
     if config.use_bias_correction_kl and config.effective_beta == 0:
         raise ConfigError(f"{source}: use_bias_correction_kl: corrects the KL term, which beta 0 turns off")
+    if (config.soft_punish_cache is not None) != ("soft_overlong" in config.reward_funcs):
+        raise ConfigError(f"{source}: soft_punish_cache: set it with the built-in soft_overlong in reward_funcs and "
+                          f"only then (got soft_punish_cache {config.soft_punish_cache!r}, reward_funcs "
+                          f"{config.reward_funcs!r})")
+    if config.soft_punish_cache is not None and config.soft_punish_cache > config.max_completion_length:
+        raise ConfigError(f"{source}: soft_punish_cache: expected a value <= max_completion_length "
+                          f"({config.max_completion_length}), got {config.soft_punish_cache!r}")
     try:
         re.compile(config.reward_format_pattern)
     except re.error as err:

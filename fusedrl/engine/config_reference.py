@@ -288,8 +288,10 @@ DESCRIPTIONS: dict[str, str] = {
     "reward_clip_range": "`rloo`: `[low, high]` bounds the weighted reward is clipped to before the KL penalty and "
                          "the baseline (TRL's RLOO key); the logged `reward` is the unclipped one. Null: no clipping.",
     "reward_funcs": "`grpo`, `rloo` and `online_dpo`: reward functions, summed with `reward_weights`: built-ins "
-                    "`accuracy` (against a `solution` or `answer` column), `format` (`reward_format_pattern`) and "
-                    "`length` (−tokens / `max_completion_length`), or `package.module:function`, "
+                    "`accuracy` (against a `solution` or `answer` column), `format` (`reward_format_pattern`), "
+                    "`length` (−tokens / `max_completion_length`) and `soft_overlong` (DAPO's soft overlong "
+                    "punishment, TRL's: 0 up to `max_completion_length − soft_punish_cache` tokens, then down to −1 "
+                    "at the limit), or `package.module:function`, "
                     "`package.module.function`, `path/file.py:function`, called as `f(prompts, completions, **columns) "
                     "-> list[float | None]`. GRPO, RLOO and online DPO need these or `reward_model`; `ppo` rejects "
                     "them.",
@@ -303,6 +305,9 @@ DESCRIPTIONS: dict[str, str] = {
     "reward_format_pattern": "`grpo`, `rloo` and `online_dpo`: the regular expression the built-in `format` reward "
                              "searches each completion for (1.0 on a match, else 0.0); the default wants "
                              "`<think>...</think>` then `<answer>...</answer>`.",
+    "soft_punish_cache": "`grpo`, `rloo` and `online_dpo` with `soft_overlong` in `reward_funcs` (and only then): "
+                         "the last tokens before `max_completion_length` over which that reward falls linearly from "
+                         "0 to −1 (DAPO used 4096 of 20480).",
     "kl_coef": "`ppo`: weight of the per-token KL penalty in the rewards: `r_t = −kl_coef·KL_t`, plus the reward "
                "model's score on the last completion token (GRPO's KL weight is `beta`).",
     "kl_estimator": "`ppo`: the per-token KL estimate of those rewards: `k1` = L − R, or `k3` = e^(R − L) − (R − L) "
@@ -438,7 +443,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
       "mask_truncated_completions", "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg",
       "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "off_policy_mask_threshold",
       "use_bias_correction_kl", "normalize_advantages", "reward_clip_range", "reward_funcs", "reward_weights",
-      "reward_model", "reward_format_pattern", "kl_coef",
+      "reward_model", "reward_format_pattern", "soft_punish_cache", "kl_coef",
       "kl_estimator", "cliprange", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards",
       "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches", "num_sample_generations",
       "local_rollout_forward_batch_size"]),

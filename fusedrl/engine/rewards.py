@@ -144,6 +144,19 @@ def length_reward(max_completion_length: int) -> RewardFn:
     return length
 
 
+def soft_overlong_reward(max_completion_length: int, soft_punish_cache: int) -> RewardFn:
+    """``soft_overlong``: DAPO's soft overlong punishment (TRL's ``get_soft_overlong_punishment``): 0 up to
+    ``max_completion_length - soft_punish_cache`` tokens, then falling linearly to -1 at
+    ``max_completion_length`` (-1 beyond)."""
+    free = max_completion_length - soft_punish_cache
+
+    def soft_overlong(prompts, completions, completion_ids, **_) -> list[float]:
+        return [0.0 if len(ids) <= free else max(-1.0, (free - len(ids)) / soft_punish_cache)
+                for ids in completion_ids]
+
+    return soft_overlong
+
+
 # ---- loading -----------------------------------------------------------------------------------
 
 @dataclass
@@ -182,10 +195,15 @@ def _from_module(module_name: str, attr: str, spec: str) -> RewardFn:
 
 
 def load_reward_function(spec: str, *, format_pattern: str = DEFAULT_FORMAT_PATTERN,
-                         max_completion_length: int = 512) -> RewardFunction:
+                         max_completion_length: int = 512, soft_punish_cache: int | None = None) -> RewardFunction:
     """Resolve one ``reward_funcs`` entry (module docstring); errors name the entry."""
     builtins = {"accuracy": lambda: accuracy, "format": lambda: format_reward(format_pattern),
-                "length": lambda: length_reward(max_completion_length)}
+                "length": lambda: length_reward(max_completion_length),
+                "soft_overlong": lambda: soft_overlong_reward(max_completion_length, soft_punish_cache)}
+    if spec == "soft_overlong" and not (soft_punish_cache and 0 < soft_punish_cache <= max_completion_length):
+        raise ValueError(f"reward_funcs: 'soft_overlong' needs soft_punish_cache in [1, max_completion_length = "
+                         f"{max_completion_length}] (the tokens before the limit over which the penalty grows), "
+                         f"got {soft_punish_cache!r}")
     if spec in builtins:
         return RewardFunction(spec, builtins[spec]())
     target, colon, attr = spec.rpartition(":")
@@ -208,11 +226,13 @@ def load_reward_function(spec: str, *, format_pattern: str = DEFAULT_FORMAT_PATT
 
 
 def load_reward_functions(specs: list[str], *, format_pattern: str = DEFAULT_FORMAT_PATTERN,
-                          max_completion_length: int = 512) -> list[RewardFunction]:
+                          max_completion_length: int = 512, soft_punish_cache: int | None = None
+                          ) -> list[RewardFunction]:
     """Every ``reward_funcs`` entry, with unique names (a repeated name gets ``_2``, ``_3``, ...)."""
     out: list[RewardFunction] = []
     for spec in specs:
-        func = load_reward_function(spec, format_pattern=format_pattern, max_completion_length=max_completion_length)
+        func = load_reward_function(spec, format_pattern=format_pattern, max_completion_length=max_completion_length,
+                                    soft_punish_cache=soft_punish_cache)
         taken = {f.name for f in out}
         name, n = func.name, 1
         while name in taken:

@@ -69,7 +69,8 @@ class OnlineAlgorithm(Algorithm):
                           if self.samples_completions else None)
         self.reward_model = self.load_reward_model() if config.reward_model else None
         self.reward_functions = load_reward_functions(config.reward_funcs, format_pattern=config.reward_format_pattern,
-                                                      max_completion_length=config.max_completion_length)
+                                                      max_completion_length=config.max_completion_length,
+                                                      soft_punish_cache=config.soft_punish_cache)
         self.latest: list[tuple[str, str, str]] = []
 
     def models(self) -> list[torch.nn.Module]:
