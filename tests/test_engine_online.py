@@ -382,6 +382,20 @@ def test_grpo_raises_the_toy_reward(files, tmp_path, loss_type, extra):
     assert len(samples) == 3 and "low_ids=" in samples[0]["text"]
 
 
+@pytest.mark.parametrize("rl", ["grpo", "rloo"])
+def test_num_generations_eval_samples_fewer_completions_for_held_out_prompts(files, tmp_path, rl):
+    config = online_config(files, tmp_path, rl, num_generations=4, num_generations_eval=2, micro_batch_size=2,
+                           max_steps=1)
+    algorithm, batch = build(config)
+    algorithm.model.train()  # as the trainer's loop: training rollouts sample num_generations
+    assert algorithm.updates([batch])[0][0]["input_ids"].shape[0] == 2 * 4
+    algorithm.model.eval()
+    assert [m["input_ids"].shape[0] for m in algorithm.evaluation_batches(batch)] == [2 * 2]
+    result = train(online_config(files, tmp_path / "run", rl, num_generations=4, num_generations_eval=2,
+                                 max_steps=1))
+    assert result.step == 1 and "reward" in result.eval_after
+
+
 # ---- RLOO --------------------------------------------------------------------------------------
 
 

@@ -49,7 +49,8 @@ REFERENCE_ALGORITHMS = ("dpo", "ipo", "kto", "grpo", "rloo", "ppo", "online_dpo"
 # Online algorithms that sample groups of completions per prompt and may turn the reference off with beta: 0.
 GROUP_ALGORITHMS = ("grpo", "rloo")
 # Keys that only some algorithms read (see _check_keys_read); label_smoothing has its own rule.
-_GROUP_KEYS = ("num_generations", "epsilon", "epsilon_high", "num_iterations", "mask_truncated_completions")
+_GROUP_KEYS = ("num_generations", "num_generations_eval", "epsilon", "epsilon_high", "num_iterations",
+               "mask_truncated_completions")
 _VESPO_KEYS = ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
 _GRPO_ONLY = ("delta", "importance_sampling_level", "scale_rewards", "multi_objective_aggregation",
               "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg", *_VESPO_KEYS,
@@ -183,6 +184,7 @@ class TrainConfig:
 
     # Online RL (GRPO and PPO): sampling, rewards, and the update schedule of each rollout.
     num_generations: int | None = field(default=None, metadata=_range(2))
+    num_generations_eval: int | None = field(default=None, metadata=_range(2))
     temperature: float = field(default=0.9, metadata=_range(0.0, low_open=True))
     top_p: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
     top_k: int | None = field(default=None, metadata=_range(0))

@@ -222,6 +222,8 @@ DESCRIPTIONS: dict[str, str] = {
                        "(GRPO normalises them, RLOO takes each one's baseline from the others); null: 8 for `grpo`, "
                        "2 for `rloo` (TRL's defaults). Each update micro-batch holds `micro_batch_size × "
                        "num_generations` completions. `ppo` samples one completion per prompt, `online_dpo` two.",
+    "num_generations_eval": "`grpo` and `rloo`: completions per held-out prompt (TRL's key), to make evaluation "
+                            "cheaper; null: `num_generations`.",
     "temperature": "`grpo`, `rloo`, `ppo` and `online_dpo`: the sampling temperature; the policy, old and reference "
                    "token logprobs of the losses are taken at it too (logits / T). `online_dpo` samples at it; its DPO "
                    "loss reads the models' own logprobs (T = 1), as offline DPO. `kd` samples replies at it "
@@ -438,7 +440,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk",
                 "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
     ("Online RL (GRPO, RLOO, PPO and online DPO; sampling also for KD's sampled replies)",
-     ["num_generations", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
+     ["num_generations", "num_generations_eval", "temperature", "top_p", "top_k", "max_completion_length", "epsilon", "epsilon_high", "delta",
       "importance_sampling_level", "scale_rewards", "multi_objective_aggregation", "num_iterations",
       "mask_truncated_completions", "top_entropy_quantile", "sapo_temperature_pos", "sapo_temperature_neg",
       "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "off_policy_mask_threshold",

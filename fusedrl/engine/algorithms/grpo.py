@@ -42,7 +42,11 @@ class GRPO(OnlineAlgorithm):
 
     @property
     def num_generations(self) -> int:
-        return self.config.effective_num_generations
+        """Completions per prompt: ``num_generations_eval`` (when set) for held-out rollouts (model in eval mode)."""
+        cfg = self.config
+        if cfg.num_generations_eval is not None and not self.model.training:
+            return cfg.num_generations_eval
+        return cfg.effective_num_generations
 
     @property
     def updates_per_round(self) -> int:
