@@ -209,7 +209,6 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
     # replicated ranks: every weight (dpo), then label-token weighting with accumulation (sft)
     ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10}),  # RPO's NLL is a token mean per micro-batch
     ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2}),
-    ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10, "fsdp": True}),  # the reference copy is sharded too
     ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2,
                 "fsdp": True}),
     ("rm", 2, {"fsdp": True, "eval_batch_size": 10}),
@@ -222,8 +221,10 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
                "test_datasets": [], "val_set_size": 0.1}),  # a live teacher, sharded beside the student
     ("kd", 2, {"fsdp": True, "kd_teacher": "seed-1", "kd_divergence": "jsd", "datasets": SFT_ROWS,
                "test_datasets": [], "val_set_size": 0.1}),  # its whole distribution (kd_top_k null)
-    ("dpo", 2, {"rpo_alpha": None, "fsdp": True, "sync_ref_model": True, "ref_model_sync_steps": 1}),  # shard-wise
-], ids=["dpo", "sft-lora-checkpointing-accumulation", "fsdp-dpo",
+    # the reference copy is sharded too, and synced shard-wise; rank 1 evaluates a stand-in batch
+    ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10, "fsdp": True, "sync_ref_model": True,
+                "ref_model_sync_steps": 1}),
+], ids=["dpo", "sft-lora-checkpointing-accumulation",
         "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
         "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher", "fsdp-kd-live-teacher-full-vocabulary",
         "fsdp-dpo-synced-reference"])
@@ -307,13 +308,13 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(model_dir, tmp_path
     assert [r["step"] for r in records(out)][-2:] == [step + 1, step + 2] and (out / "final").is_dir()
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
-def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
-    """GRPO on two ranks (each samples its own completions), checkpointed every step and resumed from the
-    middle of a round: the same losses and final weights as the uninterrupted run. With ``fsdp`` sampling
-    runs in lockstep and each rank's checkpoint holds its half of the weights and AdamW moments. The reference
-    is synced after every step (``sync_ref_model``), so the resumed run reads the checkpoint's reference (each
-    rank its shards under fsdp) when it scores its next rollout."""
+def test_two_sharded_ranks_resume_exactly(model_dir, tmp_path):
+    """GRPO on two fsdp ranks (each samples its own completions, in lockstep), checkpointed every step and
+    resumed from the middle of a round: the same losses and final weights as the uninterrupted run. Each rank's
+    checkpoint holds its half of the weights and AdamW moments and its RNG state. The reference is synced after
+    every step (``sync_ref_model``), so the resumed run reads each rank's reference shards when it scores its
+    next rollout. (Replicated ranks resume through the same per-rank state: the signal test above resumes them
+    under torchrun, and single-process resumes are checked exactly in test_engine_checkpoint.)"""
     raw = {
         "base_model": str(model_dir), "rl": "grpo", "datasets": [{"path": str(REPO / "data" / "demo" /
                                                                           "arithmetic_train.jsonl")}],
@@ -321,22 +322,21 @@ def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
         "num_generations": 2, "max_completion_length": 6, "num_iterations": 2, "max_steps": 4, "save_steps": 1,
         "save_total_limit": None, "learning_rate": 1e-3, "lr_scheduler": "constant", "seed": 3,
         "reward_funcs": ["accuracy"], "tensorboard": False, "plot": False, "progress_bar": False,
-        "kernel_backend": "torch", "num_sample_generations": 0, "fsdp": fsdp, "sync_ref_model": True,
+        "kernel_backend": "torch", "num_sample_generations": 0, "fsdp": True, "sync_ref_model": True,
         "ref_model_sync_steps": 1,
     }
     torchrun(raw, tmp_path)
     full = tmp_path / "full"
     assert (full / "checkpoint-1" / "rank-1" / "rank_state.json").is_file()
-    if fsdp:
-        whole = load_file(str(full / "final" / "model.safetensors"))
-        halves = [load_file(str(folder / "model_shard.safetensors"))
-                  for folder in (full / "checkpoint-1", full / "checkpoint-1" / "rank-1")]
-        for name, value in whole.items():  # dim 0 split over the ranks
-            assert [half[name].shape[1:] for half in halves] == [value.shape[1:]] * 2
-            assert halves[0][name].shape[0] + halves[1][name].shape[0] == value.shape[0] > halves[0][name].shape[0]
-        assert (full / "checkpoint-1" / "rank-1" / "optimizer.safetensors").is_file()
-        assert (full / "checkpoint-1" / "rank-1" / "reference_shard.safetensors").is_file()
-        assert not (full / "checkpoint-1" / "model.safetensors").exists()
+    whole = load_file(str(full / "final" / "model.safetensors"))
+    halves = [load_file(str(folder / "model_shard.safetensors"))
+              for folder in (full / "checkpoint-1", full / "checkpoint-1" / "rank-1")]
+    for name, value in whole.items():  # dim 0 split over the ranks
+        assert [half[name].shape[1:] for half in halves] == [value.shape[1:]] * 2
+        assert halves[0][name].shape[0] + halves[1][name].shape[0] == value.shape[0] > halves[0][name].shape[0]
+    assert (full / "checkpoint-1" / "rank-1" / "optimizer.safetensors").is_file()
+    assert (full / "checkpoint-1" / "rank-1" / "reference_shard.safetensors").is_file()
+    assert not (full / "checkpoint-1" / "model.safetensors").exists()
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     subprocess.run(["cp", "-r", str(full / "checkpoint-1"), str(resumed / "checkpoint-1")], check=True)
@@ -346,13 +346,12 @@ def test_two_ranks_resume_exactly(fsdp, model_dir, tmp_path):
     expected = load_file(str(full / "final" / "model.safetensors"))
     got = load_file(str(resumed / "final" / "model.safetensors"))
     assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
-    if fsdp:  # the last checkpoint, its shards joined by `fusedrl export`, is the final model
-        config = tmp_path / "export.yaml"
-        config.write_text(yaml.safe_dump(raw))
-        assert cli_main(["export", str(config), "latest", str(tmp_path / "exported")]) == 0
-        exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
-        assert exported.keys() == expected.keys()
-        assert [name for name in expected if not torch.equal(exported[name], expected[name])] == []
+    config = tmp_path / "export.yaml"  # the last checkpoint, its shards joined by `fusedrl export`, is the final model
+    config.write_text(yaml.safe_dump(raw))
+    assert cli_main(["export", str(config), "latest", str(tmp_path / "exported")]) == 0
+    exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    assert exported.keys() == expected.keys()
+    assert [name for name in expected if not torch.equal(exported[name], expected[name])] == []
 
 
 def test_fsdp_ppo_matches_replicated_ranks(model_dir, tmp_path):
