@@ -35,9 +35,8 @@ class RLOO(GRPO):
         cfg = self.config
         sequence_kl, kl = None, None
         if ref_logps is not None:
-            mask = labels != IGNORE_INDEX
-            sequence_kl = masked_sum(old_logps - ref_logps, mask, dim=-1)
-            kl = masked_mean(old_logps - ref_logps, mask)
+            mask, token_kl = labels != IGNORE_INDEX, old_logps - ref_logps
+            sequence_kl, kl = masked_sum(token_kl, mask, dim=-1), masked_mean(token_kl, mask)
         advantages, metrics = rloo_advantages(
             rewards, num_generations=self.num_generations, reward_weights=cfg.reward_weights,
             sequence_kl=sequence_kl, beta=cfg.effective_beta, reward_clip_range=cfg.reward_clip_range,
