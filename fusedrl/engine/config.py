@@ -20,7 +20,7 @@ import yaml
 from ..kernels.losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, KTO_LOSS_TYPES
 from ..kernels.losses.dpo import F_DIVERGENCE_TYPES, LOG_RATIO_LOSS_TYPES, SMOOTHED_LOSS_TYPES
 from ..kernels.losses.grpo import (IMPORTANCE_SAMPLING_LEVELS, MULTI_OBJECTIVE_AGGREGATIONS, SCALE_REWARDS,
-                                   UNCLIPPED_LOSS_TYPES)
+                                   UNCLIPPED_LOSS_TYPES, check_importance_sampling_level)
 from ..kernels.losses.preference import CPO_LOSS_TYPES
 from ..kernels.losses.policy import KL_ESTIMATORS
 from ..kernels.losses.rloo import reward_clip_bounds
@@ -596,10 +596,10 @@ def _check_online(config: TrainConfig, source: str) -> None:
         if getattr(config, key) != defaults[key]:
             raise ConfigError(f"{source}: {key}: loss_type {loss_type} has no clip range (its {loss_type}_* keys "
                               f"shape its weight); remove {key}")
-    wanted = {"luspo": "sequence", "vespo": "token"}.get(loss_type)
-    if wanted and config.importance_sampling_level != wanted:
-        raise ConfigError(f"{source}: importance_sampling_level: loss_type {loss_type} needs {wanted}, got "
-                          f"{config.importance_sampling_level!r}")
+    try:
+        check_importance_sampling_level(loss_type, config.importance_sampling_level)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
     if config.off_policy_mask_threshold is not None and config.num_iterations == 1:
         raise ConfigError(f"{source}: off_policy_mask_threshold: with num_iterations 1 the policy that sampled the "
                           f"completions is the one trained on them (no drift to mask); set num_iterations > 1")

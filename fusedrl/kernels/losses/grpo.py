@@ -15,6 +15,8 @@ MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 # Loss types without a clip range (and so without delta's cap on an unclipped term).
 UNCLIPPED_LOSS_TYPES = ("cispo", "sapo", "vespo")
+# Loss types defined at one importance-sampling level only.
+LOSS_TYPE_LEVELS = {"luspo": "sequence", "vespo": "token"}
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 ADVANTAGE_EPS = 1e-4
 
@@ -216,9 +218,7 @@ def grpo_loss(
     check_batch("advantages", advantages, mask.shape[0], like="mask")
     check_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
     check_choice("loss_type", loss_type, GRPO_LOSS_TYPES)
-    if (loss_type == "luspo") != (importance_sampling_level == "sequence") and loss_type in ("luspo", "vespo"):
-        raise ValueError(f"importance_sampling_level: loss_type {loss_type} needs "
-                         f"{'sequence' if loss_type == 'luspo' else 'token'}, got {importance_sampling_level!r}")
+    check_importance_sampling_level(loss_type, importance_sampling_level)
     check_range("beta", beta, 0.0)
     check_range("epsilon", epsilon, 0.0, 1.0, high_open=True)
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
@@ -284,6 +284,15 @@ def grpo_loss(
     metrics["clip_ratio/high_mean"] = masked_mean(high.float(), mask)
     metrics["clip_ratio/region_mean"] = masked_mean((low | high).float(), mask)
     return loss, metrics
+
+
+def check_importance_sampling_level(loss_type: str, importance_sampling_level: str) -> None:
+    """Refuse a ratio level ``loss_type`` is not defined at: luspo weighs GSPO's sequence ratio, vespo is token
+    level."""
+    wanted = LOSS_TYPE_LEVELS.get(loss_type)
+    if wanted and importance_sampling_level != wanted:
+        raise ValueError(f"importance_sampling_level: loss_type {loss_type} needs {wanted}, "
+                         f"got {importance_sampling_level!r}")
 
 
 def _vespo_weight(log_ratio: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
