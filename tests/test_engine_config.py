@@ -57,6 +57,7 @@ def test_aliases_and_defaults():
     ({"z_loss": 1e-4}, r"z_loss: rl=dpo does not read it \(only rl in \['sft'\] does\)"),
     ({"rl": "kto", "precompute_ref_log_probs": True}, "precompute_ref_log_probs: rl=kto does not read it"),
     ({"rl": "cpo", "rpo_alpha": 0.5}, "rpo_alpha: rl=cpo does not read it"),
+    ({"alpha": -1.0}, r"alpha: rl=dpo does not read it \(only rl in \['cpo', 'simpo'\] does\)"),
     ({"num_generations": 4}, "num_generations: rl=dpo does not read it"),
     ({"rl": "ppo", "reward_model": "rm", "num_generations": 4}, "num_generations: rl=ppo does not read it"),
     ({"rl": "ppo", "reward_model": "rm", "reward_weights": [1.0]}, "reward_weights: rl=ppo does not read it"),

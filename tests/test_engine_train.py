@@ -75,14 +75,15 @@ def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
 
 
 def test_pairwise_loss_options_reach_the_loss(model_dir, tmp_path):
-    """DPO's f_divergence_type, use_weighting, ld_alpha and AOT loss types, and CPO's loss types, each change the
-    loss of the same batch (the policy is moved off the reference first: at the reference every DPO variant
+    """DPO's f_divergence_type, use_weighting, ld_alpha and AOT loss types, CPO's loss types and AlphaPO's alpha
+    (CPO and SimPO) each change the loss of the same batch (the policy is moved off the reference first: at the reference every DPO variant
     gives ln 2)."""
     dpo = {"rpo_alpha": 0.0}
     cases = {"plain": ("dpo", dpo), "js": ("dpo", {**dpo, "f_divergence_type": "js_divergence"}),
              "wpo": ("dpo", {**dpo, "use_weighting": True}),
              "aot_unpaired": ("dpo", {**dpo, "loss_type": "aot_unpaired"}), "ld": ("dpo", {**dpo, "ld_alpha": 0.3}),
-             "cpo": ("cpo", {}), "cpo-hinge": ("cpo", {"loss_type": "hinge"}), "cpo-ipo": ("cpo", {"loss_type": "ipo"})}
+             "cpo": ("cpo", {}), "cpo-hinge": ("cpo", {"loss_type": "hinge"}), "cpo-ipo": ("cpo", {"loss_type": "ipo"}),
+             "cpo-alphapo": ("cpo", {"alpha": 0.05}), "simpo": ("simpo", {}), "alphapo": ("simpo", {"alpha": -1.0})}
     losses = {}
     for name, (rl, extra) in cases.items():
         torch.manual_seed(0)

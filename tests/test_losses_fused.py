@@ -321,37 +321,47 @@ def test_dpo_bias_and_softcap_reach_policy_and_reference(backend):
     compare(fused, eager, tensors, torch.float32, backend, grad_names=("hidden", "weight", "bias"))
 
 
+def alphapo_eager(logps, reward_alpha):
+    """AlphaPO's reward ``(1 - p^-alpha) / alpha`` with ``p = e^L`` (``L`` at alpha 0), straight from the paper."""
+    return logps if reward_alpha == 0 else (1 - torch.exp(logps) ** -reward_alpha) / reward_alpha
+
+
 def pairwise_case(method):
-    """CPO (``cpo``, ``cpo-hinge``, ``cpo-ipo``), SimPO or ORPO: fused wrapper and eager formula on the same random
-    pairwise batch."""
+    """CPO (``cpo``, ``cpo-hinge``, ``cpo-ipo``), SimPO (``simpo``, ``simpo-alphapo``) or ORPO: fused wrapper and
+    eager formula on the same random pairwise batch. The hinge and AlphaPO cases reshape the rewards (``alpha``)."""
     hidden, weight = make_model(2 * PAIRS)
     labels = make_labels(2 * PAIRS)
-    method, _, cpo_type = method.partition("-")
-    beta, alpha, gamma, eps = 0.3, 0.7, 0.4, 0.0 if cpo_type else 0.1
+    method, _, variant = method.partition("-")
+    cpo_type = variant if method == "cpo" else ""
+    beta, alpha, gamma, eps = 0.3, 0.7, 0.4, 0.0 if variant else 0.1
+    reward_alpha = {"hinge": 0.05, "alphapo": -1.0}.get(variant, 0.0)
 
     def fused(hidden, weight, labels, backend):
         if method == "cpo":
             return fused_linear_cpo_loss(hidden, weight, labels, beta=beta, cpo_alpha=alpha, label_smoothing=eps,
-                                         loss_type=cpo_type or "sigmoid", backend=backend)
+                                         loss_type=cpo_type or "sigmoid", alpha=reward_alpha, backend=backend)
         if method == "simpo":
             return fused_linear_simpo_loss(hidden, weight, labels, beta=beta, simpo_gamma=gamma, cpo_alpha=alpha,
-                                           label_smoothing=eps, backend=backend)
+                                           label_smoothing=eps, alpha=reward_alpha, backend=backend)
         return fused_linear_orpo_loss(hidden, weight, labels, beta=beta, backend=backend)
 
     def eager(hidden, weight, labels):
         p = eager_pairs(hidden, weight, labels)
         ls = F.logsigmoid
+        ac, ar = p["c"] / p["lc"], p["r"] / p["lr"]
         if method == "cpo":
-            h = p["c"] - p["r"]
+            lc, lr = (ac, ar) if cpo_type == "ipo" else (p["c"], p["r"])
+            rc, rr = alphapo_eager(lc, reward_alpha), alphapo_eager(lr, reward_alpha)
+            h = rc - rr
             losses = {"hinge": torch.relu(1 - beta * h), "ipo": (h - 1 / (2 * beta)) ** 2,
                       "": -(1 - eps) * ls(beta * h) - eps * ls(-beta * h)}[cpo_type]
             loss = losses.mean() + alpha * p["nll"]
-            return loss, eager_pair_metrics(p, beta * p["c"], beta * p["r"], p["c"], p["r"])
-        ac, ar = p["c"] / p["lc"], p["r"] / p["lr"]
+            return loss, eager_pair_metrics(p, beta * rc, beta * rr, lc, lr)
         if method == "simpo":
-            z = beta * (ac - ar) - gamma
+            rc, rr = alphapo_eager(ac, reward_alpha), alphapo_eager(ar, reward_alpha)
+            z = beta * (rc - rr) - gamma
             loss = (-(1 - eps) * ls(z) - eps * ls(-z)).mean() + alpha * p["nll"]
-            return loss, eager_pair_metrics(p, beta * ac, beta * ar, ac, ar)
+            return loss, eager_pair_metrics(p, beta * rc, beta * rr, ac, ar)
         log_odds = (ac - ar) - (torch.log(1 - torch.exp(ac)) - torch.log(1 - torch.exp(ar)))
         loss = p["nll"] - beta * ls(log_odds).mean()
         metrics = eager_pair_metrics(p, beta * ac, beta * ar, ac, ar)
@@ -364,7 +374,7 @@ def pairwise_case(method):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("method", ["cpo", "cpo-hinge", "cpo-ipo", "simpo", "orpo"])
+@pytest.mark.parametrize("method", ["cpo", "cpo-hinge", "cpo-ipo", "simpo", "simpo-alphapo", "orpo"])
 def test_reference_free_pairwise_matches_eager(backend, dtype, method):
     fused, eager, tensors = pairwise_case(method)
     compare(fused, eager, tensors, dtype, backend)

@@ -8,6 +8,7 @@ import torch
 from fusedrl.kernels.losses import (
     DPO_LOSS_TYPES,
     RunningMean,
+    alphapo_rewards,
     check_kto_balance,
     cpo_loss,
     dpo_loss,
@@ -194,15 +195,50 @@ def test_cpo_simpo_orpo_hand_computed():
 
 
 def test_cpo_loss_types_hand_computed():
-    """TRL's CPO variants on h = Lc - Lr = 2 ln 2, beta 0.5: hinge relu(1 - ln 2), ipo (2 ln 2 - 1)^2."""
-    for loss_type, expected in (("hinge", 1 - LN2), ("ipo", (2 * LN2 - 1) ** 2)):
-        losses, cr, _ = cpo_loss(t(2 * LN2 - 3.0), t(-3.0), beta=0.5, loss_type=loss_type)
-        torch.testing.assert_close(losses, t(expected))
-        torch.testing.assert_close(cr, t(0.5 * (2 * LN2 - 3.0)))
+    """TRL's CPO variants, beta 0.5: hinge on summed logps h = Lc - Lr = 2 ln 2, relu(1 - ln 2); ipo on the
+    length-averaged ones (sums 2 ln 2 - 4 over 2 tokens and -2 over 1: h = ln 2), (ln 2 - 1)^2."""
+    losses, cr, _ = cpo_loss(t(2 * LN2 - 3.0), t(-3.0), beta=0.5, loss_type="hinge")
+    torch.testing.assert_close(losses, t(1 - LN2))
+    torch.testing.assert_close(cr, t(0.5 * (2 * LN2 - 3.0)))
+    losses, cr, rr = cpo_loss(t(2 * LN2 - 4.0), t(-2.0), beta=0.5, loss_type="ipo",
+                              chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([1]))
+    torch.testing.assert_close(losses, t((LN2 - 1) ** 2))
+    torch.testing.assert_close(cr, t(0.5 * (LN2 - 2.0)))
+    torch.testing.assert_close(rr, t(-1.0))
+    with pytest.raises(ValueError, match="chosen_lengths: required"):
+        cpo_loss(t(0.0), t(0.0), loss_type="ipo")
     with pytest.raises(ValueError, match="label_smoothing: only loss_type sigmoid uses it"):
         cpo_loss(t(0.0), t(0.0), loss_type="hinge", label_smoothing=0.1)
     with pytest.raises(ValueError, match="loss_type"):
         cpo_loss(t(0.0), t(0.0), loss_type="simpo")
+
+
+def test_alphapo_reshapes_the_rewards_of_cpo_and_simpo():
+    """AlphaPO's r = (1 - p^-alpha) / alpha with p = e^L: alpha -1 gives p - 1, alpha 1 gives 1 - 1/p, and alpha
+    -> 0 the log reward; CPO and SimPO compare (and log) these rewards."""
+    logps = t(math.log(0.5), math.log(0.25))
+    torch.testing.assert_close(alphapo_rewards(logps, -1.0), t(-0.5, -0.75))
+    torch.testing.assert_close(alphapo_rewards(logps, 1.0), t(-1.0, -3.0))
+    torch.testing.assert_close(alphapo_rewards(logps, 1e-6), logps, rtol=1e-5, atol=1e-6)
+    assert torch.equal(alphapo_rewards(logps, 0.0), logps)
+
+    # alpha 1: r_c = 1 - 2 = -1, r_r = 1 - 4 = -3; beta 0.5: sigmoid loss -logsig(1)
+    losses, cr, rr = cpo_loss(t(math.log(0.5)), t(math.log(0.25)), beta=0.5, alpha=1.0)
+    torch.testing.assert_close(losses, t(-logsig(1.0)))
+    torch.testing.assert_close(cr, t(-0.5))
+    torch.testing.assert_close(rr, t(-1.5))
+    # SimPO on the averages ln(1/2) (sum 2 ln(1/2) over 2 tokens) and ln(1/4); alpha -1: r = -1/2, -3/4;
+    # beta 2, gamma 0.25: z = 2 * 0.25 - 0.25
+    losses, cr, rr = simpo_loss(t(2 * math.log(0.5)), t(math.log(0.25)), chosen_lengths=torch.tensor([2]),
+                                rejected_lengths=torch.tensor([1]), beta=2.0, gamma=0.25, alpha=-1.0)
+    torch.testing.assert_close(losses, t(-logsig(0.25)))
+    torch.testing.assert_close(cr, t(-1.0))
+    torch.testing.assert_close(rr, t(-1.5))
+    chosen = t(2 * math.log(0.5)).requires_grad_()
+    simpo_loss(chosen, t(math.log(0.25)), chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([1]),
+               beta=2.0, gamma=0.25, alpha=-1.0)[0].sum().backward()
+    # d/dL of -logsig(2 (e^(L/2) - 1) - ...) at L = 2 ln(1/2): -sigmoid(-0.25) * 2 * e^(L/2) / 2
+    torch.testing.assert_close(chosen.grad, t(-(1 - 1 / (1 + math.exp(-0.25))) * 0.5))
 
 
 def test_log1mexp_is_accurate_at_both_ends():

@@ -75,6 +75,7 @@ KEY_READERS = {
     "rpo_alpha": ("dpo", "ipo"),
     "cpo_alpha": ("cpo", "simpo"),
     "simpo_gamma": ("simpo",),
+    "alpha": ("cpo", "simpo"),
     "desirable_weight": ("kto",),
     "undesirable_weight": ("kto",),
     "center_rewards_coefficient": ("rm",),
@@ -167,6 +168,7 @@ class TrainConfig:
     rpo_alpha: float | None = field(default=1.0, metadata=_range(0.0))
     cpo_alpha: float = field(default=1.0, metadata=_range(0.0))
     simpo_gamma: float = 1.0
+    alpha: float = 0.0
     desirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     undesirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     center_rewards_coefficient: float = field(default=0.0, metadata=_range(0.0))

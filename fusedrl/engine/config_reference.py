@@ -140,7 +140,8 @@ DESCRIPTIONS: dict[str, str] = {
                  "`−λD·logσ(βΔ − δ)` / "
                  "`−λU·logσ(δ − βΔ)`, no KL pass; logs `delta`; δ is checkpointed and held-out rows do not move "
                  "it); `cpo`: `sigmoid` (default), `hinge` `relu(1 − β(Lc − Lr))` or `ipo` "
-                 "`(Lc − Lr − 1/(2β))²` (TRL's CPO). Any other `rl` (`rloo` included: one loss) rejects it.",
+                 "`(avg_c − avg_r − 1/(2β))²` on per-token average logprobs (TRL's CPO; `alpha` reshapes each "
+                 "of these). Any other `rl` (`rloo` included: one loss) rejects it.",
     "loss_weights": "`dpo`: one weight ≥ 0 per `loss_type` entry (MPO's `[0.8, 0.2, 1.0]` for `[sigmoid, bco_pair, "
                     "sft]`); null weighs each 1.",
     "ld_alpha": "`dpo` and `ipo`: LD-DPO (Liu et al. 2024; TRL's key), α in [0, 1]: in each pair's sequence logps "
@@ -167,6 +168,13 @@ DESCRIPTIONS: dict[str, str] = {
                  "loss; 0 gives the bare CPO term and the original SimPO.",
     "simpo_gamma": "`simpo`: the target reward margin γ in `−logσ(β·(avg_c − avg_r) − γ)`, where avg are "
                    "per-token average logprobs; any real number.",
+    "alpha": "`cpo` and `simpo`: AlphaPO's reward shape (Gupta et al. 2025; TRL's CPO `alpha`). Each reply's "
+             "logprob L (the per-token average for `simpo` and `cpo`'s `ipo`, the sum otherwise) becomes the reward "
+             "r = (1 − e^(−αL))/α = (1 − p^(−α))/α with p = e^L before the loss compares chosen and rejected, "
+             "and `rewards/*` log β·r. 0 keeps r = L (CPO, SimPO); −1 gives r = p − 1, linear in p. TRL's "
+             "`loss_type: alphapo` is `rl: simpo` with `cpo_alpha: 0` (and `alpha` set). e^(−αL) grows fast with "
+             "|L| when α > 0: keep α·|L| well below 80 (fp32's range), which summed logprobs of long replies "
+             "exceed.",
     "desirable_weight": "`kto`: λD, the weight of a desirable row's loss `λD·(1 − σ(β(Δ − KL)))` (and of the "
                         "`apo_zero_unpaired` and `bco` losses of `loss_type`); a warning is logged when λD·nD / "
                         "(λU·nU) over the training rows is outside [1, 4/3].",
@@ -435,7 +443,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
                                "rl_adapter_ref_model", "ref_model", "precompute_ref_log_probs", "sync_ref_model",
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
     ("Losses", ["beta", "loss_type", "loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "use_weighting",
-                "ld_alpha", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "desirable_weight",
+                "ld_alpha", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "alpha", "desirable_weight",
                 "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk",
                 "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),

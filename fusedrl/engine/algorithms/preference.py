@@ -102,18 +102,20 @@ class CPO(Pairwise):
         cfg = self.config
         loss, metrics = fused_linear_cpo_loss(self.hidden(batch), labels=batch["labels"], **self.common_kwargs(),
                                               beta=cfg.effective_beta, label_smoothing=cfg.label_smoothing,
-                                              cpo_alpha=cfg.cpo_alpha, loss_type=cfg.effective_loss_type)
+                                              cpo_alpha=cfg.cpo_alpha, loss_type=cfg.effective_loss_type,
+                                              alpha=cfg.alpha)
         return loss, float_metrics(loss, metrics)
 
 
 class SimPO(Pairwise):
-    """``rl: simpo``: length-averaged logps, margin ``simpo_gamma``, no reference model."""
+    """``rl: simpo``: length-averaged logps, margin ``simpo_gamma``, no reference model; AlphaPO with ``alpha``."""
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         loss, metrics = fused_linear_simpo_loss(self.hidden(batch), labels=batch["labels"], **self.common_kwargs(),
                                                 beta=cfg.effective_beta, simpo_gamma=cfg.simpo_gamma,
-                                                label_smoothing=cfg.label_smoothing, cpo_alpha=cfg.cpo_alpha)
+                                                label_smoothing=cfg.label_smoothing, cpo_alpha=cfg.cpo_alpha,
+                                                alpha=cfg.alpha)
         return loss, float_metrics(loss, metrics)
 
 

@@ -18,7 +18,7 @@ from .fused_preference import (
 from .grpo import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
 from .kto import KTO_LOSS_TYPES, check_kto_balance, kto_loss, kto_metrics
 from .policy import gae_advantages, ppo_policy_loss, ppo_rewards, ppo_value_loss, token_kl
-from .preference import cpo_loss, orpo_loss, preference_metrics, reward_model_loss, simpo_loss
+from .preference import alphapo_rewards, cpo_loss, orpo_loss, preference_metrics, reward_model_loss, simpo_loss
 from .rloo import rloo_advantages, rloo_loss
 from .sequence import (
     RunningMean,
@@ -32,7 +32,7 @@ from .sequence import (
 )
 
 __all__ = [
-    "DIVERGENCES", "DPO_LOSS_TYPES", "GRPO_LOSS_TYPES", "KTO_LOSS_TYPES", "RunningMean",
+    "DIVERGENCES", "DPO_LOSS_TYPES", "GRPO_LOSS_TYPES", "KTO_LOSS_TYPES", "RunningMean", "alphapo_rewards",
     "check_kto_balance", "completion_lengths", "completion_mask", "cpo_loss", "dpo_loss",
     "fused_linear_cpo_loss", "fused_linear_dpo_loss", "fused_linear_grpo_loss", "fused_linear_kd_loss",
     "fused_linear_kto_loss",

@@ -216,21 +216,25 @@ def fused_linear_cpo_loss(
     label_smoothing: float = 0.0,
     cpo_alpha: float = 1.0,
     loss_type: str = "sigmoid",
+    alpha: float = 0.0,
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
 ):
-    """CPO: ``cpo_loss`` (any ``loss_type``) on summed logps plus ``cpo_alpha *`` chosen NLL; no reference model.
+    """CPO: ``cpo_loss`` (any ``loss_type``; ``alpha``: AlphaPO's reward shape) plus ``cpo_alpha *`` chosen NLL;
+    no reference model.
 
-    Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)`` with the same metric names.
+    Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)`` with the same metric names; logps/* are the
+    logps the loss compares (length-averaged for ``ipo``, summed otherwise).
     """
     check_range("cpo_alpha", cpo_alpha, 0.0)
     policy = pairwise_policy(hidden, weight, labels, bias=bias, softcap=softcap, ignore_index=ignore_index,
                              backend=backend)
     losses, chosen_rewards, rejected_rewards = cpo_loss(
-        policy.chosen_logps, policy.rejected_logps, beta=beta, label_smoothing=label_smoothing, loss_type=loss_type)
-    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, cpo_alpha,
-                            policy.chosen_logps, policy.rejected_logps)
+        policy.chosen_logps, policy.rejected_logps, beta=beta, label_smoothing=label_smoothing, loss_type=loss_type,
+        alpha=alpha, chosen_lengths=policy.chosen_lengths, rejected_lengths=policy.rejected_lengths)
+    logps = _average_logps(policy) if loss_type == "ipo" else (policy.chosen_logps, policy.rejected_logps)
+    return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, cpo_alpha, *logps)
 
 
 def fused_linear_simpo_loss(
@@ -243,11 +247,13 @@ def fused_linear_simpo_loss(
     simpo_gamma: float = 1.0,
     label_smoothing: float = 0.0,
     cpo_alpha: float = 1.0,
+    alpha: float = 0.0,
     softcap: float | None = None,
     ignore_index: int = -100,
     backend: str = "auto",
 ):
-    """SimPO: ``simpo_loss`` on length-averaged logps plus ``cpo_alpha *`` chosen NLL (0: original SimPO).
+    """SimPO: ``simpo_loss`` on length-averaged logps plus ``cpo_alpha *`` chosen NLL (0: original SimPO);
+    ``alpha`` != 0 makes it AlphaPO (with ``cpo_alpha: 0``, as TRL's ``loss_type: alphapo``).
 
     Inputs as ``fused_linear_dpo_loss``. Returns ``(loss, metrics)``; logps/* are the averaged logps.
     """
@@ -256,7 +262,8 @@ def fused_linear_simpo_loss(
                              backend=backend)
     losses, chosen_rewards, rejected_rewards = simpo_loss(
         policy.chosen_logps, policy.rejected_logps, chosen_lengths=policy.chosen_lengths,
-        rejected_lengths=policy.rejected_lengths, beta=beta, gamma=simpo_gamma, label_smoothing=label_smoothing)
+        rejected_lengths=policy.rejected_lengths, beta=beta, gamma=simpo_gamma, label_smoothing=label_smoothing,
+        alpha=alpha)
     return _pairwise_result(losses, chosen_rewards, rejected_rewards, policy, cpo_alpha, *_average_logps(policy))
 
 

@@ -66,6 +66,17 @@ def preference_metrics(
     return metrics
 
 
+def alphapo_rewards(logps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """AlphaPO's reward shape (Gupta et al. 2025; TRL's CPO ``alpha``): ``(1 - p^-alpha) / alpha`` with
+    ``p = e^L``, i.e. ``-expm1(-alpha * L) / alpha``, of logps ``L [B]``, fp32: ``L`` itself at ``alpha = 0``
+    (the log reward), ``p - 1`` (linear in ``p``) at ``alpha = -1``. ``e^(-alpha * L)`` grows fast with ``|L|``
+    for ``alpha > 0``: the shape is meant for length-averaged logps (SimPO, CPO's ipo)."""
+    logps = logps.float()
+    if alpha == 0:
+        return logps
+    return -torch.expm1(-alpha * logps) / alpha
+
+
 def cpo_loss(
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
@@ -73,22 +84,31 @@ def cpo_loss(
     beta: float = 0.1,
     label_smoothing: float = 0.0,
     loss_type: str = "sigmoid",
+    alpha: float = 0.0,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ):
-    """CPO's preference term on ``h = Lc - Lr``; no reference model. ``loss_type`` (TRL's CPO): ``sigmoid``
+    """CPO's preference term on ``h = r_c - r_r``; no reference model. ``loss_type`` (TRL's CPO): ``sigmoid``
     ``-(1-eps) logsig(b h) - eps logsig(-b h)``, ``hinge`` ``relu(1 - b h)`` or ``ipo`` ``(h - 1/(2b))^2``
-    (label smoothing only with sigmoid).
+    (label smoothing only with sigmoid). ``r = alphapo_rewards(L, alpha)`` of the summed logps, or for ``ipo``
+    of the length-averaged ones (as TRL's CPO and DPO's ipo); ``alpha = 0`` gives ``r = L``.
 
-    Args: summed logps ``[B]`` each. The ``cpo_alpha * NLL`` term is added by the caller.
-    Returns: ``(losses [B], b * Lc [B], b * Lr [B])``.
+    Args: summed logps ``[B]`` each; completion lengths ``[B]`` (> 0), required by ``ipo``. The
+    ``cpo_alpha * NLL`` term is added by the caller.
+    Returns: ``(losses [B], b * r_c [B], b * r_r [B])``.
     """
-    check_pair("chosen_logps", chosen_logps, rejected_logps=rejected_logps)
+    check_pair("chosen_logps", chosen_logps, rejected_logps=rejected_logps,
+               chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
     check_choice("loss_type", loss_type, CPO_LOSS_TYPES)
     check_range("beta", beta, 0.0, low_open=True)
     check_label_smoothing(label_smoothing)
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError(f"label_smoothing: only loss_type sigmoid uses it; expected 0 for {loss_type!r}, "
                          f"got {label_smoothing!r}")
-    chosen, rejected = chosen_logps.float(), rejected_logps.float()
+    if loss_type == "ipo":
+        chosen_logps = length_normalised("chosen_lengths", chosen_logps, chosen_lengths)
+        rejected_logps = length_normalised("rejected_lengths", rejected_logps, rejected_lengths)
+    chosen, rejected = alphapo_rewards(chosen_logps, alpha), alphapo_rewards(rejected_logps, alpha)
     if loss_type == "hinge":
         losses = torch.relu(1.0 - beta * (chosen - rejected))
     elif loss_type == "ipo":
@@ -107,19 +127,21 @@ def simpo_loss(
     beta: float = 2.0,
     gamma: float = 1.0,
     label_smoothing: float = 0.0,
+    alpha: float = 0.0,
 ):
-    """SimPO: ``-logsig(b(avg_c - avg_r) - gamma)`` with label smoothing, on length-averaged logps.
+    """SimPO: ``-logsig(b(r_c - r_r) - gamma)`` with label smoothing, ``r = alphapo_rewards(avg, alpha)`` of the
+    length-averaged logps (``alpha = 0``: ``r = avg``, SimPO itself; otherwise AlphaPO).
 
     Args: summed logps ``[B]`` and completion lengths ``[B]`` (> 0). ``cpo_alpha * NLL`` is the caller's.
-    Returns: ``(losses [B], b * avg_c [B], b * avg_r [B])``.
+    Returns: ``(losses [B], b * r_c [B], b * r_r [B])``.
     """
     check_pair("chosen_logps", chosen_logps, rejected_logps=rejected_logps,
                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
     check_range("beta", beta, 0.0, low_open=True)
     check_range("gamma", gamma)
     check_label_smoothing(label_smoothing)
-    chosen = length_normalised("chosen_lengths", chosen_logps, chosen_lengths)
-    rejected = length_normalised("rejected_lengths", rejected_logps, rejected_lengths)
+    chosen = alphapo_rewards(length_normalised("chosen_lengths", chosen_logps, chosen_lengths), alpha)
+    rejected = alphapo_rewards(length_normalised("rejected_lengths", rejected_logps, rejected_lengths), alpha)
     losses = pairwise_sigmoid_loss(beta * (chosen - rejected) - gamma, label_smoothing)
     return losses, (beta * chosen).detach(), (beta * rejected).detach()
 
