@@ -13,6 +13,7 @@ vocab ids, each from its own hidden states and lm_head), one vocab range per pro
 import triton
 import triton.language as tl
 
+from .program_tiles import split_program, tile_program, vocab_block
 from .vocab_stats_fwd import NEG_INIT, linear_tile, online_softmax_step, softcapped_logits
 
 
@@ -51,18 +52,13 @@ def distill_jsd_fwd_kernel(
 ):
     """Grid ``(token blocks, vocab splits)``: partial JSD and ``KL(p || m)`` ``[splits, N]`` of each split, from
     both logsumexps (the mixture needs them final)."""
-    split = tl.program_id(1)
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_mask = rows < N
-    v_begin = split * v_per_split
-    v_end = tl.minimum(v_begin + v_per_split, V)
+    split, rows, row_mask, v_begin, v_end = split_program(N, V, v_per_split, BLOCK_N)
     s_lse = tl.load(s_lse_ptr + rows, mask=row_mask, other=0.0)
     t_lse = tl.load(t_lse_ptr + rows, mask=row_mask, other=0.0)
     div = tl.zeros((BLOCK_N,), dtype=tl.float32)
     aux = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(v_begin, v_end, BLOCK_V):
-        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-        col_mask = cols < v_end
+        cols, col_mask = vocab_block(v0, v_end, BLOCK_V)
         _, zs, zt = student_teacher_logits(
             hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
             rows, cols, row_mask, col_mask, HS, HT, inv_temperature, s_softcap, t_softcap,
@@ -93,19 +89,14 @@ def distill_kl_fwd_kernel(
     """Grid ``(token blocks, vocab splits)``, one pass for forward and reverse KL: per split, both models' online
     max and sum-exp and the cross sum ``sum e^(t - max_t) (t - s)`` (forward) or ``sum e^(s - max_s) (s - t)``
     (``REVERSE``), each ``[splits, N]``; the host merges the splits into the logsumexps and the KL."""
-    split = tl.program_id(1)
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_mask = rows < N
-    v_begin = split * v_per_split
-    v_end = tl.minimum(v_begin + v_per_split, V)
+    split, rows, row_mask, v_begin, v_end = split_program(N, V, v_per_split, BLOCK_N)
     s_max = tl.full((BLOCK_N,), NEG_INIT, dtype=tl.float32)
     t_max = tl.full((BLOCK_N,), NEG_INIT, dtype=tl.float32)
     s_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     t_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     cross = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(v_begin, v_end, BLOCK_V):
-        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-        col_mask = cols < v_end
+        cols, col_mask = vocab_block(v0, v_end, BLOCK_V)
         _, zs, zt = student_teacher_logits(
             hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
             rows, cols, row_mask, col_mask, HS, HT, inv_temperature, s_softcap, t_softcap,
@@ -142,10 +133,7 @@ def distill_grad_store_kernel(
     """Grid ``(token blocks, vocab blocks of [col_start, col_stop))``: the student's logit gradient of
     ``sum_n g_n * divergence_n`` into a row-major ``[N, col_stop - col_start]`` buffer in the input dtype;
     the bias gradient by fp32 atomics."""
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    cols = (col_start + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
-    row_mask = rows < N
-    col_mask = cols < col_stop
+    rows, cols, row_mask, col_mask = tile_program(N, col_start, col_stop, BLOCK_N, BLOCK_V)
     capped, zs, zt = student_teacher_logits(
         hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
         rows, cols, row_mask, col_mask, HS, HT, inv_temperature, s_softcap, t_softcap,

@@ -12,6 +12,7 @@ multiplies it with ``matmul_acc``; ``vocab_stats_bwd`` (the ``atomic`` backward)
 import triton
 import triton.language as tl
 
+from .program_tiles import tile_program
 from .vocab_stats_fwd import linear_tile, softcapped_logits
 
 
@@ -61,10 +62,7 @@ def logit_grad_store_kernel(
 ):
     """Grid ``(token blocks, vocab blocks of [col_start, col_stop))``: ``dz`` of ``N`` tokens into a
     row-major ``[N, col_stop - col_start]`` buffer in the input dtype; bias gradient by fp32 atomics."""
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    cols = (col_start + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
-    row_mask = rows < N
-    col_mask = cols < col_stop
+    rows, cols, row_mask, col_mask = tile_program(N, col_start, col_stop, BLOCK_N, BLOCK_V)
     dz = logit_grad_tile(
         h_ptr, w_ptr, b_ptr, ids_ptr, lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
         rows, cols, row_mask, col_mask, H, K, inv_temperature, softcap,

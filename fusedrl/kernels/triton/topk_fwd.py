@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 
 from .topk_sort import bitonic_merge, bitonic_sort
-from .vocab_stats_fwd import linear_tile, softcapped_logits
+from .program_tiles import split_program, vocab_block
+from .vocab_stats_fwd import NEG_INIT, linear_tile, online_softmax_step, softcapped_logits
 
-NEG_LOGIT = tl.constexpr(-1.0e30)  # compiled kernels read only constexpr globals
 MIN_KEY = tl.constexpr(-(2**63))
 
 
@@ -45,27 +45,19 @@ def linear_topk_fwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, K_PAD: tl.constexpr,
     LOG_BLOCK_V: tl.constexpr, LOG_K_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    v_begin = split * v_per_split
-    v_end = tl.minimum(v_begin + v_per_split, V)
+    split, rows, row_mask, v_begin, v_end = split_program(N, V, v_per_split, BLOCK_N)
 
-    run_max = tl.full((BLOCK_N,), NEG_LOGIT, dtype=tl.float32)
+    run_max = tl.full((BLOCK_N,), NEG_INIT, dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_keys = tl.full((BLOCK_N, K_PAD), MIN_KEY, dtype=tl.int64)
     for v0 in range(v_begin, v_end, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        col_mask = cols < v_end
+        cols, col_mask = vocab_block(v0, v_end, BLOCK_V)
         acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
                           BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
         _, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap, HAS_BIAS, HAS_SOFTCAP)
 
-        z_live = tl.where(col_mask[None, :], z, NEG_LOGIT)
-        new_max = tl.maximum(run_max, tl.max(z_live, axis=1))
-        e = tl.where(col_mask[None, :], tl.exp(z_live - new_max[:, None]), 0.0)
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(e, axis=1)
+        new_max, e, scale = online_softmax_step(run_max, z, col_mask)
+        run_sum = run_sum * scale + tl.sum(e, axis=1)
         run_max = new_max
 
         keys = tl.where(col_mask[None, :], sortable_keys(z, cols[None, :]), MIN_KEY)
@@ -78,4 +70,4 @@ def linear_topk_fwd_kernel(
     tl.store(max_ptr + out, run_max, mask=row_mask)
     tl.store(sumexp_ptr + out, run_sum, mask=row_mask)
     slots = tl.arange(0, K_PAD)
-    tl.store(keys_ptr + out.to(tl.int64)[:, None] * K_PAD + slots[None, :], run_keys, mask=row_mask[:, None])
+    tl.store(keys_ptr + out[:, None] * K_PAD + slots[None, :], run_keys, mask=row_mask[:, None])

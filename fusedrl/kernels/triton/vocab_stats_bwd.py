@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .logit_grad import logit_grad_tile
+from .program_tiles import tile_program
 from .vocab_stats_fwd import tile_dot
 
 
@@ -27,10 +28,7 @@ def vocab_stats_bwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    cols = (tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
-    row_mask = rows < N
-    col_mask = cols < V
+    rows, cols, row_mask, col_mask = tile_program(N, 0, V, BLOCK_N, BLOCK_V)
     dz = logit_grad_tile(
         h_ptr, w_ptr, b_ptr, ids_ptr, lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
         rows, cols, row_mask, col_mask, H, K, inv_temperature, softcap,

@@ -13,6 +13,8 @@ running max), so entropy keeps full precision for logits of magnitude 1e4.
 import triton
 import triton.language as tl
 
+from .program_tiles import split_program, vocab_block
+
 NEG_INIT = tl.constexpr(-1.0e30)  # compiled kernels read only constexpr globals
 
 
@@ -74,12 +76,7 @@ def vocab_stats_fwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_mask = rows < N
-    v_begin = split * v_per_split
-    v_end = tl.minimum(v_begin + v_per_split, V)
+    split, rows, row_mask, v_begin, v_end = split_program(N, V, v_per_split, BLOCK_N)
 
     run_max = tl.full((BLOCK_N,), NEG_INIT, dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -87,8 +84,7 @@ def vocab_stats_fwd_kernel(
     run_logit_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_sq_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(v_begin, v_end, BLOCK_V):
-        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-        col_mask = cols < v_end
+        cols, col_mask = vocab_block(v0, v_end, BLOCK_V)
         acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
                           BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
         _, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap, HAS_BIAS, HAS_SOFTCAP)
