@@ -20,8 +20,8 @@ splits (``topk_launch``).
 import triton
 import triton.language as tl
 
-from .topk_sort import bitonic_merge, bitonic_sort
 from .program_tiles import split_program, vocab_block
+from .topk_sort import bitonic_merge, bitonic_sort
 from .vocab_stats_fwd import NEG_INIT, linear_tile, online_softmax_step, softcapped_logits
 
 MIN_KEY = tl.constexpr(-(2**63))
