@@ -13,7 +13,7 @@ import fusedrl
 from ..kernels.dispatch import resolve_backend
 from .distributed import pick_device
 
-PACKAGES = ("torch", "triton", "transformers", "peft", "accelerate", "datasets", "safetensors", "tensorboard",
+PACKAGES = ("triton", "transformers", "peft", "accelerate", "datasets", "safetensors", "tensorboard",
             "wandb", "liger-kernel", "cut-cross-entropy")
 
 
@@ -47,6 +47,7 @@ def environment_report() -> dict[str, str]:
         "fusedrl": fusedrl.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "torch": torch.__version__,  # with its build tag (2.11.0+cu130), which the distribution's version lacks
         **{name: package_version(name) for name in PACKAGES},
         "torch cuda": torch.version.cuda or "none (CPU build)",
         "devices": _devices(),
