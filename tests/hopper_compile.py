@@ -54,18 +54,22 @@ def main() -> None:
         cfg = tile_config(dtype, interpreting=False)
         base = dict(HAS_BIAS=True, HAS_SOFTCAP=True, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v,
                     BLOCK_H=cfg.block_h, DOT_PRECISION=dot_precision(dtype, interpreting=False))
-        inputs = {"h_ptr": name, "w_ptr": name, "b_ptr": name, "ids_ptr": "i64"}
-        fwd = compile_for_hopper(vocab_stats_fwd_kernel, {**inputs, **{p: "fp32" for p in FWD_OUTPUTS}}, base, cfg)
-        print(json.dumps({"kernel": f"fwd-{name}", **fwd}), flush=True)
-        for need_weight in (True, False):
-            consts = dict(base, HAS_COEF_C=True, HAS_LOGIT_SUM_GRAD=True, NEED_DH=True, NEED_DW=need_weight,
-                          NEED_DB=need_weight)
-            bwd = compile_for_hopper(vocab_stats_bwd_kernel, {**inputs, **{p: "fp32" for p in BWD_FP32}}, consts, cfg)
-            print(json.dumps({"kernel": f"bwd-{name}-dw{int(need_weight)}", **bwd}), flush=True)
-        consts = dict(base, HAS_COEF_C=True, HAS_LOGIT_SUM_GRAD=True, NEED_DB=True)
-        pointers = {**inputs, **{p: "fp32" for p in BWD_FP32}, "dz_ptr": name}
-        store = compile_for_hopper(logit_grad_store_kernel, pointers, consts, cfg)
-        print(json.dumps({"kernel": f"dz-{name}", **store}), flush=True)
+        inputs = {"h_ptr": name, "row_map_ptr": "i64", "w_ptr": name, "b_ptr": name, "ids_ptr": "i64"}
+        for row_map, suffix in ((False, ""), (True, "-rowmap")):
+            consts = dict(base, HAS_ROW_MAP=row_map)
+            fwd = compile_for_hopper(vocab_stats_fwd_kernel, {**inputs, **{p: "fp32" for p in FWD_OUTPUTS}}, consts,
+                                     cfg)
+            print(json.dumps({"kernel": f"fwd-{name}{suffix}", **fwd}), flush=True)
+            for need_weight in (True, False):
+                consts = dict(base, HAS_ROW_MAP=row_map, HAS_COEF_C=True, HAS_LOGIT_SUM_GRAD=True, NEED_DH=True,
+                              NEED_DW=need_weight, NEED_DB=need_weight)
+                bwd = compile_for_hopper(vocab_stats_bwd_kernel, {**inputs, **{p: "fp32" for p in BWD_FP32}}, consts,
+                                         cfg)
+                print(json.dumps({"kernel": f"bwd-{name}-dw{int(need_weight)}{suffix}", **bwd}), flush=True)
+            consts = dict(base, HAS_ROW_MAP=row_map, HAS_COEF_C=True, HAS_LOGIT_SUM_GRAD=True, NEED_DB=True)
+            pointers = {**inputs, **{p: "fp32" for p in BWD_FP32}, "dz_ptr": name}
+            store = compile_for_hopper(logit_grad_store_kernel, pointers, consts, cfg)
+            print(json.dumps({"kernel": f"dz-{name}{suffix}", **store}), flush=True)
         models = {f"{side}{kind}_ptr": name for side in "wbh" for kind in "st"}
         consts = dict(S_HAS_BIAS=True, S_HAS_SOFTCAP=True, T_HAS_BIAS=True, T_HAS_SOFTCAP=True,
                       BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
@@ -80,11 +84,13 @@ def main() -> None:
                                    dict(consts, DIVERGENCE=2, NEED_DB=True), cfg)
         print(json.dumps({"kernel": f"distill-dz-{name}", **store}), flush=True)
         mm_cfg = matmul_config(dtype, interpreting=False)
-        for product, unit_stride in (("dh", "stride_ak"), ("dw", "stride_am")):
+        for product, unit_stride, gather in (("dh", "stride_ak", False), ("dw", "stride_am", False),
+                                             ("dw-rowmap", "stride_am", True)):
             consts = dict(BLOCK_M=mm_cfg.block_m, BLOCK_N=mm_cfg.block_n, BLOCK_K=mm_cfg.block_k,
-                          GROUP_M=mm_cfg.group_m, DOT_PRECISION=dot_precision(dtype, interpreting=False),
+                          GROUP_M=mm_cfg.group_m, GATHER_B_ROWS=gather,
+                          DOT_PRECISION=dot_precision(dtype, interpreting=False),
                           stride_bn=1, stride_cn=1, **{unit_stride: 1})
-            pointers = {"a_ptr": name, "b_ptr": name, "c_ptr": "fp32"}
+            pointers = {"a_ptr": name, "b_ptr": name, "b_rows_ptr": "i64", "c_ptr": "fp32"}
             mm = compile_for_hopper(matmul_acc_kernel, pointers, consts, mm_cfg)
             print(json.dumps({"kernel": f"matmul-{product}-{name}", **mm}), flush=True)
         for k_pad in (16, 256):

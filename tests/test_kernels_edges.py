@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import FUSED_BACKENDS, assert_close, device, skip_unless_backend_runs
 from fusedrl.kernels import chunked, linear_cross_entropy, linear_logprobs
 from fusedrl.kernels.dispatch import resolve_backend
-from test_kernels_parity import fp32_leaves, make_inputs
+from test_kernels_parity import PARITY_BACKENDS, fp32_leaves, grads_of, make_inputs, select_backend
 
 ALL_BACKENDS = FUSED_BACKENDS + ["eager"]
 
@@ -109,12 +109,17 @@ def test_non_contiguous_inputs(backend):
     torch.testing.assert_close(grads[1], base_w.grad, atol=1e-5, rtol=1e-4)
 
 
+def _backend_module(backend):
+    """The module implementing a fused backend's ``forward_stats`` and ``backward_stats``."""
+    if backend == "triton":
+        from fusedrl.kernels.triton import launch
+        return launch
+    return chunked
+
+
 def _spy_backward(monkeypatch, backend):
     """Record the (need_hidden, need_weight, need_bias) flags the backend's backward receives."""
-    if backend == "triton":
-        from fusedrl.kernels.triton import launch as module
-    else:
-        module = chunked
+    module = _backend_module(backend)
     calls = []
     original = module.backward_stats
 
@@ -147,6 +152,41 @@ def test_frozen_hidden_skips_hidden_gradient(backend, monkeypatch):
     hidden, weight, _, ids = make_inputs(torch.float32)
     linear_cross_entropy(hidden.detach(), weight, ids, backend=backend).backward()
     assert calls == [(False, True, False)]
+
+
+@pytest.mark.parametrize("backend", PARITY_BACKENDS)
+def test_tokens_with_every_id_ignored_are_never_computed(backend, monkeypatch):
+    """Prompt and padding tokens cost no lm_head work: the backend computes only the tokens with an id kept (one
+    of K ids is enough), reading their hidden rows in place; every statistic and hidden-gradient row of a skipped
+    token is 0, as the eager reference gives, and the kept tokens' values and gradients match it."""
+    name = select_backend(backend, monkeypatch)
+    module = _backend_module(name)
+    computed = []
+    original = module.forward_stats
+
+    def spy(problem, chunk_size=None):
+        computed.append(problem.num_tokens)
+        return original(problem, chunk_size)
+
+    monkeypatch.setattr(module, "forward_stats", spy)
+    hidden, weight, bias, ids = make_inputs(torch.float32, lead=(5, 7), k=2, bias=True, ignore_frac=0.0)
+    ids[:, :3] = -100
+    ids[:, 3, 0] = -100
+    ids[4, 6, :] = -100
+    skipped = (ids == -100).all(-1)
+    upstream = [torch.randn(ids.shape, device=ids.device)] + [torch.randn(5, 7, device=ids.device) for _ in range(3)]
+    results = []
+    for be in (name, "eager"):
+        out = linear_logprobs(hidden, weight, ids, bias=bias, softcap=3.0, return_entropy=True, return_lse=True,
+                              return_log_sum_p_sq=True, backend=be)
+        results.append((out, grads_of(out, (hidden, weight, bias), upstream)))
+    assert computed == [35 - 16]
+    (got, got_grads), (want, want_grads) = results
+    for got_stat, want_stat in zip(got[1:], want[1:]):
+        assert torch.all(got_stat[skipped] == 0) and torch.all(want_stat[skipped] == 0)
+    assert torch.all(got_grads[0][skipped] == 0)
+    for got_t, want_t in zip((*got, *got_grads), (*want, *want_grads)):
+        torch.testing.assert_close(got_t, want_t, atol=1e-5, rtol=1e-4)
 
 
 class LargestTensor(TorchDispatchMode):

@@ -30,7 +30,9 @@ def test_vocab_stats_kernels_compile_for_sm90():
     dtypes = ("fp32", "bf16")
     expected = ({f"{kind}-{t}" for kind in ("fwd", "dz", "matmul-dh", "matmul-dw", "distill-kl", "distill-jsd",
                                             "distill-dz") for t in dtypes}
-                | {f"bwd-{t}-dw{w}" for t in dtypes for w in (0, 1)}
+                | {f"{kind}-{t}-rowmap" for kind in ("fwd", "dz") for t in dtypes}
+                | {f"matmul-dw-rowmap-{t}" for t in dtypes}
+                | {f"bwd-{t}-dw{w}{rowmap}" for t in dtypes for w in (0, 1) for rowmap in ("", "-rowmap")}
                 | {f"topk-{t}-k{k}" for t in dtypes for k in (16, 256)})
     assert {k["kernel"] for k in kernels} == expected
     assert all(k["shared"] <= HOPPER_SHARED_MEMORY for k in kernels), kernels

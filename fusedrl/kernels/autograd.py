@@ -1,8 +1,8 @@
 """The autograd function shared by the fused backends (triton and chunked torch).
 
-Forward saves only hidden, weight, bias, ids, lse and entropy; backward folds the
-upstream gradients of (logp, lse, entropy, logit_sum) into per-token coefficients
-and lets the backend recompute logits block by block.
+Forward saves only hidden, weight, bias, ids (and the token rows, when tokens were skipped), lse and
+entropy; backward folds the upstream gradients of (logp, lse, entropy, logit_sum) into per-token
+coefficients and lets the backend recompute logits block by block.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from .stats import LinearVocabProblem, StatsGrad, VocabStats
 
 class _FusedVocabStats(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, temperature, softcap, backend_module, chunk_size):
-        problem = LinearVocabProblem(hidden, weight, bias, ids, temperature, softcap)
+    def forward(ctx, hidden, weight, bias, ids, token_rows, temperature, softcap, backend_module, chunk_size):
+        problem = LinearVocabProblem(hidden, weight, bias, ids, temperature, softcap, token_rows)
         raw = backend_module.forward_stats(problem, chunk_size)
         valid = ids >= 0
         logp = torch.where(valid, raw.target_logits - raw.lse[:, None], 0.0)
-        ctx.save_for_backward(hidden, weight, bias, ids, raw.lse, raw.entropy)
+        ctx.save_for_backward(hidden, weight, bias, ids, token_rows, raw.lse, raw.entropy)
         ctx.temperature, ctx.softcap = temperature, softcap
         ctx.backend_module, ctx.chunk_size = backend_module, chunk_size
         max_logp = raw.max_logit - raw.lse
@@ -30,10 +30,10 @@ class _FusedVocabStats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_logp, g_lse, g_entropy, g_logit_sum, _g_max_logp, _g_log_sum_p_sq):
-        hidden, weight, bias, ids, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, ids, token_rows, lse, entropy = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if not (need_h or need_w or need_b):
-            return (None,) * 8
+            return (None,) * 9
         valid = ids >= 0
         g_target = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
         if g_logp is not None:
@@ -51,22 +51,24 @@ class _FusedVocabStats(torch.autograd.Function):
             None if coef_c is None else coef_c.contiguous(),
             None if g_logit_sum is None else g_logit_sum.float().contiguous(),
         )
-        problem = LinearVocabProblem(hidden, weight, bias, ids, ctx.temperature, ctx.softcap)
+        problem = LinearVocabProblem(hidden, weight, bias, ids, ctx.temperature, ctx.softcap, token_rows)
         d_h, d_w, d_b = ctx.backend_module.backward_stats(problem, lse, grad, need_h, need_w, need_b, ctx.chunk_size)
         d_w = None if d_w is None else d_w.to(weight.dtype)
         d_b = None if d_b is None else d_b.to(bias.dtype)
-        return d_h, d_w, d_b, None, None, None, None, None
+        return d_h, d_w, d_b, None, None, None, None, None, None
 
 
 def fused_vocab_stats(
     problem: LinearVocabProblem, backend_module: ModuleType, chunk_size: int | None
 ) -> VocabStats:
-    """Differentiable ``VocabStats`` computed by ``backend_module`` without a ``[N, V]`` tensor."""
+    """Differentiable ``VocabStats`` ``[M]`` of the problem's M tokens, computed by ``backend_module`` without a
+    ``[N, V]`` tensor."""
     outs = _FusedVocabStats.apply(
         problem.hidden,
         problem.weight,
         problem.bias,
         problem.ids,
+        problem.token_rows,
         problem.temperature,
         problem.softcap,
         backend_module,

@@ -25,7 +25,7 @@ def chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int
 
     Without softcap the logits buffer becomes ``z`` in place, so one ``[chunk, V]`` tensor is alive.
     """
-    logits = problem.hidden[start:stop].float() @ weight32.T
+    logits = problem.token_hidden(start, stop).float() @ weight32.T
     if problem.bias is not None:
         logits += problem.bias.float()
     if problem.softcap is None:
@@ -37,11 +37,11 @@ def chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int
 
 
 def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
-    """Target logits, lse, entropy, logit sums, max logits and ``log sum p**2`` of every token, a token chunk
-    at a time."""
-    hidden, weight, ids = problem.hidden, problem.weight, problem.ids
-    n, vocab = hidden.shape[0], weight.shape[0]
-    dev = hidden.device
+    """Target logits, lse, entropy, logit sums, max logits and ``log sum p**2`` of every token computed (``[M]``),
+    a token chunk at a time."""
+    weight, ids = problem.weight, problem.ids
+    n, vocab = problem.num_tokens, weight.shape[0]
+    dev = weight.device
     target = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
     lse = torch.empty(n, dtype=torch.float32, device=dev)
     entropy = torch.empty_like(lse)
@@ -76,10 +76,10 @@ def backward_stats(
     chunk_size: int | None = None,
 ):
     """Gradients (hidden, weight fp32, bias fp32) from recomputed logits; None where not needed."""
-    hidden, weight, ids = problem.hidden, problem.weight, problem.ids
-    n, vocab = hidden.shape[0], weight.shape[0]
+    weight, ids = problem.weight, problem.ids
+    n, vocab = problem.num_tokens, weight.shape[0]
     weight32 = weight.float()
-    grads = gradient_buffers(hidden, weight, need_hidden, need_weight, need_bias)
+    grads = gradient_buffers(problem, need_hidden, need_weight, need_bias)
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
@@ -96,19 +96,19 @@ def backward_stats(
         if softcap_grad is not None:
             dz *= softcap_grad
         dz /= problem.temperature
-        accumulate_logit_grad(dz, hidden, weight32, start, stop, grads)
+        accumulate_logit_grad(dz, problem, weight32, start, stop, grads)
     return grads
 
 
-def accumulate_logit_grad(dz: torch.Tensor, hidden: torch.Tensor, weight32: torch.Tensor, start: int, stop: int,
-                          grads: tuple) -> None:
-    """Add the logit gradient ``dz [stop - start, V]`` (fp32) of tokens ``[start, stop)`` into ``grads`` (from
-    ``gradient_buffers``): ``dz @ W`` into the hidden rows, ``dz.T @ h`` into the weight, ``dz``'s column sums
-    into the bias."""
+def accumulate_logit_grad(dz: torch.Tensor, problem: LinearVocabProblem, weight32: torch.Tensor, start: int,
+                          stop: int, grads: tuple) -> None:
+    """Add the logit gradient ``dz [stop - start, V]`` (fp32) of tokens ``[start, stop)`` of ``problem`` into
+    ``grads`` (from ``gradient_buffers``): ``dz @ W`` into their hidden rows, ``dz.T @ h`` into the weight,
+    ``dz``'s column sums into the bias."""
     d_hidden, d_weight, d_bias = grads
     if d_hidden is not None:
-        d_hidden[start:stop] = (dz @ weight32).to(hidden.dtype)
+        problem.store_token_rows(d_hidden, start, stop, (dz @ weight32).to(d_hidden.dtype))
     if d_weight is not None:
-        d_weight.addmm_(dz.T, hidden[start:stop].float())
+        d_weight.addmm_(dz.T, problem.token_hidden(start, stop).float())
     if d_bias is not None:
         d_bias += dz.sum(0)

@@ -80,8 +80,20 @@ def prepare_problem(
 
 
 def vocab_stats(problem: LinearVocabProblem, backend: str, chunk_size: int | None = None) -> VocabStats:
-    """Per-token ``VocabStats`` of a prepared problem through the named backend (see ``resolve_backend``)."""
+    """Per-token ``VocabStats`` ``[N]`` of a prepared problem through the named backend (see ``resolve_backend``).
+
+    A token whose ids are all ignored gets 0 for every statistic, and the fused backends never compute its
+    logits: prompt and padding tokens cost no lm_head work, forward or backward (the kernels read the kept
+    tokens' hidden rows in place; only ``[tokens]``-sized tensors are gathered and scattered)."""
     name = resolve_backend(backend, problem.hidden.device)
     if name == "eager":
-        return eager_vocab_stats(*problem)
-    return fused_vocab_stats(problem, _backend_module(name), chunk_size)
+        return eager_vocab_stats(problem.hidden, problem.weight, problem.bias, problem.ids, problem.temperature,
+                                 problem.softcap)
+    backend_module = _backend_module(name)
+    rows = (problem.ids >= 0).any(dim=1).nonzero().squeeze(1)
+    n = problem.ids.shape[0]
+    if rows.numel() == n:
+        return fused_vocab_stats(problem, backend_module, chunk_size)
+    kept = problem._replace(ids=problem.ids.index_select(0, rows), token_rows=rows)
+    stats = fused_vocab_stats(kept, backend_module, chunk_size)
+    return VocabStats(*(stat.new_zeros((n, *stat.shape[1:])).index_copy(0, rows, stat) for stat in stats))

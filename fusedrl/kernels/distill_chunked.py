@@ -100,7 +100,7 @@ def distill_backward(problem: DistillProblem, forward: DistillForward, grad: tor
     hidden, weight = student.hidden, student.weight
     n, vocab = hidden.shape[0], weight.shape[0]
     student_w32, teacher_w32 = weight.float(), teacher.weight.float()
-    grads = gradient_buffers(hidden, weight, need_hidden, need_weight, need_bias)
+    grads = gradient_buffers(student, need_hidden, need_weight, need_bias)
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
@@ -112,5 +112,5 @@ def distill_backward(problem: DistillProblem, forward: DistillForward, grad: tor
         dz *= grad[start:stop, None] / student.temperature
         if softcap_grad is not None:
             dz *= softcap_grad
-        accumulate_logit_grad(dz, hidden, student_w32, start, stop, grads)
+        accumulate_logit_grad(dz, student, student_w32, start, stop, grads)
     return grads

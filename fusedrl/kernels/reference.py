@@ -17,7 +17,8 @@ def eager_vocab_stats(
     temperature: float,
     softcap: float | None,
 ) -> VocabStats:
-    """Statistics from full fp32 logits; hidden ``[N, H]``, weight ``[V, H]``, ids ``[N, K]`` (-1 = ignored)."""
+    """Statistics from full fp32 logits; hidden ``[N, H]``, weight ``[V, H]``, ids ``[N, K]`` (-1 = ignored).
+    Every statistic of a token whose ids are all ignored is 0, as the fused backends give (they skip it)."""
     logits = hidden.float() @ weight.float().T
     if bias is not None:
         logits = logits + bias.float()
@@ -29,4 +30,6 @@ def eager_vocab_stats(
     entropy = -(logsm.exp() * logsm).sum(-1)
     max_logp = logsm.max(-1).values.detach()
     log_sum_p_sq = torch.logsumexp(2.0 * logsm, dim=-1).detach()
-    return VocabStats(logp, lse, entropy, z.sum(-1), max_logp, log_sum_p_sq)
+    kept = valid.any(dim=1)
+    per_token = (torch.where(kept, stat, 0.0) for stat in (lse, entropy, z.sum(-1), max_logp, log_sum_p_sq))
+    return VocabStats(logp, *per_token)

@@ -13,6 +13,8 @@ the hidden gradient is accumulated one token chunk at a time (at most
   the outputs with fp32 atomics (no ``dz`` buffer, but ``N·V·H·(1/BLOCK_N + 1/BLOCK_V)`` atomic adds).
 
 ``FUSEDRL_TRITON_BACKWARD`` selects the strategy (read at every call, so benchmarks can compare).
+When the problem keeps only some tokens (``token_rows``), the kernels read those hidden rows in place and each
+chunk's hidden gradient is scattered back to them.
 """
 from __future__ import annotations
 
@@ -70,6 +72,17 @@ def chunk_plan(n: int, vocab: int, hidden: int, dtype: torch.dtype, cfg: TileCon
     return ChunkPlan(tokens, min(_round_up(vocab, cfg.block_v), _round_down(DZ_CHUNK_BYTES // per_row, cfg.block_v)))
 
 
+def row_map_arg(problem: LinearVocabProblem, start: int, stop: int) -> torch.Tensor:
+    """The kernels' ``row_map_ptr`` for tokens ``[start, stop)``: their hidden rows, or (no row map) a dummy."""
+    return problem.ids if problem.token_rows is None else problem.token_rows[start:stop]
+
+
+def chunk_hidden_arg(problem: LinearVocabProblem, start: int, stop: int) -> torch.Tensor:
+    """The kernels' ``h_ptr`` for tokens ``[start, stop)``: the whole hidden (read through the row map) or the
+    chunk's rows."""
+    return problem.hidden if problem.token_rows is not None else problem.hidden[start:stop]
+
+
 class _Launch(NamedTuple):
     """Everything a logit-gradient kernel needs besides its token range."""
 
@@ -83,7 +96,8 @@ class _Launch(NamedTuple):
         p, g = self.problem, self.grad
         dummy = g.coef_a
         return [
-            p.hidden[start:stop], p.weight, p.bias if p.bias is not None else p.hidden, p.ids[start:stop],
+            chunk_hidden_arg(p, start, stop), row_map_arg(p, start, stop), p.weight,
+            p.bias if p.bias is not None else p.hidden, p.ids[start:stop],
             self.lse[start:stop], g.target[start:stop], g.coef_a[start:stop],
             (g.coef_c if g.coef_c is not None else dummy)[start:stop],
             (g.logit_sum if g.logit_sum is not None else dummy)[start:stop],
@@ -93,34 +107,39 @@ class _Launch(NamedTuple):
         """Constexpr flags and launch options shared by the logit-gradient kernels."""
         p, cfg = self.problem, self.cfg
         return dict(
-            HAS_BIAS=p.bias is not None, HAS_SOFTCAP=p.softcap is not None,
+            HAS_BIAS=p.bias is not None, HAS_SOFTCAP=p.softcap is not None, HAS_ROW_MAP=p.token_rows is not None,
             HAS_COEF_C=self.grad.coef_c is not None, HAS_LOGIT_SUM_GRAD=self.grad.logit_sum is not None,
             BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
             DOT_PRECISION=dot_precision(p.hidden.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
 
-def matmul_accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cfg: MatmulConfig) -> None:
-    """``out += a @ b`` with fp32 accumulation into the fp32 ``out`` ``[M, N]``; ``a`` ``[M, K]``, ``b`` ``[K, N]``."""
+def matmul_accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cfg: MatmulConfig,
+                      b_rows: torch.Tensor | None = None) -> None:
+    """``out += a @ B`` with fp32 accumulation into the fp32 ``out`` ``[M, N]``; ``a`` ``[M, K]``; ``B`` is ``b``
+    ``[K, N]``, or with ``b_rows`` ``[K]`` (int64) the rows ``b[b_rows]`` of a taller ``b``, read in place."""
     (m, k), n = a.shape, b.shape[1]
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     matmul_acc_kernel[grid](
-        a, b, out, m, n, k,
+        a, b, b_rows if b_rows is not None else out, out, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        DOT_PRECISION=dot_precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        GATHER_B_ROWS=b_rows is not None, DOT_PRECISION=dot_precision(a.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
 
-def split_vocab_chunks(hidden: torch.Tensor, weight: torch.Tensor, start: int, stop: int, plan: ChunkPlan,
+def split_vocab_chunks(problem: LinearVocabProblem, start: int, stop: int, plan: ChunkPlan,
                        d_hidden32: torch.Tensor | None, d_weight: torch.Tensor | None, dz_buffer: torch.Tensor,
                        write_dz: Callable[[int, int, torch.Tensor], None]) -> None:
-    """``split`` strategy for tokens ``[start, stop)`` of ``hidden [N, H]``: per vocab chunk ``[c0, c1)``,
+    """``split`` strategy for tokens ``[start, stop)`` of ``problem``: per vocab chunk ``[c0, c1)``,
     ``write_dz(c0, c1, dz)`` fills ``dz [rows, c1 - c0]`` (a view of ``dz_buffer``), then two GEMMs add
-    ``dz @ weight[c0:c1]`` into ``d_hidden32`` and ``dz.T @ hidden[start:stop]`` into ``d_weight``."""
+    ``dz @ weight[c0:c1]`` into ``d_hidden32`` and ``dz.T @ h`` (the tokens' hidden rows) into ``d_weight``."""
+    hidden, weight = problem.hidden, problem.weight
     vocab = weight.shape[0]
     rows = stop - start
     mm_cfg = matmul_config(hidden.dtype)
+    b_rows = None if problem.token_rows is None else problem.token_rows[start:stop]
     for col_start in range(0, vocab, plan.vocab):
         col_stop = min(vocab, col_start + plan.vocab)
         dz = dz_buffer[: rows * (col_stop - col_start)].view(rows, col_stop - col_start)
@@ -128,7 +147,8 @@ def split_vocab_chunks(hidden: torch.Tensor, weight: torch.Tensor, start: int, s
         if d_hidden32 is not None:
             matmul_accumulate(d_hidden32[:rows], dz, weight[col_start:col_stop], mm_cfg)
         if d_weight is not None:
-            matmul_accumulate(d_weight[col_start:col_stop], dz.T, hidden[start:stop], mm_cfg)
+            matmul_accumulate(d_weight[col_start:col_stop], dz.T, chunk_hidden_arg(problem, start, stop), mm_cfg,
+                              b_rows)
 
 
 def _split_chunk(launch: _Launch, start: int, stop: int, plan: ChunkPlan,
@@ -149,7 +169,7 @@ def _split_chunk(launch: _Launch, start: int, stop: int, plan: ChunkPlan,
             NEED_DB=d_bias is not None, **launch.options(),
         )
 
-    split_vocab_chunks(p.hidden, p.weight, start, stop, plan, d_hidden32, d_weight, dz_buffer, write_dz)
+    split_vocab_chunks(p, start, stop, plan, d_hidden32, d_weight, dz_buffer, write_dz)
 
 
 def _atomic_chunk(launch: _Launch, start: int, stop: int,
@@ -172,15 +192,17 @@ def _atomic_chunk(launch: _Launch, start: int, stop: int,
     )
 
 
-def token_chunked_gradients(hidden: torch.Tensor, weight: torch.Tensor, need_hidden: bool, need_weight: bool,
-                            need_bias: bool, chunk_size: int | None, with_dz_buffer: bool, accumulate: Callable):
+def token_chunked_gradients(problem: LinearVocabProblem, need_hidden: bool, need_weight: bool, need_bias: bool,
+                            chunk_size: int | None, with_dz_buffer: bool, accumulate: Callable):
     """The host loop both backwards share: allocate the gradients (hidden ``[N, H]`` in its dtype, weight
-    ``[V, H]`` and bias ``[V]`` fp32; None where not needed), then per token chunk ``[start, stop)`` call
-    ``accumulate(start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer)`` with a zeroed fp32 hidden-gradient
-    slice and copy it out. ``chunk_size`` (tokens per chunk) overrides the memory-budget plan."""
-    (n, h), vocab = hidden.shape, weight.shape[0]
+    ``[V, H]`` and bias ``[V]`` fp32; None where not needed), then per chunk ``[start, stop)`` of the problem's
+    tokens call ``accumulate(start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer)`` with a zeroed fp32
+    hidden-gradient slice and copy it out to the tokens' rows. ``chunk_size`` (tokens per chunk) overrides the
+    memory-budget plan."""
+    hidden, weight = problem.hidden, problem.weight
+    n, h, vocab = problem.num_tokens, hidden.shape[1], weight.shape[0]
     dev = hidden.device
-    d_hidden, d_weight, d_bias = gradient_buffers(hidden, weight, need_hidden, need_weight, need_bias)
+    d_hidden, d_weight, d_bias = gradient_buffers(problem, need_hidden, need_weight, need_bias)
     if n == 0:
         return d_hidden, d_weight, d_bias
     plan = chunk_plan(n, vocab, h, hidden.dtype, tile_config(hidden.dtype))
@@ -196,7 +218,7 @@ def token_chunked_gradients(hidden: torch.Tensor, weight: torch.Tensor, need_hid
             d_hidden32.zero_()
         accumulate(start, stop, plan, d_hidden32, d_weight, d_bias, dz_buffer)
         if d_hidden is not None:
-            d_hidden[start:stop] = d_hidden32[: stop - start]
+            problem.store_token_rows(d_hidden, start, stop, d_hidden32[: stop - start])
     return d_hidden, d_weight, d_bias
 
 
@@ -220,5 +242,5 @@ def backward_stats(
         else:
             _atomic_chunk(launch, start, stop, d_hidden32, d_weight, d_bias)
 
-    return token_chunked_gradients(problem.hidden, problem.weight, need_hidden, need_weight, need_bias, chunk_size,
-                                   strategy == "split", accumulate)
+    return token_chunked_gradients(problem, need_hidden, need_weight, need_bias, chunk_size, strategy == "split",
+                                   accumulate)

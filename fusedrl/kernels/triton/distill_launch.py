@@ -128,8 +128,6 @@ def distill_backward(problem: DistillProblem, forward: DistillForward, grad: tor
                 DIVERGENCE=DIVERGENCES.index(problem.divergence), **_flags(problem),
             )
 
-        split_vocab_chunks(student.hidden, student.weight, start, stop, plan, d_hidden32, d_weight, dz_buffer,
-                           write_dz)
+        split_vocab_chunks(student, start, stop, plan, d_hidden32, d_weight, dz_buffer, write_dz)
 
-    return token_chunked_gradients(student.hidden, student.weight, need_hidden, need_weight, need_bias, chunk_size,
-                                   True, accumulate)
+    return token_chunked_gradients(student, need_hidden, need_weight, need_bias, chunk_size, True, accumulate)

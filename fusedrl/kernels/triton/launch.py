@@ -9,7 +9,7 @@ import torch
 import triton
 
 from ..stats import ForwardStats, LinearVocabProblem
-from .backward_launch import backward_stats
+from .backward_launch import backward_stats, row_map_arg
 from .launch_config import dot_precision, interpreter_active, scalar_args, tile_config
 from .vocab_stats_fwd import vocab_stats_fwd_kernel
 
@@ -25,10 +25,11 @@ def vocab_splits(n_token_blocks: int, n_vocab_blocks: int, device: torch.device)
 
 
 def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
-    """Target logits ``[N, K]``; lse, entropy, logit_sum, max logit, ``log sum p**2`` ``[N]`` (fp32).
-    ``chunk_size`` is unused here."""
+    """Target logits ``[M, K]``; lse, entropy, logit_sum, max logit, ``log sum p**2`` ``[M]`` (fp32) of the
+    problem's M tokens. ``chunk_size`` is unused here."""
     hidden, weight, ids = problem.hidden, problem.weight, problem.ids
-    (n, h), vocab, k = hidden.shape, weight.shape[0], ids.shape[1]
+    n, h = problem.num_tokens, hidden.shape[1]
+    vocab, k = weight.shape[0], ids.shape[1]
     dev = hidden.device
     target = torch.zeros((n, k), dtype=torch.float32, device=dev)
     if n == 0:
@@ -43,10 +44,11 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     )
     inv_t, softcap = scalar_args(problem)
     vocab_stats_fwd_kernel[(n_blocks, splits)](
-        hidden, weight, problem.bias if problem.bias is not None else hidden, ids,
+        hidden, row_map_arg(problem, 0, n), weight, problem.bias if problem.bias is not None else hidden, ids,
         part_max, part_sum, part_ent, part_logit_sum, part_sq_sum, target,
         n, vocab, h, k, v_per_split, inv_t, softcap,
         HAS_BIAS=problem.bias is not None, HAS_SOFTCAP=problem.softcap is not None,
+        HAS_ROW_MAP=problem.token_rows is not None,
         BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
         DOT_PRECISION=dot_precision(hidden.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

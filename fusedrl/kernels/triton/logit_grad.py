@@ -12,7 +12,7 @@ multiplies it with ``matmul_acc``; ``vocab_stats_bwd`` (the ``atomic`` backward)
 import triton
 import triton.language as tl
 
-from .program_tiles import tile_program
+from .program_tiles import hidden_rows, tile_program
 from .vocab_stats_fwd import linear_tile, softcapped_logits
 
 
@@ -20,15 +20,16 @@ from .vocab_stats_fwd import linear_tile, softcapped_logits
 def logit_grad_tile(
     h_ptr, w_ptr, b_ptr, ids_ptr,
     lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
-    rows, cols, row_mask, col_mask,
+    rows, h_rows, cols, row_mask, col_mask,
     H, K, inv_temperature, softcap,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_COEF_C: tl.constexpr, HAS_LOGIT_SUM_GRAD: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """fp32 ``dL/d(h @ W.T + b)`` of tokens ``rows`` and vocab ids ``cols`` (``[BLOCK_N, BLOCK_V]``)."""
-    acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
+    """fp32 ``dL/d(h @ W.T + b)`` of tokens ``rows`` (hidden rows ``h_rows``) and vocab ids ``cols``
+    (``[BLOCK_N, BLOCK_V]``)."""
+    acc = linear_tile(h_ptr, w_ptr, h_rows, cols, row_mask, col_mask, H, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
     capped, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap, HAS_BIAS, HAS_SOFTCAP)
 
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
@@ -51,11 +52,11 @@ def logit_grad_tile(
 
 @triton.jit
 def logit_grad_store_kernel(
-    h_ptr, w_ptr, b_ptr, ids_ptr,
+    h_ptr, row_map_ptr, w_ptr, b_ptr, ids_ptr,
     lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
     dz_ptr, db_ptr,
     N, col_start, col_stop, H, K, inv_temperature, softcap,
-    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ROW_MAP: tl.constexpr,
     HAS_COEF_C: tl.constexpr, HAS_LOGIT_SUM_GRAD: tl.constexpr, NEED_DB: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -65,7 +66,7 @@ def logit_grad_store_kernel(
     rows, cols, row_mask, col_mask = tile_program(N, col_start, col_stop, BLOCK_N, BLOCK_V)
     dz = logit_grad_tile(
         h_ptr, w_ptr, b_ptr, ids_ptr, lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
-        rows, cols, row_mask, col_mask, H, K, inv_temperature, softcap,
+        rows, hidden_rows(rows, row_mask, row_map_ptr, HAS_ROW_MAP), cols, row_mask, col_mask, H, K, inv_temperature, softcap,
         HAS_BIAS, HAS_SOFTCAP, HAS_COEF_C, HAS_LOGIT_SUM_GRAD, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION,
     )
     if NEED_DB:

@@ -4,7 +4,8 @@ Used by the ``split`` backward to add ``dz @ W`` and ``dz.T @ h`` into fp32 grad
 buffers without an fp32 copy of the operands and without atomics: every program owns
 one ``BLOCK_M x BLOCK_N`` tile of ``C``, loads it, adds its dot products in fp32
 and stores it back. Programs are grouped along M so neighbouring tiles reuse the
-same ``B`` panel from L2. Operands may be any strided views (``dz.T`` is one).
+same ``B`` panel from L2. Operands may be any strided views (``dz.T`` is one). With ``GATHER_B_ROWS``, row
+``k`` of ``B`` is row ``b_rows[k]`` of the ``b`` tensor (the hidden rows of kept tokens, for ``dz.T @ h``).
 """
 import triton
 import triton.language as tl
@@ -14,11 +15,11 @@ from .vocab_stats_fwd import tile_dot
 
 @triton.jit
 def matmul_acc_kernel(
-    a_ptr, b_ptr, c_ptr,
+    a_ptr, b_ptr, b_rows_ptr, c_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    GATHER_B_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -41,7 +42,10 @@ def matmul_acc_kernel(
         k_mask = rk < K
         a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak,
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * stride_bk + rn[None, :] * stride_bn,
+        b_rk = rk
+        if GATHER_B_ROWS:
+            b_rk = tl.load(b_rows_ptr + rk, mask=k_mask, other=0)
+        b = tl.load(b_ptr + b_rk[:, None] * stride_bk + rn[None, :] * stride_bn,
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tile_dot(a, b, acc, DOT_PRECISION)
     tl.store(c_ptrs, acc, mask=c_mask)

@@ -4,7 +4,9 @@
   streamed ``BLOCK_V`` ids at a time;
 - ``(token blocks, vocab blocks)`` (the backward kernels): one ``BLOCK_N x BLOCK_V`` tile.
 
-Indices are int64, so offsets such as ``row * V`` cannot overflow for large ``N x V``.
+Indices are int64, so offsets such as ``row * V`` cannot overflow for large ``N x V``. When the launcher
+skipped tokens (all ids ignored), a program's token indices count the kept tokens, and ``hidden_rows`` maps
+them to the rows of the hidden states they read.
 """
 import triton
 import triton.language as tl
@@ -25,6 +27,16 @@ def vocab_block(v0, v_end, BLOCK_V: tl.constexpr):
     """Vocab ids ``[BLOCK_V]`` from ``v0`` and their mask (``< v_end``): one step of a split's stream."""
     cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
     return cols, cols < v_end
+
+
+@triton.jit
+def hidden_rows(rows, row_mask, row_map_ptr, HAS_ROW_MAP: tl.constexpr):
+    """The hidden-state rows ``[BLOCK_N]`` of tokens ``rows``: ``row_map[rows]`` when the launcher kept only some
+    tokens (``HAS_ROW_MAP``), else ``rows`` themselves."""
+    h_rows = rows
+    if HAS_ROW_MAP:
+        h_rows = tl.load(row_map_ptr + rows, mask=row_mask, other=0)
+    return h_rows
 
 
 @triton.jit

@@ -12,26 +12,27 @@ import triton
 import triton.language as tl
 
 from .logit_grad import logit_grad_tile
-from .program_tiles import tile_program
+from .program_tiles import hidden_rows, tile_program
 from .vocab_stats_fwd import tile_dot
 
 
 @triton.jit
 def vocab_stats_bwd_kernel(
-    h_ptr, w_ptr, b_ptr, ids_ptr,
+    h_ptr, row_map_ptr, w_ptr, b_ptr, ids_ptr,
     lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
     dh_ptr, dw_ptr, db_ptr,
     N, V, H, K, inv_temperature, softcap,
-    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ROW_MAP: tl.constexpr,
     HAS_COEF_C: tl.constexpr, HAS_LOGIT_SUM_GRAD: tl.constexpr,
     NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     rows, cols, row_mask, col_mask = tile_program(N, 0, V, BLOCK_N, BLOCK_V)
+    h_rows = hidden_rows(rows, row_mask, row_map_ptr, HAS_ROW_MAP)
     dz = logit_grad_tile(
         h_ptr, w_ptr, b_ptr, ids_ptr, lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
-        rows, cols, row_mask, col_mask, H, K, inv_temperature, softcap,
+        rows, h_rows, cols, row_mask, col_mask, H, K, inv_temperature, softcap,
         HAS_BIAS, HAS_SOFTCAP, HAS_COEF_C, HAS_LOGIT_SUM_GRAD, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION,
     )
 
@@ -47,7 +48,8 @@ def vocab_stats_bwd_kernel(
             tl.atomic_add(dh_ptr + rows[:, None] * H + hk[None, :], part_h,
                           mask=row_mask[:, None] & h_mask[None, :])
         if NEED_DW:
-            a = tl.load(h_ptr + rows[:, None] * H + hk[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+            a = tl.load(h_ptr + h_rows[:, None] * H + hk[None, :], mask=row_mask[:, None] & h_mask[None, :],
+                        other=0.0)
             part_w = tile_dot(tl.trans(dz_in), a, tl.zeros((BLOCK_V, BLOCK_H), dtype=tl.float32), DOT_PRECISION)
             tl.atomic_add(dw_ptr + cols[:, None] * H + hk[None, :], part_w,
                           mask=col_mask[:, None] & h_mask[None, :])

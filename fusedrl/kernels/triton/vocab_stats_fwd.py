@@ -13,7 +13,7 @@ running max), so entropy keeps full precision for logits of magnitude 1e4.
 import triton
 import triton.language as tl
 
-from .program_tiles import split_program, vocab_block
+from .program_tiles import hidden_rows, split_program, vocab_block
 
 NEG_INIT = tl.constexpr(-1.0e30)  # compiled kernels read only constexpr globals
 
@@ -69,14 +69,15 @@ def online_softmax_step(run_max, z, col_mask):
 
 @triton.jit
 def vocab_stats_fwd_kernel(
-    h_ptr, w_ptr, b_ptr, ids_ptr,
+    h_ptr, row_map_ptr, w_ptr, b_ptr, ids_ptr,
     max_ptr, sumexp_ptr, ent_ptr, logit_sum_ptr, sq_sum_ptr, target_ptr,
     N, V, H, K, v_per_split, inv_temperature, softcap,
-    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ROW_MAP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     split, rows, row_mask, v_begin, v_end = split_program(N, V, v_per_split, BLOCK_N)
+    h_rows = hidden_rows(rows, row_mask, row_map_ptr, HAS_ROW_MAP)
 
     run_max = tl.full((BLOCK_N,), NEG_INIT, dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -85,7 +86,7 @@ def vocab_stats_fwd_kernel(
     run_sq_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for v0 in range(v_begin, v_end, BLOCK_V):
         cols, col_mask = vocab_block(v0, v_end, BLOCK_V)
-        acc = linear_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, H,
+        acc = linear_tile(h_ptr, w_ptr, h_rows, cols, row_mask, col_mask, H,
                           BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION)
         _, z = softcapped_logits(acc, b_ptr, cols, col_mask, inv_temperature, softcap, HAS_BIAS, HAS_SOFTCAP)
 
