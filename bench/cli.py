@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
 from pathlib import Path
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--v", type=_csv(int), help="vocabulary sizes")
     p.add_argument("--dtype", type=_csv(str), help="dtypes: bf16, fp32")
     p.add_argument("--seq", type=int, default=1024, help="tokens per row for custom sweeps (default 1024)")
+    p.add_argument("--prompt-fraction", type=float,
+                   help="ignored share of each row's labels, its prompt (default 0.25; 0: every token has a label, "
+                        "the kernels' efficiency against the roofline)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--warmup", type=int, help="untimed calls before the repeats (default 3 on CUDA, 1 on CPU)")
     p.add_argument("--repeats", type=int, help="timed calls per measure (default 10 on CUDA, 3 on CPU)")
@@ -67,8 +71,12 @@ def _plan(args: argparse.Namespace, preset: str, ops) -> list:
     if _custom(args):
         cases = sweep(args.n or [16384], args.h or [TARGET["h"]], args.v or [TARGET["v"]],
                       args.dtype or [TARGET["dtype"]], seq=args.seq)
-        return [(op, case) for op in ops for case in cases]
-    return [(op, case) for op in ops for case in PRESETS[preset].cases_for(op.name)]
+        plan = [(op, case) for op in ops for case in cases]
+    else:
+        plan = [(op, case) for op in ops for case in PRESETS[preset].cases_for(op.name)]
+    if args.prompt_fraction is None:
+        return plan
+    return [(op, dataclasses.replace(case, prompt_fraction=args.prompt_fraction)) for op, case in plan]
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -82,6 +90,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         value = getattr(args, name)
         if value is not None and value < least:
             parser.error(f"--{name}: expected >= {least}, got {value}")
+    if args.prompt_fraction is not None and not 0.0 <= args.prompt_fraction < 1.0:
+        parser.error(f"--prompt-fraction: expected a value in [0, 1), got {args.prompt_fraction}")
 
 
 def _custom(args: argparse.Namespace) -> bool:
@@ -113,7 +123,8 @@ def _collect(plan: list, cfg: RunConfig) -> tuple[list, int]:
     return rows, done
 
 
-def _write_outputs(rows, ops, cfg: RunConfig, args: argparse.Namespace, preset: str, argv, cases: str) -> None:
+def _write_outputs(rows, ops, cfg: RunConfig, args: argparse.Namespace, preset: str, argv, plan: list,
+                   cases: str) -> None:
     device = cfg.device
     out = args.out or RESULTS / f"{device_slug(device)}-{datetime.date.today().isoformat()}"
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +134,7 @@ def _write_outputs(rows, ops, cfg: RunConfig, args: argparse.Namespace, preset: 
         "preset": "custom" if _custom(args) else preset,
         "ops": ",".join(op.name for op in ops),
         "cases": cases,
+        "prompt_fraction": sorted({case.prompt_fraction for _, case in plan}),
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
         "torch_compile": "on" if cfg.compile else "off",
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"bench: {len(plan)} cases on {device} (preset {'custom' if _custom(args) else preset})", flush=True)
         rows, done = _collect(plan, cfg)
-        _write_outputs(rows, ops, cfg, args, preset, argv, f"{done} of {len(plan)}")
+        _write_outputs(rows, ops, cfg, args, preset, argv, plan, f"{done} of {len(plan)}")
     finally:
         torch.set_num_threads(saved_threads)
     return 0

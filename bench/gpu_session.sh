@@ -2,7 +2,8 @@
 # The GPU session, one device `run` per call:  bash bench/gpu_session.sh STAGE [STAGE...]   (bench/README.md)
 #
 #   tests          the pytest suite on CUDA (log, junit.xml)
-#   bench-targets  python -m bench --preset gpu-targets, torch.compile off (every other implementation)
+#   bench-targets  python -m bench --preset gpu-targets, torch.compile off (every other implementation), then
+#                  fusedrl's ce and logprobs with every token labelled (--prompt-fraction 0: against the roofline)
 #   bench-compile  the torch.compile rows of gpu-targets (compile time is not timed but takes minutes)
 #   profile        python -m bench.profile at the target shape (ce, logprobs, grpo, dpo, kd), one Chrome trace each
 #   sweep-n        every op at N 1k..32k, H=4096, V=128256 bf16 (torch.compile off, 1 warm-up + 5 calls)
@@ -108,6 +109,9 @@ stage_tests() {
 stage_bench_targets() {
     run "$R/bench.log" "$PY" -m bench --preset gpu-targets --compile off --out "$R/targets"
     local rc=$?
+    # every token labelled: fusedrl's efficiency against the roofline (the masked prompt's nominal flops aside)
+    run "$R/bench.log" "$PY" -m bench --preset gpu-targets --compile off --prompt-fraction 0 --impls fusedrl \
+        --ops ce,logprobs --out "$R/targets-unmasked" || rc=$?
     rows "$R/bench.log" >"$R/summary.txt"
     return "$rc"
 }

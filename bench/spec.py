@@ -19,7 +19,8 @@ class Case:
     """One workload: ``n`` tokens of hidden size ``h`` against a vocabulary of ``v``, in ``dtype``.
 
     Tokens are laid out as rows of ``seq`` tokens (shorter when ``n`` is small); ops on
-    pairs (DPO) need an even number of rows.
+    pairs (DPO) need an even number of rows. The first ``prompt_fraction`` of each row's labels are
+    ignored (its prompt): they count in ``n`` (and in the nominal flops), but need no logits.
     """
 
     n: int
@@ -27,6 +28,7 @@ class Case:
     v: int
     dtype: str
     seq: int = 1024
+    prompt_fraction: float = 0.25
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -27,19 +27,20 @@ def lm_head(v: int, h: int, dtype: torch.dtype, device: torch.device, gen: torch
     return weight.to(dtype).requires_grad_(requires_grad)
 
 
-def labels(rows: int, seq: int, v: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    """``[rows, seq]`` int64 token ids, ``-100`` over the first quarter of each row (the prompt)."""
+def labels(rows: int, seq: int, v: int, device: torch.device, gen: torch.Generator,
+           prompt_fraction: float = PROMPT_FRACTION) -> torch.Tensor:
+    """``[rows, seq]`` int64 token ids, ``-100`` over the first ``prompt_fraction`` of each row (the prompt)."""
     ids = torch.randint(0, v, (rows, seq), generator=gen, device=device)
-    ids[:, : int(seq * PROMPT_FRACTION)] = IGNORE_INDEX
+    ids[:, : int(seq * prompt_fraction)] = IGNORE_INDEX
     return ids
 
 
 def policy_rows(rows: int, seq: int, h: int, v: int, dtype: torch.dtype, device: torch.device,
-                gen: torch.Generator) -> dict[str, torch.Tensor]:
+                gen: torch.Generator, prompt_fraction: float = PROMPT_FRACTION) -> dict[str, torch.Tensor]:
     """The trained model's side of a batch of ``rows x seq`` tokens: hidden ``[rows, seq, H]`` and weight
-    ``[V, H]`` (grad leaves) and labels ``[rows, seq]``, drawn in that order from ``gen``."""
+    ``[V, H]`` (grad leaves) and labels ``[rows, seq]`` (prompts masked), drawn in that order from ``gen``."""
     return {"hidden": hidden_states((rows, seq, h), dtype, device, gen), "weight": lm_head(v, h, dtype, device, gen),
-            "labels": labels(rows, seq, v, device, gen)}
+            "labels": labels(rows, seq, v, device, gen, prompt_fraction)}
 
 
 def standard_normal(shape: tuple[int, ...], device: torch.device, gen: torch.Generator) -> torch.Tensor:

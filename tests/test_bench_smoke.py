@@ -97,6 +97,28 @@ def test_list_and_select_variants(tmp_path, capsys):
     assert {r["impl"] for r in rows} == {"fusedrl", "fusedrl-torch", "torch.matmul"}
 
 
+def test_prompt_fraction_sets_the_masked_share_of_every_row(tmp_path, monkeypatch):
+    """``--prompt-fraction 0`` labels every token (the run's environment records it); out of range is a usage
+    error; the cases' default masks a quarter of each row."""
+    made = []
+    original = cli.run_suite
+
+    def spy(plan, cfg):
+        made.extend(case.prompt_fraction for _, case in plan)
+        return original(plan, cfg)
+
+    monkeypatch.setattr(cli, "run_suite", spy)
+    assert main(["--device", "cpu", "--ops", "ce", "--n", "64", "--h", "16", "--v", "96", "--dtype", "fp32",
+                 "--seq", "32", "--prompt-fraction", "0", "--no-plots", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / JSON_NAME).read_text())
+    assert made == [0.0] and result["environment"]["prompt_fraction"] == [0.0]
+    assert [r["status"] for r in result["rows"] if r["impl"] == "fusedrl"] == ["reference"]
+    with pytest.raises(SystemExit):
+        main(["--device", "cpu", "--prompt-fraction", "1", "--out", str(tmp_path)])
+    labels = OPS[0].make_inputs(Case(64, 16, 96, "fp32", seq=32), torch.device("cpu"))["labels"].view(2, 32)
+    assert (labels[:, :8] == -100).all() and (labels[:, 8:] != -100).all()
+
+
 def test_backward_strategy_in_force_during_backward(monkeypatch):
     monkeypatch.delenv(BACKWARD_ENV, raising=False)
     seen = []

@@ -21,7 +21,7 @@ def make_inputs(case: Case, device: torch.device) -> dict[str, torch.Tensor]:
     return {
         "hidden": synthetic.hidden_states((case.n, case.h), case.torch_dtype, device, gen),
         "weight": synthetic.lm_head(case.v, case.h, case.torch_dtype, device, gen),
-        "labels": synthetic.labels(rows, seq, case.v, device, gen).flatten(),
+        "labels": synthetic.labels(rows, seq, case.v, device, gen, case.prompt_fraction).flatten(),
     }
 
 

@@ -22,7 +22,7 @@ def make_inputs(case: Case, device: torch.device) -> dict[str, torch.Tensor]:
     gen = synthetic.generator(device)
     scores = synthetic.standard_normal((rows, seq, TOP_K), device, gen) * TEACHER_SCALE
     return {
-        **synthetic.policy_rows(rows, seq, case.h, case.v, case.torch_dtype, device, gen),
+        **synthetic.policy_rows(rows, seq, case.h, case.v, case.torch_dtype, device, gen, case.prompt_fraction),
         "target_ids": torch.randint(0, case.v, (rows, seq, TOP_K), generator=gen, device=device),
         "target_logprobs": torch.log_softmax(scores, dim=-1).sort(dim=-1, descending=True).values,
     }

@@ -25,7 +25,7 @@ def make_inputs(case: Case, device: torch.device) -> dict[str, torch.Tensor]:
     rows, seq = case.layout()
     gen = synthetic.generator(device)
     return {
-        **synthetic.policy_rows(rows, seq, case.h, case.v, case.torch_dtype, device, gen),
+        **synthetic.policy_rows(rows, seq, case.h, case.v, case.torch_dtype, device, gen, case.prompt_fraction),
         "advantages": synthetic.standard_normal((rows,), device, gen),
         "ref_hidden": synthetic.hidden_states((rows, seq, case.h), case.torch_dtype, device, gen, requires_grad=False),
     }
