@@ -3,6 +3,9 @@
 # make gpu-wheels : download the wheels the GPU device machine lacks into .whl/ (bench/README.md, "GPU session")
 # make test-triton [TRITON_CHECK=3.6.0] : the kernel tests under another Triton release (the GPU machine's by default):
 #   interpreter parity plus the sm_90 compile, in .venv-triton-<version>
+# make test-image : the whole suite on CPU under the GPU machine's versions (Python 3.12, torch 2.11, triton 3.6,
+#   transformers 5.17, datasets 5.0, huggingface-hub 1.33) in .venv-image, before spending a GPU session on drift
+#   (IMAGE_PY=/path/to/python3.12 where `python3.12` is not on PATH)
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
@@ -12,7 +15,7 @@ PYTEST_ARGS ?=
 
 DEMO_STAMP := $(VENV)/.fusedrl-demo-installed
 
-.PHONY: test demo install clean gpu-wheels test-triton
+.PHONY: test demo install clean gpu-wheels test-triton test-image
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -57,5 +60,16 @@ test-triton:
 	TRITON_INTERPRET=1 PYTHONPATH=. $(TRITON_VENV)/bin/python -m pytest -p no:cacheprovider \
 		-W ignore::DeprecationWarning $(KERNEL_TESTS)
 
+# The image's torch is a CUDA build (2.6 GB from PyPI); it runs on the CPU. numpy < 2.4 for Triton 3.6's interpreter.
+IMAGE_PY   ?= python3.12
+IMAGE_VENV := .venv-image
+IMAGE_PINS := "torch==2.11.0" "triton==3.6.0" "transformers==5.17.0" "huggingface-hub==1.33.0" "datasets==5.0.0"
+
+test-image:
+	test -x $(IMAGE_VENV)/bin/python || $(IMAGE_PY) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/python -m pip install -q $(IMAGE_PINS) peft safetensors pyyaml tqdm "numpy<2.4" \
+		pytest hypothesis pytest-timeout matplotlib tensorboard
+	HF_HUB_OFFLINE=1 TRITON_INTERPRET=1 PYTHONPATH=. $(IMAGE_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .venv-triton-* build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-triton-* $(IMAGE_VENV) build *.egg-info .pytest_cache .hypothesis
