@@ -76,8 +76,8 @@ def test_fused_path_matches_eager_logits(rl, extra, model_dir, tmp_path):
 
 def test_pairwise_loss_options_reach_the_loss(model_dir, tmp_path):
     """DPO's f_divergence_type, use_weighting, ld_alpha and AOT loss types, CPO's loss types and AlphaPO's alpha
-    (CPO and SimPO) each change the loss of the same batch (the policy is moved off the reference first: at the reference every DPO variant
-    gives ln 2)."""
+    (CPO and SimPO) each change the loss of the same batch (the policy is moved off the reference first: at the
+    reference every DPO variant gives ln 2)."""
     dpo = {"rpo_alpha": 0.0}
     cases = {"plain": ("dpo", dpo), "js": ("dpo", {**dpo, "f_divergence_type": "js_divergence"}),
              "wpo": ("dpo", {**dpo, "use_weighting": True}),

@@ -64,9 +64,10 @@ def logit_grad_store_kernel(
     """Grid ``(token blocks, vocab blocks of [col_start, col_stop))``: ``dz`` of ``N`` tokens into a
     row-major ``[N, col_stop - col_start]`` buffer in the input dtype; bias gradient by fp32 atomics."""
     rows, cols, row_mask, col_mask = tile_program(N, col_start, col_stop, BLOCK_N, BLOCK_V)
+    h_rows = hidden_rows(rows, row_mask, row_map_ptr, HAS_ROW_MAP)
     dz = logit_grad_tile(
         h_ptr, w_ptr, b_ptr, ids_ptr, lse_ptr, g_target_ptr, coef_a_ptr, coef_c_ptr, g_logit_sum_ptr,
-        rows, hidden_rows(rows, row_mask, row_map_ptr, HAS_ROW_MAP), cols, row_mask, col_mask, H, K, inv_temperature, softcap,
+        rows, h_rows, cols, row_mask, col_mask, H, K, inv_temperature, softcap,
         HAS_BIAS, HAS_SOFTCAP, HAS_COEF_C, HAS_LOGIT_SUM_GRAD, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION,
     )
     if NEED_DB:
