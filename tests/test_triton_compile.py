@@ -38,3 +38,7 @@ def test_vocab_stats_kernels_compile_for_sm90():
     assert all(k["shared"] <= HOPPER_SHARED_MEMORY for k in kernels), kernels
     streaming = [k for k in kernels if not k["kernel"].startswith("topk")]
     assert all(k["async_copies"] > 0 for k in streaming), f"a kernel lost its software pipeline: {streaming}"
+    copies = {k["kernel"]: k["async_copies"] for k in kernels}
+    gathered = {name: name.replace("-rowmap", "") for name in copies if "rowmap" in name}
+    shorter = {name: (copies[name], copies[plain]) for name, plain in gathered.items() if copies[name] < copies[plain]}
+    assert not shorter, f"reading hidden rows through the row map shortened a software pipeline: {shorter}"

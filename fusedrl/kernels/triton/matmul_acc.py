@@ -37,6 +37,9 @@ def matmul_acc_kernel(
     c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
     c_mask = m_mask[:, None] & n_mask[None, :]
     acc = tl.load(c_ptrs, mask=c_mask, other=0.0)
+    next_b_rows = tl.arange(0, BLOCK_K)
+    if GATHER_B_ROWS:
+        next_b_rows = tl.load(b_rows_ptr + next_b_rows, mask=next_b_rows < K, other=0)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_mask = rk < K
@@ -44,7 +47,10 @@ def matmul_acc_kernel(
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         b_rk = rk
         if GATHER_B_ROWS:
-            b_rk = tl.load(b_rows_ptr + rk, mask=k_mask, other=0)
+            b_rk = next_b_rows
+            # the next tile's rows, loaded an iteration ahead: B's address then depends on no load of its own
+            # iteration, and the software pipeline keeps all its stages (as without the gather)
+            next_b_rows = tl.load(b_rows_ptr + rk + BLOCK_K, mask=rk + BLOCK_K < K, other=0)
         b = tl.load(b_ptr + b_rk[:, None] * stride_bk + rn[None, :] * stride_bn,
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tile_dot(a, b, acc, DOT_PRECISION)
