@@ -75,6 +75,33 @@ def test_teacher_logit_transform_is_in_the_targets(family, tmp_path):
     assert_targets_are_the_teachers_topk(extract(cfg, progress=False), teacher, 6, temperature=0.8)
 
 
+def test_teacher_topk_runs_the_lm_head_on_the_asked_positions_only(models, monkeypatch):
+    """Only the positions asked for reach ``linear_topk`` (prompt and padding tokens cost no lm_head work);
+    they hold the full-sequence top-k, the others logprob -inf and id -1."""
+    from fusedrl.engine import kd_extract
+    from fusedrl.kernels import linear_topk
+
+    teacher = AutoModelForCausalLM.from_pretrained(models[0])
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, teacher.config.vocab_size, (3, 13), generator=gen)
+    attention = torch.ones_like(input_ids)
+    attention[2, 9:] = 0
+    positions = torch.rand(3, 13, generator=gen) < 0.4
+    positions[1] = False
+    positions[2, 9:] = False
+    rows_seen = []
+    monkeypatch.setattr(kd_extract, "linear_topk", lambda hidden, *a, **kw: (
+        rows_seen.append(hidden.shape[0]), linear_topk(hidden, *a, **kw))[1])
+    logprobs, ids = kd_extract.teacher_topk(teacher, input_ids, attention, positions, 5, 0.7, backend="torch")
+    assert rows_seen == [int(positions.sum())] and 0 < rows_seen[0] < 3 * 13
+    with torch.no_grad():
+        logits = teacher(input_ids, attention_mask=attention).logits.float()
+    want = torch.log_softmax(logits / 0.7, -1).topk(5, dim=-1)
+    assert torch.equal(ids[positions], want.indices[positions])
+    torch.testing.assert_close(logprobs[positions], want.values[positions], atol=1e-5, rtol=1e-4)
+    assert (ids[~positions] == -1).all() and (logprobs[~positions] == float("-inf")).all()
+
+
 def test_interrupted_extraction_resumes(extracted):
     cfg, out = extracted
     shards = sorted(out.glob("*.parquet"))

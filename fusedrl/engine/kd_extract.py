@@ -92,15 +92,20 @@ def read_metadata(folder: str | Path) -> dict | None:
 
 
 @torch.no_grad()
-def teacher_topk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, temperature: float,
-                 backend: str = "auto", position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_topk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, k: int,
+                 temperature: float, backend: str = "auto",
+                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``model``'s top-``k`` next-token ``(logprobs, ids)``, each ``[B, T, k]``, of ``input_ids [B, T]`` at
-    ``temperature`` (its logit transform applied): position t holds the distribution of token t + 1. The
-    logits are never materialised (``linear_topk``)."""
+    ``temperature`` (its logit transform applied): position t holds the distribution of token t + 1. Only the
+    ``positions [B, T]`` (bool) reach the lm_head; the others hold logprob -inf and id -1. The logits are never
+    materialised (``linear_topk``)."""
     head = logit_head(model)
     hidden = head.inputs(final_hidden(model, input_ids, attention_mask, position_ids))
-    return linear_topk(hidden, head.weight, k, bias=head.bias, temperature=temperature, softcap=head.softcap,
-                       backend=backend)
+    logprobs = torch.full((*positions.shape, k), float("-inf"), device=hidden.device)
+    ids = torch.full((*positions.shape, k), -1, dtype=torch.int64, device=hidden.device)
+    logprobs[positions], ids[positions] = linear_topk(hidden[positions], head.weight, k, bias=head.bias,
+                                                      temperature=temperature, softcap=head.softcap, backend=backend)
+    return logprobs, ids
 
 
 def _teacher_rows(model, rows: list[dict], cfg: ExtractConfig, pad_id: int, device) -> list[dict]:
@@ -108,7 +113,9 @@ def _teacher_rows(model, rows: list[dict], cfg: ExtractConfig, pad_id: int, devi
     ids = [torch.tensor(r["input_ids"], dtype=torch.long) for r in rows]
     input_ids = pad(ids, pad_id).to(device)
     attention = pad([torch.ones_like(i) for i in ids], 0).to(device)
-    logprobs, top_ids = teacher_topk(model, input_ids, attention, cfg.top_k, cfg.temperature, cfg.backend)
+    next_is_completion = [torch.tensor(list(r["completion_mask"][1:]) + [0], dtype=torch.bool) for r in rows]
+    logprobs, top_ids = teacher_topk(model, input_ids, attention, pad(next_is_completion, False).to(device),
+                                     cfg.top_k, cfg.temperature, cfg.backend)
     out = []
     for b, row in enumerate(rows):
         n = len(row["input_ids"])

@@ -147,9 +147,11 @@ class KD(OnlineAlgorithm):
         """``target_token_ids``, ``target_logprobs`` ``[B, T, kd_top_k]`` and ``target_mask`` ``[B, T]`` of
         ``batch`` from the live teacher, aligned with its labels (the completion positions)."""
         cfg = self.config
-        logprobs, ids = teacher_topk(self.teacher, batch["input_ids"], batch["attention_mask"], cfg.kd_top_k,
-                                     cfg.kd_generation_temperature, cfg.kernel_backend, batch.get("position_ids"))
-        return {"target_token_ids": ids, "target_logprobs": logprobs, "target_mask": batch["labels"] != -100}
+        completion = batch["labels"] != -100
+        logprobs, ids = teacher_topk(self.teacher, batch["input_ids"], batch["attention_mask"], completion,
+                                     cfg.kd_top_k, cfg.kd_generation_temperature, cfg.kernel_backend,
+                                     batch.get("position_ids"))
+        return {"target_token_ids": ids, "target_logprobs": logprobs, "target_mask": completion}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
