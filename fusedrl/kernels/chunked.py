@@ -6,6 +6,8 @@ accumulates in an fp32 buffer and is cast once by the caller.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .stats import ForwardStats, LinearVocabProblem, StatsGrad, apply_softcap, gradient_buffers
@@ -20,20 +22,28 @@ def chunk_tokens_for(vocab: int, chunk_size: int | None) -> int:
     return max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
 
 
-def chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int, stop: int):
-    """fp32 ``z`` of tokens ``[start, stop)`` and, with softcap, ``1 - tanh^2`` (the softcap's derivative).
+class ChunkLogits(NamedTuple):
+    """A token chunk's fp32 logits ``z [chunk, V]``, the softcap's derivative ``1 - tanh^2 [chunk, V]`` (None
+    without softcap) and the fp32 hidden rows ``[chunk, H]`` they came from."""
 
-    Without softcap the logits buffer becomes ``z`` in place, so one ``[chunk, V]`` tensor is alive.
-    """
-    logits = problem.token_hidden(start, stop).float() @ weight32.T
+    z: torch.Tensor
+    softcap_grad: torch.Tensor | None
+    hidden32: torch.Tensor
+
+
+def chunk_logits(problem: LinearVocabProblem, weight32: torch.Tensor, start: int, stop: int) -> ChunkLogits:
+    """The logits of tokens ``[start, stop)``. Without softcap the logits buffer becomes ``z`` in place, so one
+    ``[chunk, V]`` tensor is alive."""
+    hidden32 = problem.token_hidden(start, stop).float()
+    logits = hidden32 @ weight32.T
     if problem.bias is not None:
         logits += problem.bias.float()
     if problem.softcap is None:
-        return logits.div_(problem.temperature), None
+        return ChunkLogits(logits.div_(problem.temperature), None, hidden32)
     capped = apply_softcap(logits, problem.softcap)
     del logits
     z = capped / problem.temperature
-    return z, capped.div_(problem.softcap).square_().neg_().add_(1.0)
+    return ChunkLogits(z, capped.div_(problem.softcap).square_().neg_().add_(1.0), hidden32)
 
 
 def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) -> ForwardStats:
@@ -52,7 +62,7 @@ def forward_stats(problem: LinearVocabProblem, chunk_size: int | None = None) ->
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        z, _ = chunk_logits(problem, weight32, start, stop)
+        z = chunk_logits(problem, weight32, start, stop).z
         ids_c = ids[start:stop]
         target[start:stop] = torch.where(ids_c >= 0, z.gather(1, ids_c.clamp(min=0)), 0.0)
         logit_sum[start:stop] = z.sum(-1)
@@ -83,7 +93,7 @@ def backward_stats(
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        z, softcap_grad = chunk_logits(problem, weight32, start, stop)
+        z, softcap_grad, hidden32 = chunk_logits(problem, weight32, start, stop)
         logp = z.sub_(lse[start:stop, None])
         scale = grad.coef_a[start:stop, None]
         if grad.coef_c is not None:
@@ -96,19 +106,19 @@ def backward_stats(
         if softcap_grad is not None:
             dz *= softcap_grad
         dz /= problem.temperature
-        accumulate_logit_grad(dz, problem, weight32, start, stop, grads)
+        accumulate_logit_grad(dz, hidden32, problem, weight32, start, stop, grads)
     return grads
 
 
-def accumulate_logit_grad(dz: torch.Tensor, problem: LinearVocabProblem, weight32: torch.Tensor, start: int,
-                          stop: int, grads: tuple) -> None:
-    """Add the logit gradient ``dz [stop - start, V]`` (fp32) of tokens ``[start, stop)`` of ``problem`` into
-    ``grads`` (from ``gradient_buffers``): ``dz @ W`` into their hidden rows, ``dz.T @ h`` into the weight,
-    ``dz``'s column sums into the bias."""
+def accumulate_logit_grad(dz: torch.Tensor, hidden32: torch.Tensor, problem: LinearVocabProblem,
+                          weight32: torch.Tensor, start: int, stop: int, grads: tuple) -> None:
+    """Add the logit gradient ``dz [stop - start, V]`` (fp32) of tokens ``[start, stop)`` of ``problem``, whose
+    fp32 hidden rows are ``hidden32 [stop - start, H]``, into ``grads`` (from ``gradient_buffers``): ``dz @ W``
+    into their hidden rows, ``dz.T @ h`` into the weight, ``dz``'s column sums into the bias."""
     d_hidden, d_weight, d_bias = grads
     if d_hidden is not None:
         problem.store_token_rows(d_hidden, start, stop, (dz @ weight32).to(d_hidden.dtype))
     if d_weight is not None:
-        d_weight.addmm_(dz.T, problem.token_hidden(start, stop).float())
+        d_weight.addmm_(dz.T, hidden32)
     if d_bias is not None:
         d_bias += dz.sum(0)

@@ -81,8 +81,8 @@ def distill_forward(problem: DistillProblem, chunk_size: int | None = None) -> D
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        logp, _ = chunk_logits(student, student_w32, start, stop)
-        logq, _ = chunk_logits(teacher, teacher_w32, start, stop)
+        logp = chunk_logits(student, student_w32, start, stop).z
+        logq = chunk_logits(teacher, teacher_w32, start, stop).z
         out.student_lse[start:stop] = torch.logsumexp(logp, dim=-1)
         out.teacher_lse[start:stop] = torch.logsumexp(logq, dim=-1)
         logp -= out.student_lse[start:stop, None]
@@ -104,13 +104,13 @@ def distill_backward(problem: DistillProblem, forward: DistillForward, grad: tor
     step = chunk_tokens_for(vocab, chunk_size)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        logp, softcap_grad = chunk_logits(student, student_w32, start, stop)
-        logq, _ = chunk_logits(teacher, teacher_w32, start, stop)
+        logp, softcap_grad, hidden32 = chunk_logits(student, student_w32, start, stop)
+        logq = chunk_logits(teacher, teacher_w32, start, stop).z
         logp -= forward.student_lse[start:stop, None]
         logq -= forward.teacher_lse[start:stop, None]
         dz = divergence_logit_grad(logp, logq, forward.aux[start:stop], problem.divergence, problem.beta)
         dz *= grad[start:stop, None] / student.temperature
         if softcap_grad is not None:
             dz *= softcap_grad
-        accumulate_logit_grad(dz, student, student_w32, start, stop, grads)
+        accumulate_logit_grad(dz, hidden32, student, student_w32, start, stop, grads)
     return grads
