@@ -17,6 +17,7 @@ DATA = {
     "sft": str(FIXTURES / "trl_prompt_completion.jsonl"),
     "kd": str(FIXTURES / "kd_tokenized.jsonl"),
     "kto": str(FIXTURES / "trl_unpaired.jsonl"),
+    "prm": str(FIXTURES / "trl_stepwise.jsonl"),
 }
 
 

@@ -12,6 +12,7 @@ from fusedrl.engine.data import DataConfig, DatasetSpec, data_kind, prepare_data
 
 GOOD = {"prompt": "What is two plus two?", "chosen": " four", "rejected": " five"}
 LONG = "The sky is blue. The grass is green. Paris is the capital of France. " * 3
+STEPS = {"prompt": "What is two plus two?", "completions": ["Two plus two", "is four."], "labels": [True, False]}
 
 
 def _write(tmp_path, rows, name="data.jsonl"):
@@ -53,6 +54,20 @@ CASES = [
      "row 0: field 'margin': wrong type (expected a number, got 'big')"),
     ("sft", [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}],
      {}, {}, "row 1: field 'labels': empty completion (expected at least one trained token"),
+    ("prm", [STEPS, {**STEPS, "labels": [True]}], {}, {},
+     "row 1: field 'labels': wrong type (expected 2 labels, one per step, got [True])"),
+    ("prm", [STEPS, {**STEPS, "labels": [True, "yes"]}], {}, {},
+     "row 1: field 'labels': wrong type (expected true or false, got 'yes')"),
+    ("prm", [STEPS, {**STEPS, "completions": "Two plus two is four."}], {}, {},
+     "row 1: field 'completions': wrong type (expected a non-empty list of step texts, got 'Two plus two is four.')"),
+    ("prm", [STEPS, {**STEPS, "completions": []}], {}, {},
+     "row 1: field 'completions': empty completion (expected a non-empty list of step texts, got [])"),
+    ("prm", [STEPS, {**STEPS, "completions": ["Two plus two", " "]}], {}, {},
+     "row 1: field 'completions': empty completion (expected non-empty text"),
+    ("prm", [STEPS, {**STEPS, "prompt": LONG}], {}, {"max_length": 24}, "row 1: field 'prompt': prompt too long"),
+    ("prm", [STEPS, {**STEPS, "completions": [LONG, "is four."]}], {}, {"max_length": 24},
+     "row 1: field 'completions': first step cut off (expected a first step that ends within max_length=24 tokens, "
+     "got 'it ends at token"),
 ]
 
 

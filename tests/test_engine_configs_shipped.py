@@ -28,7 +28,8 @@ def reward_model_dir(model_dir, tmp_path_factory):
 
 def test_every_algorithm_has_a_config():
     algorithms = {load_config(p).rl for p in CONFIGS}
-    assert {"sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd", "ppo", "grpo", "online_dpo"} <= algorithms
+    assert {"sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "prm", "kd", "ppo", "grpo",
+            "online_dpo"} <= algorithms
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -212,6 +212,7 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
     ("sft", 1, {"adapter": "lora", "lora_r": 4, "gradient_checkpointing": True, "gradient_accumulation_steps": 2,
                 "fsdp": True}),
     ("rm", 2, {"fsdp": True, "eval_batch_size": 10}),
+    ("prm", 2, {"fsdp": True, "eval_batch_size": 10}),  # the loss is a mean over the labelled steps of all ranks
     ("dpo", 2, {"rpo_alpha": None, "adapter": "lora", "lora_r": 4, "precompute_ref_log_probs": True,
                 "fsdp": True}),  # each rank computes half the reference rows
     # 155 training rows: rank 0 precomputes 78 in 12 batches of 7, rank 1 77 in 11 and a stand-in batch
@@ -225,17 +226,19 @@ SFT_ROWS = [{"path": str(REPO / "data" / "demo" / "sft_train.jsonl")}]
     ("dpo", 2, {"rpo_alpha": None, "eval_batch_size": 10, "fsdp": True, "sync_ref_model": True,
                 "ref_model_sync_steps": 1}),
 ], ids=["dpo", "sft-lora-checkpointing-accumulation",
-        "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-dpo-lora-precomputed-reference",
+        "fsdp-sft-lora-checkpointing-accumulation", "fsdp-rm", "fsdp-prm",
+        "fsdp-dpo-lora-precomputed-reference",
         "fsdp-dpo-precomputed-reference-uneven-shares", "fsdp-kd-live-teacher", "fsdp-kd-live-teacher-full-vocabulary",
         "fsdp-dpo-synced-reference"])
 def test_two_ranks_match_one_process_with_the_global_batch(rl, micro, extra, model_dir, tmp_path):
     """Two ranks of ``micro`` rows draw the rows one process of ``2 * micro`` does; the summed gradients
-    (losses scaled by the global weight: label tokens for SFT, rows otherwise) give the same run. DPO's
+    (losses scaled by the global weight: label tokens for SFT, labelled steps for PRM, rows otherwise) give the
+    same run. DPO's
     26 held-out pairs make 3 evaluation batches: rank 1 evaluates one and a stand-in it leaves out.
     With ``fsdp`` each rank holds half of every weight, gradient and AdamW moment, and ``final/`` is gathered.
-    The reward model's scores move fast (lr 5e-3 on a few pairs): AdamW turns the last-bit differences of
+    The reward models' scores move fast (lr 5e-3 on a few pairs): AdamW turns the last-bit differences of
     other padding lengths into about 1e-4 of relative difference after three steps, with or without fsdp."""
-    rel, atol = (1e-3, 1e-4) if rl == "rm" else (1e-4, 1e-5)
+    rel, atol = (1e-3, 1e-4) if rl in ("rm", "prm") else (1e-4, 1e-5)
     if "kd_teacher" in extra:
         extra = {**extra, "kd_teacher": str(save_tiny_model(tmp_path / "teacher", seed=1))}
     one = train_config(model_dir, tmp_path / "one", rl, micro_batch_size=2 * micro, max_steps=3, eval_steps=0,

@@ -13,7 +13,7 @@ from fusedrl.engine.distributed import pick_device
 from fusedrl.engine.trainer import train
 from fusedrl.engine.training_data import load_training_data
 
-ALGOS = ["sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd"]
+ALGOS = ["sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "prm", "kd"]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,20 @@ def test_eval_command_scores_a_model_as_training_does(model_dir, tmp_path, capsy
     assert f"\nrewards/margins     {result.eval_after['rewards/margins']:10.4f}\n" in table
     with pytest.raises(ValueError, match="fusedrl eval needs a held-out set"):
         evaluate_config(config_from_dict({**raw, "test_datasets": []}))
+
+
+@pytest.mark.parametrize("rl", ["rm", "prm"])
+def test_a_trained_reward_model_is_read_back_with_its_value_head(rl, model_dir, tmp_path):
+    """A ``base_model`` folder with a ``value_head.safetensors`` (a run's final/) keeps that head: evaluating it
+    gives the run's held-out metrics after training."""
+    from fusedrl.engine.trainer import evaluate_config
+
+    raw = train_config(model_dir, tmp_path / "run", rl, max_steps=3)
+    result = train(config_from_dict(raw))
+    scored = evaluate_config(config_from_dict({**raw, "base_model": str(tmp_path / "run" / "final")}))
+    assert scored.keys() == result.eval_after.keys()
+    for key, value in result.eval_after.items():
+        assert scored[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.parametrize("option, base", [

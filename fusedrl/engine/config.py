@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
 import types
 import typing
@@ -27,7 +28,7 @@ from ..kernels.losses.rloo import reward_clip_bounds
 from .data.loading import looks_local
 from .rewards import DEFAULT_FORMAT_PATTERN
 
-OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "kd")
+OFFLINE_ALGORITHMS = ("sft", "dpo", "ipo", "cpo", "simpo", "orpo", "kto", "rm", "prm", "kd")
 ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "online_dpo")
 
 # axolotl / seed-doc spellings that mean one of our keys.
@@ -79,6 +80,8 @@ KEY_READERS = {
     "desirable_weight": ("kto",),
     "undesirable_weight": ("kto",),
     "center_rewards_coefficient": ("rm",),
+    "step_separator": ("prm",),
+    "train_on_last_step_only": ("prm",),
     **{key: ("kd",) for key in _KD_ONLY},
     **{key: GROUP_ALGORITHMS for key in _GROUP_KEYS},
     **{key: ("grpo",) for key in _GRPO_ONLY},
@@ -172,6 +175,8 @@ class TrainConfig:
     desirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     undesirable_weight: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     center_rewards_coefficient: float = field(default=0.0, metadata=_range(0.0))
+    step_separator: str = "\n"
+    train_on_last_step_only: bool = False
     kd_teacher: str | None = None
     kd_temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
     kd_generation_temperature: float = field(default=1.0, metadata=_range(0.0, low_open=True))
@@ -507,11 +512,14 @@ SWITCHED_KEYS = (
 
 
 def yaml_text(value) -> str:
-    """A config value as YAML spells it: ``null``, ``true``/``false``, numbers, strings and lists as they print."""
+    """A config value as YAML spells it: ``null``, ``true``/``false``, numbers, strings and lists as they print,
+    a string with a control character (a newline) double-quoted with its escapes (``"\\n"``)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str) and not value.isprintable():
+        return json.dumps(value)
     return str(value)
 
 

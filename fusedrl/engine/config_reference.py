@@ -22,7 +22,8 @@ DESCRIPTIONS: dict[str, str] = {
     "base_model": "The model to train: a local folder or a Hugging Face hub id (the folder or repo holding "
                   "`gguf_file` when that is set). Its tokenizer is used unless `tokenizer` is set.",
     "rl": "The algorithm: offline `sft`, `dpo`, `ipo` (DPO with loss_type `ipo`), `cpo`, `simpo`, `orpo`, `kto`, "
-          "`rm` (reward model) and `kd` (top-k distillation); online `grpo`, `rloo`, `ppo` and `online_dpo`. "
+          "`rm` (reward model), `prm` (process reward model) and `kd` (top-k distillation); online `grpo`, `rloo`, "
+          "`ppo` and `online_dpo`. "
           "It picks the dataset row kind, the loss and the defaults of `beta`, `loss_type`, `num_generations` and "
           "`disable_dropout`.",
     "gguf_file": "A GGUF file inside `base_model` to load the policy from (dequantised to `model_dtype`), and its "
@@ -184,6 +185,11 @@ DESCRIPTIONS: dict[str, str] = {
                           "other loss types'; see `desirable_weight` for the balance warning).",
     "center_rewards_coefficient": "`rm`: c in `−logσ(rc − rr − margin) + c·(rc + rr)²`, pulling the reward "
                                   "model's scores towards 0 (margin: the data's optional `margin` column, else 0).",
+    "step_separator": "`prm`: the text tokenised after each step of a stepwise row (TRL's PRMConfig default, a "
+                      "newline; write it `\"\\n\"` in YAML); the step's score is read at its last token.",
+    "train_on_last_step_only": "`prm`: train on each row's final step only (outcome supervision; a row whose final "
+                               "step truncation cut off trains on none); evaluation still scores every step, as "
+                               "TRL's PRMTrainer.",
     "kd_temperature": "`kd`: the distillation temperature T: the student is `log_softmax(z / T)`, the teacher's "
                       "top-k distribution is moved from `kd_generation_temperature` to T (`p ← p^(T_gen / T)`, "
                       "renormalised; a full-vocabulary live teacher is taken at T directly), and the KD term is "
@@ -446,7 +452,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
                                "ref_model_mixup_alpha", "ref_model_sync_steps"]),
     ("Losses", ["beta", "loss_type", "loss_weights", "f_divergence_type", "f_alpha_divergence_coef", "use_weighting",
                 "ld_alpha", "label_smoothing", "rpo_alpha", "cpo_alpha", "simpo_gamma", "alpha", "desirable_weight",
-                "undesirable_weight", "center_rewards_coefficient", "kd_teacher", "kd_temperature",
+                "undesirable_weight", "center_rewards_coefficient", "step_separator", "train_on_last_step_only",
+                "kd_teacher", "kd_temperature",
                 "kd_generation_temperature", "kd_alpha", "kd_ce_alpha", "kd_divergence", "kd_beta", "kd_normalize_topk",
                 "kd_on_policy_ratio", "kd_teacher_replies", "z_loss"]),
     ("Online RL (GRPO, RLOO, PPO and online DPO; sampling also for KD's sampled replies)",

@@ -209,14 +209,18 @@ class RewardModel(nn.Module):
         (``on_meta``: see ``load_causal_lm``; the value head is then left as initialised)."""
         model = cls(load_causal_lm(name_or_path, dtype, gguf_file, trust_remote_code, attn_implementation, key=key,
                                    on_meta=on_meta))
-        head = Path(name_or_path) / VALUE_HEAD_FILE
-        if on_meta:
-            return model
-        if head.is_file():
-            model.value_head.load_state_dict(load_file(str(head)))
-        else:
+        if not on_meta and not model.load_value_head(name_or_path):
             log.info("%s has no %s: the value head starts from random init", name_or_path, VALUE_HEAD_FILE)
         return model
+
+    def load_value_head(self, folder: str) -> bool:
+        """Load ``folder``'s ``value_head.safetensors`` into the value head; False (the head unchanged) when
+        ``folder`` has none."""
+        head = Path(folder) / VALUE_HEAD_FILE
+        if not head.is_file():
+            return False
+        self.value_head.load_state_dict(load_file(str(head)))
+        return True
 
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      position_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,12 +27,12 @@ def data_config(config: TrainConfig) -> DataConfig:
     return DataConfig(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                       chat_template=config.chat_template, on_bad_row=config.on_bad_row,
                       num_proc=config.dataset_num_proc, kd_top_k=config.kd_top_k, packing=config.sample_packing,
-                      kl_pairs=config.effective_loss_type == "kto")
+                      kl_pairs=config.effective_loss_type == "kto", step_separator=config.step_separator)
 
 
 def load_training_data(config: TrainConfig, tokenizer, kind: str) -> TrainingData:
     """Tokenise ``datasets`` (and ``test_datasets``, or a ``val_set_size`` split) as rows of ``kind`` (the
-    algorithm's ``data_kind``: ``sft``, ``pairwise``, ``kto``, ``prompt`` or ``kd``)."""
+    algorithm's ``data_kind``: ``sft``, ``pairwise``, ``kto``, ``prompt``, ``kd`` or ``stepwise``)."""
     dc = data_config(config)
     train = prepare_dataset(config.datasets, tokenizer, kind, dc)
     if config.test_datasets:

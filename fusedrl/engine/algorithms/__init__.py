@@ -11,13 +11,15 @@ from .kto import KTO
 from .online_dpo import OnlineDPO
 from .ppo import PPO
 from .preference import CPO, DPO, ORPO, SimPO
+from .process_reward import ProcessRewardModelling
 from .reward_model import RewardModelling
 from .rloo import RLOO
 from .sft import SFT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "sft": SFT, "dpo": DPO, "ipo": DPO, "cpo": CPO, "simpo": SimPO, "orpo": ORPO, "kto": KTO,
-    "rm": RewardModelling, "kd": KD, "grpo": GRPO, "rloo": RLOO, "ppo": PPO, "online_dpo": OnlineDPO,
+    "rm": RewardModelling, "prm": ProcessRewardModelling, "kd": KD, "grpo": GRPO, "rloo": RLOO, "ppo": PPO,
+    "online_dpo": OnlineDPO,
 }
 
 

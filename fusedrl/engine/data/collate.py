@@ -12,6 +12,9 @@ token ``t + 1``, i.e. the student's next-token distribution at position ``t``,
 and ``target_mask[b, t]`` is true exactly where ``labels[b, t] != -100`` and the
 teacher has data for token ``t + 1``. Masked entries hold id 0 and logprob 0.
 
+Stepwise batches (process reward modelling) are the exception: a step's label sits at its own last
+token, unshifted, because the hidden state there scores the step (a token classification).
+
 Training batches are right padded (``input_ids`` with the pad id, ``labels``
 with -100, ``attention_mask`` 0); generation prompts are left padded.
 """
@@ -143,6 +146,20 @@ def collate_kto(rows: list[dict], pad_token_id: int, max_length: int | None = No
     return batch
 
 
+def collate_stepwise(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Stepwise batch: ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` (unshifted: 1 or 0 at the last token
+    of each correct or wrong step, -100 elsewhere) and ``last_step`` ``[B]`` int64, the position of the reply's
+    final step (-1 where truncation cut it off)."""
+    seqs = [{"input_ids": torch.as_tensor(row["input_ids"], dtype=torch.long),
+             "labels": torch.as_tensor(row["step_labels"], dtype=torch.long),
+             "attention_mask": torch.ones(len(row["input_ids"]), dtype=torch.long)} for row in rows]
+    batch = _stack(seqs, pad_token_id)
+    labelled = [(s["labels"] != IGNORE_INDEX).nonzero()[-1, 0] for s in seqs]
+    batch["last_step"] = torch.tensor([int(last) if row["last_step_kept"] else -1
+                                       for row, last in zip(rows, labelled)], dtype=torch.long)
+    return batch
+
+
 def collate_prompts(rows: list[dict], pad_token_id: int) -> dict:
     """Generation batch: ``prompt_input_ids`` / ``prompt_attention_mask`` ``[B, T]`` LEFT padded,
     ``prompts`` (text or message lists as given) and every other column as a python list."""
@@ -174,6 +191,8 @@ def make_collator(algorithm: str, pad_token_id: int, config: DataConfig | None =
     if kind == "kto":
         return partial(collate_kto, pad_token_id=pad_token_id, max_length=config.max_length,
                        kl_pairs=config.kl_pairs)
+    if kind == "stepwise":
+        return partial(collate_stepwise, pad_token_id=pad_token_id)
     return partial(collate_prompts, pad_token_id=pad_token_id)
 
 

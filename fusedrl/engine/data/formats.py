@@ -7,6 +7,7 @@ A canonical example is a dict with some of:
   text, or the list of messages that follow the prompt; every assistant
   message in it is trained on
 - ``label`` (bool, KTO), ``margin`` (float, reward modelling)
+- ``steps`` and ``step_labels`` (process reward modelling): the completion's steps (texts) and one bool each
 - ``tokens``: ``(input_ids, completion_mask)`` of a pre-tokenised row
 
 Text prompts and completions are used as they are (the tokenizer's BOS in
@@ -149,6 +150,19 @@ def _prompt_only(row: dict) -> dict:
     return {"prompt": _prompt(row.get("prompt"), "prompt")}
 
 
+def _stepwise(row: dict) -> dict:
+    """TRL's stepwise supervision: ``prompt``, ``completions`` (the reply's steps) and ``labels`` (whether each
+    step is correct)."""
+    steps = v.get(row, "completions", list, "a non-empty list of step texts")
+    if not steps:
+        raise BadRow(EMPTY, "completions", "a non-empty list of step texts", steps)
+    labels = v.get(row, "labels", list, "a list of true/false, one per step")
+    if len(labels) != len(steps):
+        raise BadRow(WRONG_TYPE, "labels", f"{len(steps)} labels, one per step", labels)
+    return {"prompt": _prompt(row.get("prompt"), "prompt"), "steps": [v.text(s, "completions") for s in steps],
+            "step_labels": [v.label(label, "labels") for label in labels]}
+
+
 def _tokenized(row: dict) -> dict:
     """``input_ids`` with ``completion_mask`` (TRL), or ``labels`` (-100 = no loss, axolotl), or neither (all trained)."""
     ids = v.get(row, "input_ids", list, "a list of token ids")
@@ -252,6 +266,7 @@ FORMATS: dict[str, Format] = {
     "messages": Format(_messages, ("messages",)),
     "text": Format(_text, ("text",)),
     "prompt_only": Format(_prompt_only, ("prompt",)),
+    "stepwise_supervision": Format(_stepwise, ("prompt", "completions", "labels")),
     "tokenized": Format(_tokenized, ("input_ids", "completion_mask", "labels", "attention_mask")),
     "swift.preference": Format(_swift_preference, ("messages", "rejected_response", "margin")),
     "swift.kto": Format(_swift_kto, ("messages", "label")),
@@ -278,6 +293,7 @@ _DETECTION = (
     ("intel", {"question", "completion", "label"}),
     ("preference", {"chosen", "rejected"}),
     ("unpaired_preference", {"prompt", "completion", "label"}),
+    ("stepwise_supervision", {"prompt", "completions", "labels"}),
     ("prompt_completion", {"prompt", "completion"}),
     ("messages", {"messages"}),
     ("text", {"text"}),

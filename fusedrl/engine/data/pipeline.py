@@ -11,6 +11,9 @@ Columns of the result (all token lists unshifted; collate.py shifts):
 - ``prompt``: ``prompt_ids`` (the last ``max_prompt_length`` tokens),
   ``prompt_json`` (the prompt as given, text or messages, JSON-encoded) and every
   column the format does not read (``solution``, ...) unchanged
+- ``stepwise``: ``input_ids``, ``step_labels`` (per token: -100, or at the last token of each step
+  (its separator's) 1 for a correct step and 0 for a wrong one) and ``last_step_kept`` (truncation left
+  the reply's final step)
 
 The map's fingerprint, and so its cache file, is a hash of the input dataset's
 fingerprint, the tokenizer (name and full definition), the template choice, the
@@ -25,12 +28,13 @@ import logging
 
 import datasets
 
+from .collate import IGNORE_INDEX
 from .formats import Format, detect_format, get_format
 from .loading import Provenance, load_rows
 from .spec import DataConfig, DatasetSpec, data_kind
 from .teacher import teacher_window
 from .tokenize import Encoder, tokenizer_fingerprint, truncate
-from .validation import MISSING, TOO_LONG, BadRow, drop_bad_rows, row_error
+from .validation import MISSING, STEP_CUT, TOO_LONG, BadRow, drop_bad_rows, row_error
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ COLUMNS = {
     "pairwise": {f"{side}_{name}": feature for side in ("chosen", "rejected") for name, feature in _SEQUENCE.items()},
     "kto": {**_SEQUENCE, "label": datasets.Value("bool")},
     "prompt": {"prompt_ids": _IDS, "prompt_json": datasets.Value("string")},
+    "stepwise": {"input_ids": _IDS, "step_labels": _MASK, "last_step_kept": datasets.Value("bool")},
 }
 # ``_cut``: the record lost tokens to truncation (counted in the log, then removed like the other two).
 _BOOKKEEPING = {"_bad": datasets.Value("string"), "_row": datasets.Value("int64"), "_cut": datasets.Value("bool")}
@@ -58,6 +63,7 @@ _NEEDS = {
     "rejected": "a rejected reply (pairwise training needs chosen and rejected)",
     "label": "a label, or chosen and rejected replies to derive labels from",
     "prompt": "a non-empty prompt to generate from",
+    "steps": "the reply's steps and their labels (completions and labels)",
 }
 
 
@@ -129,7 +135,23 @@ class _Tokenise:
                 records.append({"input_ids": ids, "completion_mask": mask, "label": label,
                                 "_cut": len(ids) < len(full)})
             return records
+        if self.kind == "stepwise":
+            return [self._stepwise_record(example)]
         return [self._prompt_record(example)]
+
+    def _stepwise_record(self, example: dict) -> dict:
+        full, full_mask, ends = self.encoder.steps(example.get("prompt"), _need(example, "steps"),
+                                                   self.config.step_separator)
+        ids, _, start, end = self._window(full, full_mask)
+        if ends[0] >= end:
+            raise BadRow(STEP_CUT, "completions", f"a first step that ends within max_length="
+                         f"{self.config.max_length} tokens", f"it ends at token {ends[0] - start + 1}")
+        labels = [IGNORE_INDEX] * len(ids)
+        for position, correct in zip(ends, example["step_labels"]):
+            if position < end:
+                labels[position - start] = int(correct)
+        return {"input_ids": ids, "step_labels": labels, "last_step_kept": ends[-1] < end,
+                "_cut": end - start < len(full)}
 
     def _prompt_record(self, example: dict) -> dict:
         prompt = _need(example, "prompt")
@@ -184,7 +206,8 @@ def tokenize_dataset(
     template = config.chat_template or fmt.template
     encoder = Encoder(tokenizer, template)
     parts = (ds._fingerprint, CACHE_VERSION, kind, name, template, tokenizer.chat_template, tokenizer_fingerprint(tokenizer),
-             config.max_length, config.max_prompt_length, config.kd_top_k, config.on_bad_row, keep)
+             config.max_length, config.max_prompt_length, config.kd_top_k, config.on_bad_row, keep,
+             config.step_separator if kind == "stepwise" else None)
     fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
     out = ds.map(
         _Tokenise(kind, fmt, encoder, config, provenance, blank),

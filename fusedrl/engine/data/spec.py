@@ -19,8 +19,9 @@ DATA_KINDS = {
     "rloo": "prompt",
     "online_dpo": "prompt",
     "kd": "kd",
+    "prm": "stepwise",
 }
-KINDS = ("sft", "pairwise", "kto", "prompt", "kd")
+KINDS = ("sft", "pairwise", "kto", "prompt", "kd", "stepwise")
 BAD_ROW_POLICIES = ("error", "skip")
 
 
@@ -78,6 +79,7 @@ class DataConfig:
     every teacher position to its k most likely ids (needed when positions carry
     different numbers of ids). ``packing`` packs SFT/KD rows (collate.py). ``kl_pairs``:
     KTO batches carry the mismatched pairs of KTO's KL baseline (its other loss types read none).
+    ``step_separator``: the text after each step of a stepwise reply (process reward modelling).
     """
 
     max_length: int = 1024
@@ -89,6 +91,7 @@ class DataConfig:
     cache_dir: str | None = None
     packing: bool = False
     kl_pairs: bool = True
+    step_separator: str = "\n"
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in BAD_ROW_POLICIES:

@@ -57,6 +57,19 @@ class Encoder:
             raise BadRow(EMPTY, "completion", "a completion of at least one token", completion)
         return ids, mask
 
+    def steps(self, prompt, steps: list[str], separator: str) -> tuple[list[int], list[int], list[int]]:
+        """``(input_ids[n], completion_mask[n], ends[len(steps)])`` of a stepwise reply: the generation prompt
+        (``prompt``), then each step's tokens followed by the separator's (each tokenised on its own, as TRL's
+        PRMTrainer); ``ends[i]`` is the position of step i's last token, where its label is read."""
+        ids = self.prompt(prompt)
+        mask, ends = [0] * len(ids), []
+        separator_ids = self._ids([separator])[0] if separator else []
+        for step_ids in self._ids(steps):
+            ids += step_ids + separator_ids
+            mask += [1] * (len(step_ids) + len(separator_ids))
+            ends.append(len(ids) - 1)
+        return ids, mask, ends
+
     def prompt(self, prompt) -> list[int]:
         """Token ids of a generation prompt (``[n]``); messages get the template's generation prompt."""
         if isinstance(prompt, str):

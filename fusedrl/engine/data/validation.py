@@ -22,6 +22,7 @@ WRONG_TYPE = "wrong type"
 EMPTY = "empty completion"
 EMPTY_PROMPT = "empty prompt"
 TOO_LONG = "prompt too long"
+STEP_CUT = "first step cut off"
 TEMPLATE = "chat template failed"
 KD_TARGETS = "bad teacher targets"
 

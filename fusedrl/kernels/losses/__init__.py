@@ -19,6 +19,7 @@ from .grpo import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
 from .kto import KTO_LOSS_TYPES, check_kto_balance, kto_loss, kto_metrics
 from .policy import gae_advantages, ppo_policy_loss, ppo_rewards, ppo_value_loss, token_kl
 from .preference import alphapo_rewards, cpo_loss, orpo_loss, preference_metrics, reward_model_loss, simpo_loss
+from .process_reward import process_reward_loss
 from .rloo import rloo_advantages, rloo_loss
 from .sequence import (
     RunningMean,
@@ -40,6 +41,7 @@ __all__ = [
     "fused_linear_topk_kd_loss",
     "gae_advantages", "grpo_advantages", "grpo_loss", "kto_loss", "kto_metrics", "masked_mean", "masked_sum",
     "masked_whiten", "orpo_loss", "ppo_policy_loss", "ppo_rewards", "ppo_value_loss", "preference_metrics",
+    "process_reward_loss",
     "reward_model_loss", "rloo_advantages", "rloo_loss", "sequence_logps", "simpo_loss", "teacher_logprobs",
     "token_kl", "token_mean_nll",
     "topk_kd_loss",
