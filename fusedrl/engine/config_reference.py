@@ -114,7 +114,7 @@ DESCRIPTIONS: dict[str, str] = {
             "of the loss; `orpo`: λ, the weight of the odds-ratio term (alias `orpo_alpha`); `grpo`: the weight of the "
             "k3 KL penalty in the loss; `rloo`: the weight of each completion's summed KL (`Σ_t L_old − L_ref`) "
             "subtracted from its reward. 0 loads no reference model for `grpo` and `rloo`. Must be > 0 (>= 0 for "
-            "`grpo` and `rloo`); `sft`, `rm`, `kd` and `ppo` (see `kl_coef`) do not read it.",
+            "`grpo` and `rloo`); `sft`, `rm`, `prm`, `kd` and `ppo` (see `kl_coef`) do not read it.",
     "loss_type": "The loss variant; null takes the algorithm's default (`effective_loss_type`). `dpo`: "
                  f"{_codes(DPO_LOSS_TYPES)} (default `sigmoid`; formulas in fusedrl/kernels/losses/dpo.py; `aot` and "
                  "`aot_unpaired` sort the micro-batch's log ratios, so their loss depends on its size), or a list "
@@ -352,9 +352,9 @@ DESCRIPTIONS: dict[str, str] = {
                                         "scores); lower it to save memory. Generation runs one micro-batch of prompts "
                                         "at a time.",
     # Optimisation
-    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd` and `kto` (`kto` with `loss_type: "
-                        "kto` needs >= 2, and a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, `simpo`, `orpo` "
-                        "and `rm` (two sequences each), prompts for `grpo` and `rloo` (`num_generations` completions "
+    "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd`, `prm` and `kto` (`kto` with "
+                        "`loss_type: kto` needs >= 2, and a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, "
+                        "`simpo`, `orpo` and `rm` (two sequences each), prompts for `grpo` and `rloo` (`num_generations` completions "
                         "each), `ppo` and `online_dpo`. Each epoch drops the tail of the shuffled rows that does not "
                         "fill `micro_batch_size × ranks`.",
     "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
@@ -412,7 +412,7 @@ DESCRIPTIONS: dict[str, str] = {
             "it, and under torchrun each rank samples with `seed + rank`.",
     "kernel_backend": "The fused loss kernels: `auto` (Triton on CUDA when it imports, else `torch`), `triton`, "
                       "`torch` (chunked PyTorch, any device, no [tokens, vocab] tensor) or `eager` (full logits, a "
-                      "reference for debugging). Every algorithm but `rm`.",
+                      "reference for debugging). Every algorithm but `rm` and `prm`.",
     # Logging and checkpoints
     "logging_steps": "Write the training metrics to `metrics.jsonl` (and TensorBoard) every this many steps and at "
                      "the last step; other steps' metrics are not kept.",
