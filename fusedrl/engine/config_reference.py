@@ -355,8 +355,8 @@ DESCRIPTIONS: dict[str, str] = {
     "micro_batch_size": "Rows per device per micro-batch: examples for `sft`, `kd`, `prm` and `kto` (`kto` with "
                         "`loss_type: kto` needs >= 2, and a pair row gives two), pairs for `dpo`, `ipo`, `cpo`, "
                         "`simpo`, `orpo` and `rm` (two sequences each), prompts for `grpo` and `rloo` "
-                        "(`num_generations` completions each), `ppo` and `online_dpo`. Each epoch drops the tail of the shuffled rows that does not "
-                        "fill `micro_batch_size × ranks`.",
+                        "(`num_generations` completions each), `ppo` and `online_dpo`. Each epoch drops the tail of "
+                        "the shuffled rows that does not fill `micro_batch_size × ranks`.",
     "eval_batch_size": "Rows per held-out batch, in `micro_batch_size`'s units (null: `micro_batch_size`); also the "
                        "batch of the `precompute_ref_log_probs` pass. Every held-out row is evaluated once; "
                        "`kto` with `loss_type: kto` needs >= 2.",
