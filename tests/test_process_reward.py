@@ -17,6 +17,7 @@ from fusedrl.engine.data import DataConfig, make_collator, pad_token_id, prepare
 from fusedrl.engine.data.templates import render
 from fusedrl.engine.distributed import pick_device
 from fusedrl.engine.models import RewardModel
+from fusedrl.engine.step_scores import step_scores
 from fusedrl.engine.trainer import train
 from fusedrl.engine.training_data import load_training_data
 from fusedrl.kernels.losses import process_reward_loss
@@ -126,7 +127,8 @@ def colour_rows(count: int, seed: int) -> list[dict]:
 
 def test_training_learns_to_score_each_step_and_saves_a_reward_model(tmp_path):
     """On steps whose correctness is in their words, held-out step accuracy goes from chance (every score 0) to
-    > 0.9; the saved folder loads as a ``RewardModel`` whose token values at the steps give the logged accuracy."""
+    > 0.9; the saved folder loads as a ``RewardModel`` whose token values at the steps give the logged accuracy,
+    and ``step_scores`` of a held-out row are the sigmoids of those values."""
     model = save_tiny_model(tmp_path / "tiny")
     held_out = write(tmp_path / "held.jsonl", colour_rows(24, 1))
     config = config_from_dict(train_config(model, tmp_path / "run", "prm", test_datasets=[{"path": str(held_out)}],
@@ -144,6 +146,9 @@ def test_training_learns_to_score_each_step_and_saves_a_reward_model(tmp_path):
     steps = batch["labels"] != -100
     agree = ((scores[steps] > 0).long() == batch["labels"][steps]).float().mean()
     assert agree.item() == pytest.approx(result.eval_after["accuracy"], abs=1e-6)
+    row = colour_rows(24, 1)[0]
+    probabilities = step_scores(saved, tiny_tokenizer(), row["prompt"], row["completions"])
+    torch.testing.assert_close(probabilities, torch.sigmoid(scores[0][steps[0]]))
 
 
 def test_last_step_only_trains_on_final_steps_and_evaluates_every_step(tmp_path):
