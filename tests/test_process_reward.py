@@ -180,3 +180,11 @@ def test_step_keys_are_for_prm_only(tmp_path):
     for key, value in (("step_separator", " ки"), ("train_on_last_step_only", True)):
         with pytest.raises(ConfigError, match=f"^config: {key}: rl=dpo does not read it"):
             config_from_dict(train_config(tmp_path, tmp_path / "run", "dpo", **{key: value}))
+
+
+def test_a_backslash_and_n_as_separator_is_refused(tmp_path):
+    """``--step_separator \\n`` on a command line reaches YAML unquoted: two characters, not a newline."""
+    with pytest.raises(ConfigError, match=r"^config: step_separator: '\\\\n' holds a backslash and a letter, not a "
+                                          r"newline or a tab; write it in double quotes"):
+        config_from_dict(train_config(tmp_path, tmp_path / "run", "prm", step_separator="\\n"))
+    assert config_from_dict(train_config(tmp_path, tmp_path / "run", "prm", step_separator="\n")).step_separator == "\n"

@@ -416,6 +416,10 @@ def _check_cross_field(config: TrainConfig, source: str) -> None:
     if config.rl == "kd" and config.kd_divergence == "jsd" and not 0 < config.kd_beta < 1:
         raise ConfigError(f"{source}: kd_beta: kd_divergence jsd mixes the two distributions with weight "
                           f"kd_beta, expected a value in (0, 1), got {config.kd_beta!r}")
+    if "\\n" in config.step_separator or "\\t" in config.step_separator:
+        raise ConfigError(f"{source}: step_separator: {config.step_separator!r} holds a backslash and a letter, "
+                          "not a newline or a tab; write it in double quotes (\"\\n\") in YAML, or "
+                          "--step_separator '\"\\n\"' on the command line")
     _check_keys_read(config, source)
     if config.sync_ref_model:
         _check_sync_ref_model(config, source)

@@ -186,7 +186,8 @@ DESCRIPTIONS: dict[str, str] = {
     "center_rewards_coefficient": "`rm`: c in `−logσ(rc − rr − margin) + c·(rc + rr)²`, pulling the reward "
                                   "model's scores towards 0 (margin: the data's optional `margin` column, else 0).",
     "step_separator": "`prm`: the text tokenised after each step of a stepwise row (TRL's PRMConfig default, a "
-                      "newline; write it `\"\\n\"` in YAML); the step's score is read at its last token.",
+                      "newline; write it `\"\\n\"` in YAML: an unquoted `\\n`, two characters, is refused); the "
+                      "step's score is read at its last token.",
     "train_on_last_step_only": "`prm`: train on each row's final step only (outcome supervision; a row whose final "
                                "step truncation cut off trains on none); evaluation still scores every step, as "
                                "TRL's PRMTrainer.",
